@@ -1,0 +1,92 @@
+"""Attention over the paged KV cache (the simple, correct path).
+
+The cache of one layer is two tensors (K and V) in the HND layout
+``[num_blocks, num_kv_heads, block_size, head_dim]``: a block's slice for a head range is
+contiguous, which is what lets a decode rank pull just the heads it owns.
+
+A step's tokens come flattened: ``T`` tokens from ``B`` sequences, sequence ``b`` owning rows
+``query_start_loc[b]:query_start_loc[b+1]`` at the *end* of its context of ``seq_lens[b]``
+tokens. This path gathers each sequence's pages and calls SDPA; the fast GPU kernels are
+chosen in the GPU issue and must match it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    """Where a step's tokens live in the paged cache. Built by the model runner each step."""
+
+    slot_mapping: torch.Tensor  # [T] int64: block_id * block_size + offset of each new token
+    query_start_loc: list[int]  # [B + 1] host ints: token row where each sequence starts
+    seq_lens: list[int]  # [B] context length of each sequence after this step
+    block_tables: list[list[int]]  # [B] block ids of each sequence, in order
+    block_size: int
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens)
+
+
+def write_kv(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    block_size: int,
+) -> None:
+    """Store the new tokens' K and V ([T, kv_heads, head_dim]) at their slots."""
+    block_ids = torch.div(slot_mapping, block_size, rounding_mode="floor")
+    offsets = slot_mapping % block_size
+    # Advanced indices split by a slice put the index dims first: the target is [T, H, D].
+    k_cache[block_ids, :, offsets, :] = k
+    v_cache[block_ids, :, offsets, :] = v
+
+
+def gather_kv(cache: torch.Tensor, block_ids: list[int], seq_len: int) -> torch.Tensor:
+    """A sequence's cached K or V as [kv_heads, seq_len, head_dim]."""
+    index = torch.tensor(block_ids, dtype=torch.long, device=cache.device)
+    pages = cache.index_select(0, index)  # [nb, H, bs, D]
+    num_heads, head_dim = pages.shape[1], pages.shape[3]
+    return pages.transpose(0, 1).reshape(num_heads, -1, head_dim)[:, :seq_len]
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of q ([T, heads, head_dim]) over each sequence's cached context."""
+    out = torch.empty_like(q)
+    loc = meta.query_start_loc
+    for b in range(meta.num_seqs):
+        start, end = loc[b], loc[b + 1]
+        num_query = end - start
+        seq_len = meta.seq_lens[b]
+        blocks = meta.block_tables[b][: (seq_len + meta.block_size - 1) // meta.block_size]
+        k = gather_kv(k_cache, blocks, seq_len).unsqueeze(0)
+        v = gather_kv(v_cache, blocks, seq_len).unsqueeze(0)
+        qb = q[start:end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        if num_query == 1:
+            mask, causal = None, False
+        elif num_query == seq_len:
+            mask, causal = None, True
+        else:
+            # Query i sits at position seq_len - num_query + i and sees keys up to it.
+            q_pos = torch.arange(seq_len - num_query, seq_len, device=q.device)
+            k_pos = torch.arange(seq_len, device=q.device)
+            mask, causal = k_pos[None, :] <= q_pos[:, None], False
+        o = F.scaled_dot_product_attention(
+            qb, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+            enable_gqa=k.shape[1] != qb.shape[1],
+        )
+        out[start:end] = o[0].transpose(0, 1)
+    return out

@@ -1,0 +1,61 @@
+"""Engine configuration: one frozen dataclass, built once at the edge and passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def default_cache_dir() -> Path:
+    """Where prepared models live: $PDSERVE_CACHE_DIR, else $XDG_CACHE_HOME/pdserve."""
+    if os.environ.get("PDSERVE_CACHE_DIR"):
+        return Path(os.environ["PDSERVE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pdserve"
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose from {sorted(_DTYPES)}") from None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = "demo"  # 'demo', 'random:<shape>', a HF directory or a .gguf file
+    device: str = "auto"  # 'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N'
+    dtype: str = "auto"  # 'auto' (bf16 on cuda, fp32 on cpu), 'float32', 'bfloat16', 'float16'
+    tensor_parallel_size: int = 1
+    block_size: int = 16  # tokens per KV block
+    kv_cache_memory_bytes: int | None = None  # KV budget; None: 512 MiB on CPU, see below
+    gpu_memory_utilization: float = 0.85  # on CUDA with no explicit budget: share of the card
+    max_model_len: int | None = None  # None: the model's limit, capped at 8192
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    hash_seed: str = "pdserve-v1"  # block-hash seed; must match across a cluster
+    seed: int = 0  # random weights and unseeded sampling
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be at least 1")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+        return parse_dtype(self.dtype)

@@ -1,0 +1,151 @@
+"""Owns the weights and the paged KV cache of one rank, and runs a scheduled step on them.
+
+The runner makes no policy decisions: it receives a ``StepInput`` (plain lists, so rank 0 can
+broadcast it to the other tensor-parallel ranks), runs the model, and on rank 0 samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from engine.attention import AttentionMetadata
+from engine.config import EngineConfig
+from engine.model_config import ModelConfig
+from engine.model_source import ModelSource, load_weights
+from engine.sampler import SamplingRow, sample
+from engine.sequence import TokenLogprob
+from engine.tensor_parallel import apply_tensor_parallel, check_tp_size
+
+_CPU_DEFAULT_KV_BYTES = 512 << 20
+
+
+@dataclass
+class StepInput:
+    """Everything a rank needs to run one forward pass, as host lists."""
+
+    token_ids: list[int]
+    positions: list[int]
+    slot_mapping: list[int]
+    query_start_loc: list[int]
+    seq_lens: list[int]
+    block_tables: list[list[int]]
+    logits_indices: list[int]  # rows whose logits are needed (last token of sampling seqs)
+
+
+@dataclass(frozen=True)
+class KVCacheLayout:
+    """Shape of the one KV buffer: [layers, 2 (K, V), blocks, local kv heads, block, head_dim]."""
+
+    num_layers: int
+    num_blocks: int
+    num_kv_heads: int  # on this rank
+    block_size: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.num_layers, 2, self.num_blocks, self.num_kv_heads, self.block_size,
+                self.head_dim)
+
+    @property
+    def bytes_per_block(self) -> int:
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.block_size * self.head_dim * elem
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        config: EngineConfig,
+        source: ModelSource,
+        model_config: ModelConfig,
+        rank: int = 0,
+        world: int = 1,
+        max_model_len: int = 8192,
+    ):
+        self.config = config
+        self.rank, self.world = rank, world
+        self.device = config.resolved_device()
+        if self.device.type == "cuda" and world > 1:
+            self.device = torch.device("cuda", rank)
+            torch.cuda.set_device(self.device)
+        self.dtype = config.resolved_dtype()
+        self.model_config = model_config
+        check_tp_size(model_config, world)
+        self.model = load_weights(
+            source, model_config, self.dtype, self.device, max_model_len, config.seed
+        )
+        apply_tensor_parallel(self.model, rank, world)
+        self.layout = self._kv_layout()
+        self.kv_buffer = torch.zeros(self.layout.shape, dtype=self.dtype, device=self.device)
+        self.model.bind_kv_cache(
+            [(self.kv_buffer[i, 0], self.kv_buffer[i, 1]) for i in range(self.layout.num_layers)]
+        )
+
+    def _kv_layout(self) -> KVCacheLayout:
+        mc = self.model_config
+        partial = KVCacheLayout(mc.num_hidden_layers, 1, mc.num_key_value_heads // self.world,
+                                self.config.block_size, mc.head_dim, self.dtype)
+        budget = self.config.kv_cache_memory_bytes
+        if budget is None:
+            if self.device.type == "cuda":
+                free, total = torch.cuda.mem_get_info(self.device)
+                budget = int(total * self.config.gpu_memory_utilization) - (total - free)
+            else:
+                budget = _CPU_DEFAULT_KV_BYTES
+        num_blocks = budget // partial.bytes_per_block
+        if self.world > 1:
+            # Rank 0 hands out block ids for every rank: all must hold the same count.
+            count = torch.tensor([num_blocks], device=self.device)
+            dist.all_reduce(count, op=dist.ReduceOp.MIN)
+            num_blocks = int(count.item())
+        if num_blocks < 1:
+            raise ValueError(
+                f"KV cache budget of {budget} bytes holds no block of "
+                f"{partial.bytes_per_block} bytes; raise kv_cache_memory_bytes"
+            )
+        return KVCacheLayout(mc.num_hidden_layers, int(num_blocks), partial.num_kv_heads,
+                             partial.block_size, partial.head_dim, self.dtype)
+
+    @torch.inference_mode()
+    def execute(self, step: StepInput) -> torch.Tensor | None:
+        """Run one forward pass; return the selected rows' logits ([B, V]) on rank 0."""
+        if self.world > 1 and self.rank == 0:
+            dist.broadcast_object_list([step], src=0)
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(step.slot_mapping, dtype=torch.long, device=dev),
+            query_start_loc=step.query_start_loc,
+            seq_lens=step.seq_lens,
+            block_tables=step.block_tables,
+            block_size=self.layout.block_size,
+        )
+        input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=dev)
+        positions = torch.tensor(step.positions, dtype=torch.long, device=dev)
+        hidden = self.model(input_ids, positions, meta)
+        rows = torch.tensor(step.logits_indices, dtype=torch.long, device=dev)
+        logits = self.model.compute_logits(hidden.index_select(0, rows))
+        return logits if self.rank == 0 else None
+
+    def sample(
+        self, logits: torch.Tensor, rows: list[SamplingRow]
+    ) -> tuple[list[int], list[TokenLogprob | None]]:
+        return sample(logits, rows)
+
+    def follow(self) -> None:
+        """Loop of ranks > 0: run whatever step rank 0 broadcasts, until it sends None."""
+        assert self.rank > 0
+        while True:
+            box: list[StepInput | None] = [None]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is None:
+                return
+            self.execute(box[0])
+
+    def stop_followers(self) -> None:
+        if self.world > 1 and self.rank == 0:
+            dist.broadcast_object_list([None], src=0)

@@ -1,0 +1,44 @@
+"""Per-request text output: incremental detokenization and stop strings.
+
+Text that could still turn out to be the start of a stop string is held back until it cannot,
+so a streaming client never receives characters that a stop string later removes.
+"""
+
+from __future__ import annotations
+
+from engine.detokenizer import IncrementalDetokenizer
+from engine.sampling_params import SamplingParams
+from engine.tokenizer import Tokenizer
+
+
+class TextOutput:
+    def __init__(self, tokenizer: Tokenizer | None, params: SamplingParams):
+        self.params = params
+        self.detok = (
+            IncrementalDetokenizer(tokenizer, params.skip_special_tokens) if tokenizer else None
+        )
+        self.text = ""
+        self.num_emitted_chars = 0
+        self._holdback = max((len(s) for s in params.stop), default=1) - 1
+
+    def add_tokens(self, token_ids: list[int]) -> bool:
+        """Decode new tokens; True when a stop string ended the output."""
+        if self.detok is None:
+            return False
+        search_from = max(0, len(self.text) - self._holdback)
+        self.text += self.detok.add(token_ids)
+        for stop in self.params.stop:
+            at = self.text.find(stop, search_from)
+            if at != -1:
+                end = at + len(stop) if self.params.include_stop_str_in_output else at
+                self.text = self.text[:end]
+                return True
+        return False
+
+    def take_delta(self, finished: bool) -> str:
+        """Text ready to send: everything once finished, else all but the held-back tail."""
+        limit = len(self.text) if finished else max(self.num_emitted_chars,
+                                                    len(self.text) - self._holdback)
+        delta = self.text[self.num_emitted_chars : limit]
+        self.num_emitted_chars = limit
+        return delta

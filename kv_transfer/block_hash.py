@@ -1,0 +1,85 @@
+"""Block identity: a chained hash over full blocks of token ids.
+
+The router, both worker roles and the KV events all name a block by this hash, so it must be
+identical in every process and on every machine: it is built from SHA-256 over a fixed byte
+encoding, never from Python's ``hash()`` (salted per process). This module imports nothing
+heavier than the standard library, so the router can use it without torch.
+
+hash(block i) = H(seed_root | hash(block i-1) | token ids of block i | extra keys)
+
+The chain makes a block's hash depend on the whole prefix before it, so equal hashes mean equal
+prefixes. Extra keys (for example a tenant's cache salt) enter every block so that tenants with
+different salts never share cache entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+BlockHash = int  # unsigned 64-bit; fits protobuf uint64 and Redis stream fields.
+
+_TOKEN_STRUCT = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class BlockHasher:
+    """Computes chained block hashes; equal (seed, block_size) give equal hashes everywhere."""
+
+    block_size: int = 16
+    seed: str = "pdserve-v1"
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+
+    @property
+    def root(self) -> BlockHash:
+        """The parent hash of a prompt's first block."""
+        return _digest_to_int(hashlib.sha256(b"pdserve-root|" + self.seed.encode()).digest())
+
+    def hash_block(
+        self,
+        parent: BlockHash | None,
+        token_ids: Sequence[int],
+        extra_keys: Sequence[str | int] = (),
+    ) -> BlockHash:
+        """Hash one full block given its parent's hash (None for the first block)."""
+        if len(token_ids) != self.block_size:
+            raise ValueError(
+                f"only full blocks are hashed: got {len(token_ids)} tokens, "
+                f"block_size is {self.block_size}"
+            )
+        h = hashlib.sha256()
+        h.update(struct.pack("<Q", self.root if parent is None else parent))
+        h.update(struct.pack(f"<{len(token_ids)}I", *token_ids))
+        for key in extra_keys:
+            encoded = str(key).encode()
+            h.update(_TOKEN_STRUCT.pack(len(encoded)))
+            h.update(encoded)
+        return _digest_to_int(h.digest())
+
+    def iter_hashes(
+        self,
+        token_ids: Sequence[int],
+        extra_keys: Sequence[str | int] = (),
+        parent: BlockHash | None = None,
+        start_block: int = 0,
+    ) -> Iterator[BlockHash]:
+        """Yield the hashes of the full blocks of ``token_ids`` from ``start_block`` on."""
+        bs = self.block_size
+        for i in range(start_block, len(token_ids) // bs):
+            parent = self.hash_block(parent, token_ids[i * bs : (i + 1) * bs], extra_keys)
+            yield parent
+
+    def hash_prompt(
+        self, token_ids: Sequence[int], extra_keys: Sequence[str | int] = ()
+    ) -> list[BlockHash]:
+        """The hashes of every full block of a prompt (a trailing partial block has none)."""
+        return list(self.iter_hashes(token_ids, extra_keys))
+
+
+def _digest_to_int(digest: bytes) -> BlockHash:
+    return int.from_bytes(digest[:8], "little")
