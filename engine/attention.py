@@ -27,6 +27,10 @@ class AttentionMetadata:
     seq_lens: list[int]  # [B] context length of each sequence after this step
     block_tables: list[list[int]]  # [B] block ids of each sequence, in order
     block_size: int
+    # Decode-only steps (one query token per sequence) also carry padded tensors, so attention
+    # runs as one batched call instead of a loop over sequences.
+    block_table_tensor: torch.Tensor | None = None  # [B, max_blocks] int64, padded with 0
+    seq_lens_tensor: torch.Tensor | None = None  # [B] int64
 
     @property
     def num_seqs(self) -> int:
@@ -65,6 +69,8 @@ def paged_attention(
     scale: float,
 ) -> torch.Tensor:
     """Causal attention of q ([T, heads, head_dim]) over each sequence's cached context."""
+    if meta.block_table_tensor is not None:
+        return _batched_decode_attention(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)
     loc = meta.query_start_loc
     for b in range(meta.num_seqs):
@@ -90,3 +96,29 @@ def paged_attention(
         )
         out[start:end] = o[0].transpose(0, 1)
     return out
+
+
+def _batched_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence: gather padded pages for all sequences, mask the padding."""
+    tables = meta.block_table_tensor
+    num_seqs, max_blocks = tables.shape
+    _, num_kv_heads, block_size, head_dim = k_cache.shape
+    max_len = max_blocks * block_size
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:  # -> [B, H, max_len, D]
+        pages = cache[tables]  # [B, nb, H, bs, D]
+        return pages.transpose(1, 2).reshape(num_seqs, num_kv_heads, max_len, head_dim)
+
+    k, v = gather(k_cache), gather(v_cache)
+    positions = torch.arange(max_len, device=q.device)
+    mask = (positions[None, :] < meta.seq_lens_tensor[:, None])[:, None, None, :]  # [B,1,1,L]
+    o = F.scaled_dot_product_attention(
+        q.unsqueeze(2), k, v, attn_mask=mask, scale=scale, enable_gqa=num_kv_heads != q.shape[1]
+    )  # [B, H, 1, D]
+    return o.squeeze(2)

@@ -124,6 +124,11 @@ class ModelRunner:
             block_tables=step.block_tables,
             block_size=self.layout.block_size,
         )
+        if len(step.token_ids) == len(step.seq_lens):  # decode-only step: batched attention
+            max_blocks = max(len(t) for t in step.block_tables)
+            padded = [t + [0] * (max_blocks - len(t)) for t in step.block_tables]
+            meta.block_table_tensor = torch.tensor(padded, dtype=torch.long, device=dev)
+            meta.seq_lens_tensor = torch.tensor(step.seq_lens, dtype=torch.long, device=dev)
         input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=dev)
         positions = torch.tensor(step.positions, dtype=torch.long, device=dev)
         hidden = self.model(input_ids, positions, meta)

@@ -17,7 +17,8 @@ def empty_model(
     """Allocate the model uninitialised on ``device`` (no wasted init of large weights)."""
     with torch.device("meta"):
         model = CausalLM(config, max_positions)
-    model = model.to_empty(device=device).to(dtype)
+    # Cast on meta first (free), so the weights are allocated once, already in dtype.
+    model = model.to(dtype).to_empty(device=device)
     if config.tie_word_embeddings:  # to_empty() unties shared parameters
         model.lm_head.weight = model.model.embed_tokens.weight
     # The RoPE table is data, not a weight: recompute it in float32 on the device.

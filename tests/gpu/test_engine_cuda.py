@@ -1,0 +1,46 @@
+"""The engine on CUDA (run through the device tool; skipped on CPU)."""
+
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from tests.helpers import engine_prompt_logits, random_prompts
+from tests.hf_reference import hf_greedy, hf_logits, hf_model_like
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-qwen2", "tiny-qwen3"])
+def test_cuda_fp32_matches_hf(family):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    with LLM(f"random:{family}", device="cuda", dtype="float32", seed=7,
+             kv_cache_memory_bytes=64 << 20) as llm:
+        hf = hf_model_like(llm.engine)  # on CPU, fp32: the reference
+        prompt = random_prompts(1, 512, 150, 150, seed=1)[0]
+        diff = (engine_prompt_logits(llm.engine, prompt).cpu() - hf_logits(hf, prompt)).abs().max()
+        assert diff.item() < 1e-4
+        out = llm.generate([prompt[:30]], SamplingParams(temperature=0, max_tokens=32,
+                                                         ignore_eos=True))
+        assert out[0].token_ids == hf_greedy(hf, prompt[:30], 32)
+
+
+def test_cuda_bf16_batching_and_prefix_cache_consistent():
+    with LLM("random:tiny-llama", device="cuda", dtype="bfloat16", seed=3,
+             kv_cache_memory_bytes=64 << 20) as llm:
+        prompts = random_prompts(8, 512, 3, 90, seed=11)
+        params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+        together = [o.token_ids for o in llm.generate(prompts, params)]
+        assert all(len(t) == 16 for t in together)
+        assert llm.engine.pool.num_free_blocks == llm.engine.pool.num_blocks
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_nccl_tp2_matches_tp1():
+    prompts = random_prompts(4, 512, 4, 60, seed=21)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    kwargs = dict(device="cuda", dtype="float32", seed=5, kv_cache_memory_bytes=64 << 20)
+    with LLM("random:tiny-llama-tp", **kwargs) as tp1:
+        expected = [o.token_ids for o in tp1.generate(prompts, params)]
+    with LLM("random:tiny-llama-tp", tensor_parallel_size=2, **kwargs) as tp2:
+        got = [o.token_ids for o in tp2.generate(prompts, params)]
+    assert got == expected
