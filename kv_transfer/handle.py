@@ -1,0 +1,136 @@
+"""The KV handle: what a prefill engine tells a decode engine so it can pull a request's KV.
+
+A plain, versioned, JSON-serializable message. It names the owner's blocks, how its KV memory
+is laid out on each of its tensor-parallel ranks (with each rank's transfer-agent metadata, so
+a receiver needs no other lookup), a compatibility record, and the lease deadline after which
+the owner may reuse the blocks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+class IncompatibleKVError(ValueError):
+    """The two engines' KV caches cannot exchange blocks; the message says what differs."""
+
+
+@dataclass(frozen=True)
+class KVCompat:
+    """Everything that must match for KV bytes to mean the same thing on both sides."""
+
+    model: str
+    dtype: str  # activation dtype
+    kv_dtype: str
+    num_layers: int
+    num_kv_heads: int  # total, before tensor parallelism
+    head_dim: int
+    block_size: int
+    hash_seed: str  # block identities must agree too
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def check_compatible(self, remote: KVCompat, remote_digest: str) -> None:
+        if remote_digest == self.digest and remote == self:
+            return
+        diffs = [
+            f"{f.name}: local {getattr(self, f.name)!r} vs remote {getattr(remote, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(remote, f.name)
+        ]
+        if not diffs:
+            diffs = [f"compatibility hash: local {self.digest} vs remote {remote_digest}"]
+        raise IncompatibleKVError("incompatible KV cache: " + "; ".join(diffs))
+
+
+@dataclass(frozen=True)
+class SourceRank:
+    """One tensor-parallel rank of the owner: its agent and its registered KV region."""
+
+    tp_rank: int
+    agent_name: str
+    agent_metadata: bytes  # opaque, from the transfer backend; loaded once per agent
+    base_address: int  # start of the rank's KV buffer
+    num_blocks: int  # blocks in that buffer (same on every rank)
+    device_id: int = 0
+
+
+@dataclass(frozen=True)
+class KVHandle:
+    request_id: str
+    engine_id: str  # the owning engine instance (unique per process start)
+    block_ids: tuple[int, ...]  # the owner's blocks, in token order
+    num_tokens: int  # tokens whose KV the blocks hold
+    tp_size: int  # the owner's tensor-parallel size
+    sources: tuple[SourceRank, ...]  # one per owner rank; sources[0] receives releases
+    compat: KVCompat
+    compat_digest: str
+    lease_deadline: float  # unix time; after it the owner may reuse the blocks
+    memory_kind: str = "DRAM"  # DRAM or VRAM
+    protocol_version: int = PROTOCOL_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_receivable(self, local: KVCompat) -> None:
+        """Refuse, naming what differs, a handle this engine cannot consume."""
+        if self.protocol_version != PROTOCOL_VERSION:
+            raise IncompatibleKVError(
+                f"KV handle protocol version {self.protocol_version} is not supported "
+                f"(this engine speaks version {PROTOCOL_VERSION})"
+            )
+        local.check_compatible(self.compat, self.compat_digest)
+        if len(self.sources) != self.tp_size:
+            raise IncompatibleKVError(
+                f"KV handle lists {len(self.sources)} source ranks for TP size {self.tp_size}"
+            )
+
+    # -- serialization ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sources"] = [
+            {**asdict(s), "agent_metadata": base64.b64encode(s.agent_metadata).decode()}
+            for s in self.sources
+        ]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> KVHandle:
+        try:
+            sources = tuple(
+                SourceRank(**{**s, "agent_metadata": base64.b64decode(s["agent_metadata"])})
+                for s in d["sources"]
+            )
+            return cls(
+                request_id=d["request_id"],
+                engine_id=d["engine_id"],
+                block_ids=tuple(d["block_ids"]),
+                num_tokens=d["num_tokens"],
+                tp_size=d["tp_size"],
+                sources=sources,
+                compat=KVCompat(**d["compat"]),
+                compat_digest=d["compat_digest"],
+                lease_deadline=d["lease_deadline"],
+                memory_kind=d.get("memory_kind", "DRAM"),
+                protocol_version=d.get("protocol_version", 0),
+                extra=d.get("extra", {}),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IncompatibleKVError(f"malformed KV handle: {e!r}") from e
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> KVHandle:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise IncompatibleKVError(f"malformed KV handle: {e}") from e

@@ -1,0 +1,118 @@
+"""Real NIXL (UCX over shared memory) between real processes on CPU."""
+
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("nixl_cu12", reason="needs the nixl extra (pip install 'pdserve[nixl]')")
+
+from kv_transfer.handle import KVHandle, IncompatibleKVError  # noqa: E402
+from tests.kv_peer import HEADS, Peer, compat, global_kv, head_slice, owner_group  # noqa: E402
+
+SEED = 1234
+
+
+@pytest.fixture
+def peers():
+    started = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def test_multi_block_pull_is_byte_identical_and_release_reaches_owner(peers):
+    owner = owner_group(1, SEED, "owner-a")
+    receiver = Peer(0, 1, None, "recv-a")
+    peers.extend(owner + [receiver])
+    src_blocks, dst_blocks = [7, 2, 9, 4, 0], [1, 3, 5, 6, 11]
+    handle = owner[0].call("describe", ("req-1", src_blocks, 20, 30.0))
+    result, _, buffer = receiver.call("pull", (handle, src_blocks, dst_blocks))
+    assert result.ok, result.error
+    kv = global_kv(SEED)
+    assert torch.equal(buffer[:, :, dst_blocks], kv[:, :, src_blocks])
+    untouched = [b for b in range(buffer.shape[2]) if b not in dst_blocks]
+    assert torch.count_nonzero(buffer[:, :, untouched]) == 0  # nothing else written
+    assert result.num_bytes == buffer[:, :, dst_blocks].numel() * 4
+    receiver.call("release", handle)
+    assert owner[0].call("collect", 5.0) == [("req-1", "released")]
+
+
+@pytest.mark.parametrize("src_tp,dst_tp", [(1, 2), (2, 1)])
+def test_heterogeneous_tp_head_slices(peers, src_tp, dst_tp):
+    owners = owner_group(src_tp, SEED, f"owner-tp{src_tp}")
+    receivers = [Peer(r, dst_tp, None, f"recv-tp{dst_tp}") for r in range(dst_tp)]
+    peers.extend(owners + receivers)
+    src_blocks, dst_blocks = [3, 8, 1], [0, 10, 4]
+    handle = owners[0].call("describe", ("req-tp", src_blocks, 12, 30.0))
+    assert len(KVHandle.from_json(handle).sources) == src_tp
+    kv = global_kv(SEED)
+    for rank, receiver in enumerate(receivers):
+        result, _, buffer = receiver.call("pull", (handle, src_blocks, dst_blocks))
+        assert result.ok, result.error
+        expected = head_slice(kv, rank, dst_tp)[:, :, src_blocks]
+        assert buffer.shape[3] == HEADS // dst_tp
+        assert torch.equal(buffer[:, :, dst_blocks], expected), f"rank {rank}"
+
+
+def test_lease_expiry_frees_owner_blocks(peers):
+    owner = owner_group(1, SEED, "owner-lease")
+    peers.extend(owner)
+    owner[0].call("describe", ("never-pulled", [1, 2], 8, 0.3))
+    # Deadline 0.3 s plus 0.2 s grace: the owner reports it expired, so it frees the blocks.
+    assert owner[0].call("collect", 5.0) == [("never-pulled", "expired")]
+
+
+def test_killed_owner_fails_pull_quickly(peers):
+    owner = owner_group(1, SEED, "owner-dies")
+    receiver = Peer(0, 1, None, "recv-dies")
+    peers.extend(owner + [receiver])
+    handle = owner[0].call("describe", ("req-dead", [1, 2, 3], 12, 30.0))
+    result, _, _ = receiver.call("pull", (handle, [1, 2, 3], [4, 5, 6]))
+    assert result.ok  # a first pull connects the agents
+    handle2 = owner[0].call("describe", ("req-dead-2", [1, 2, 3], 12, 30.0))
+    owner[0].process.kill()
+    owner[0].process.join()
+    started = time.time()
+    result, elapsed, _ = receiver.call("pull", (handle2, [1, 2, 3], [7, 8, 9]), timeout=30)
+    assert not result.ok
+    assert "unreachable" in result.error or "failed" in result.error or "timed out" in result.error
+    assert time.time() - started < 15  # bounded: the pull timeout is 10 s
+
+
+def test_pull_of_expired_lease_is_refused(peers):
+    owner = owner_group(1, SEED, "owner-late")
+    receiver = Peer(0, 1, None, "recv-late")
+    peers.extend(owner + [receiver])
+    handle = owner[0].call("describe", ("req-late", [1], 4, 0.1))
+    time.sleep(0.2)
+    result, _, buffer = receiver.call("pull", (handle, [1], [2]))
+    assert not result.ok and "expired" in result.error
+    assert torch.count_nonzero(buffer) == 0
+
+
+def test_incompatible_kv_is_refused_with_the_difference_named(peers):
+    owner = owner_group(1, SEED, "owner-compat")
+    receiver = Peer(0, 1, None, "recv-compat", block_size=8, kv_dtype="bfloat16")
+    peers.extend(owner + [receiver])
+    handle = owner[0].call("describe", ("req-x", [1], 4, 30.0))
+    with pytest.raises(RuntimeError) as err:
+        receiver.call("pull", (handle, [1], [2]))
+    assert "IncompatibleKVError" in str(err.value)
+    assert "block_size: local 8 vs remote 4" in str(err.value)
+    assert "kv_dtype" in str(err.value)
+
+
+def test_handle_round_trip_and_version_check():
+    handle = KVHandle.from_dict({
+        "request_id": "r", "engine_id": "e", "block_ids": [1, 2], "num_tokens": 8, "tp_size": 1,
+        "sources": [{"tp_rank": 0, "agent_name": "a", "agent_metadata": "AAE=",
+                     "base_address": 4096, "num_blocks": 10}],
+        "compat": compat().__dict__, "compat_digest": compat().digest, "lease_deadline": 1.0,
+        "protocol_version": 99,
+    })
+    assert KVHandle.from_json(handle.to_json()) == handle
+    with pytest.raises(IncompatibleKVError, match="protocol version 99"):
+        handle.check_receivable(compat())
+    with pytest.raises(IncompatibleKVError, match="malformed"):
+        KVHandle.from_json('{"request_id": 1}')

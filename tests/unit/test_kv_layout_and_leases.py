@@ -1,0 +1,39 @@
+import pytest
+
+from kv_transfer.layout import HeadSlice, RegionLayout, plan_head_slices
+from kv_transfer.leases import LeaseTable
+
+
+def test_head_slices_for_each_tp_pair():
+    assert plan_head_slices(4, 1, 1, 0) == [HeadSlice(0, 0, 0, 4)]
+    # decode finer than prefill: each decode rank reads a sub-slice of one owner rank
+    assert plan_head_slices(4, 1, 2, 1) == [HeadSlice(0, 2, 0, 2)]
+    assert plan_head_slices(8, 2, 4, 3) == [HeadSlice(1, 2, 0, 2)]
+    # decode coarser: one decode rank gathers whole slices from several owner ranks
+    assert plan_head_slices(4, 2, 1, 0) == [HeadSlice(0, 0, 0, 2), HeadSlice(1, 0, 2, 2)]
+    assert plan_head_slices(8, 4, 2, 1) == [HeadSlice(2, 0, 0, 2), HeadSlice(3, 0, 2, 2)]
+    with pytest.raises(ValueError):
+        plan_head_slices(6, 2, 3, 0)
+
+
+def test_region_chunks_are_layer_major():
+    layout = RegionLayout(num_layers=2, num_blocks=5, num_heads=3, block_size=4, head_dim=8,
+                          elem_bytes=2)
+    assert layout.chunk_bytes == 3 * 4 * 8 * 2
+    assert layout.total_bytes == 2 * 2 * 5 * layout.chunk_bytes
+    assert layout.chunk_indices([4, 1]) == [4, 1, 9, 6, 14, 11, 19, 16]
+
+
+def test_lease_release_and_expiry():
+    now = [100.0]
+    table = LeaseTable(grace_s=1.0, clock=lambda: now[0])
+    table.grant("a", (1, 2), lease_s=5)
+    table.grant("b", (3,), lease_s=5)
+    with pytest.raises(ValueError):
+        table.grant("a", (4,), lease_s=5)
+    assert table.release("a").block_ids == (1, 2)
+    now[0] = 105.5
+    assert table.expire() == []  # inside the grace period
+    now[0] = 106.5
+    assert [lease.request_id for lease in table.expire()] == ["b"]
+    assert len(table) == 0 and table.num_expired == 1 and table.num_released == 1
