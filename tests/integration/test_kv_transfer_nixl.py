@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra (pip install 'pdserve[nixl]')")
 
-from kv_transfer.handle import KVHandle, IncompatibleKVError  # noqa: E402
+from kv_transfer.handle import IncompatibleKVError, KVHandle  # noqa: E402
 from tests.kv_peer import HEADS, Peer, compat, global_kv, head_slice, owner_group  # noqa: E402
 
 SEED = 1234
