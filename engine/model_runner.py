@@ -37,7 +37,11 @@ class StepInput:
 
 @dataclass(frozen=True)
 class KVCacheLayout:
-    """Shape of the one KV buffer: [layers, 2 (K, V), blocks, local kv heads, block, head_dim]."""
+    """Shape of the one KV buffer: [blocks, layers, 2 (K, V), local kv heads, block, head_dim].
+
+    Block-major so a block of every layer is one contiguous run for KV transfer; each layer's
+    K or V is a strided [blocks, heads, block, head_dim] (HND) view.
+    """
 
     num_layers: int
     num_blocks: int
@@ -48,7 +52,7 @@ class KVCacheLayout:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self.num_layers, 2, self.num_blocks, self.num_kv_heads, self.block_size,
+        return (self.num_blocks, self.num_layers, 2, self.num_kv_heads, self.block_size,
                 self.head_dim)
 
     @property
@@ -83,7 +87,8 @@ class ModelRunner:
         self.layout = self._kv_layout()
         self.kv_buffer = torch.zeros(self.layout.shape, dtype=self.dtype, device=self.device)
         self.model.bind_kv_cache(
-            [(self.kv_buffer[i, 0], self.kv_buffer[i, 1]) for i in range(self.layout.num_layers)]
+            [(self.kv_buffer[:, i, 0], self.kv_buffer[:, i, 1])
+             for i in range(self.layout.num_layers)]
         )
 
     def _kv_layout(self) -> KVCacheLayout:

@@ -1,9 +1,11 @@
 """Byte layout of a rank's KV buffer, and which bytes a receiving rank must read.
 
-The engine keeps one buffer per rank shaped ``[layers, 2 (K, V), blocks, heads, block, dim]``
-(HND per layer). For block ``b`` of layer ``l``, K or V, the rank's heads are one contiguous run
-of ``heads * block * dim`` elements, and any sub-range of heads is contiguous too. So a transfer
-is a list of (layer, kv, block) chunks, each one descriptor.
+The engine keeps one buffer per rank shaped ``[blocks, layers, 2 (K, V), heads, block, dim]``:
+block-major, and HND within each layer (each layer's K or V is a strided
+``[blocks, heads, block, dim]`` view). So one block of every layer is one contiguous run of
+bytes — a single descriptor when both sides hold the same heads — and within it the chunk of a
+(layer, K/V) holds the rank's heads contiguously, so any head sub-range is one descriptor too.
+Block-major matters on CPU, where UCX moves each descriptor with its own system call.
 
 Heterogeneous TP: the owner splits heads over ``p`` ranks, the receiver over ``d`` ranks, one
 dividing the other. ``plan_head_slices`` says, for one receiving rank, which owner ranks it
@@ -37,27 +39,25 @@ class RegionLayout:
         return self.num_heads * self.head_bytes
 
     @property
+    def block_bytes(self) -> int:
+        """Bytes of one block across all layers, K and V."""
+        return self.num_layers * 2 * self.chunk_bytes
+
+    @property
     def total_bytes(self) -> int:
-        return self.num_layers * 2 * self.num_blocks * self.chunk_bytes
+        return self.num_blocks * self.block_bytes
 
     @property
     def num_chunks(self) -> int:
-        return self.num_layers * 2 * self.num_blocks
+        return self.num_blocks * self.num_layers * 2
 
     def chunk_index(self, layer: int, kv: int, block: int) -> int:
-        return (layer * 2 + kv) * self.num_blocks + block
-
-    def chunk_offset(self, index: int) -> int:
-        return index * self.chunk_bytes
+        return (block * self.num_layers + layer) * 2 + kv
 
     def chunk_indices(self, block_ids: list[int] | tuple[int, ...]) -> list[int]:
-        """Descriptor indices (layer-major, K then V) for these blocks, in a fixed order."""
-        return [
-            self.chunk_index(layer, kv, b)
-            for layer in range(self.num_layers)
-            for kv in (0, 1)
-            for b in block_ids
-        ]
+        """Chunk descriptor indices for these blocks, in a fixed (block, layer, K/V) order."""
+        per_block = self.num_layers * 2
+        return [b * per_block + i for b in block_ids for i in range(per_block)]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def compat(**overrides) -> KVCompat:
 
 def global_kv(seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(LAYERS, 2, BLOCKS, HEADS, BLOCK_SIZE, HEAD_DIM, generator=g)
+    return torch.randn(BLOCKS, LAYERS, 2, HEADS, BLOCK_SIZE, HEAD_DIM, generator=g)
 
 
 def head_slice(kv: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
@@ -38,7 +38,7 @@ def _serve(commands: mp.Queue, results: mp.Queue, rank: int, tp: int, seed: int 
     from kv_transfer.nixl_connector import NixlConnector, NixlSettings
 
     buffer = head_slice(global_kv(seed), rank, tp) if seed is not None else \
-        torch.zeros(LAYERS, 2, BLOCKS, HEADS // tp, BLOCK_SIZE, HEAD_DIM)
+        torch.zeros(BLOCKS, LAYERS, 2, HEADS // tp, BLOCK_SIZE, HEAD_DIM)
     layout = RegionLayout(LAYERS, BLOCKS, HEADS // tp, BLOCK_SIZE, HEAD_DIM, 4)
     conn = NixlConnector(engine_id, rank, tp, buffer, layout, compat(**compat_overrides),
                          NixlSettings(pull_timeout_s=10.0, lease_grace_s=0.2))

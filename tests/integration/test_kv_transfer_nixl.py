@@ -30,10 +30,10 @@ def test_multi_block_pull_is_byte_identical_and_release_reaches_owner(peers):
     result, _, buffer = receiver.call("pull", (handle, src_blocks, dst_blocks))
     assert result.ok, result.error
     kv = global_kv(SEED)
-    assert torch.equal(buffer[:, :, dst_blocks], kv[:, :, src_blocks])
-    untouched = [b for b in range(buffer.shape[2]) if b not in dst_blocks]
-    assert torch.count_nonzero(buffer[:, :, untouched]) == 0  # nothing else written
-    assert result.num_bytes == buffer[:, :, dst_blocks].numel() * 4
+    assert torch.equal(buffer[dst_blocks], kv[src_blocks])
+    untouched = [b for b in range(buffer.shape[0]) if b not in dst_blocks]
+    assert torch.count_nonzero(buffer[untouched]) == 0  # nothing else written
+    assert result.num_bytes == buffer[dst_blocks].numel() * 4
     receiver.call("release", handle)
     assert owner[0].call("collect", 5.0) == [("req-1", "released")]
 
@@ -50,9 +50,9 @@ def test_heterogeneous_tp_head_slices(peers, src_tp, dst_tp):
     for rank, receiver in enumerate(receivers):
         result, _, buffer = receiver.call("pull", (handle, src_blocks, dst_blocks))
         assert result.ok, result.error
-        expected = head_slice(kv, rank, dst_tp)[:, :, src_blocks]
+        expected = head_slice(kv, rank, dst_tp)[src_blocks]
         assert buffer.shape[3] == HEADS // dst_tp
-        assert torch.equal(buffer[:, :, dst_blocks], expected), f"rank {rank}"
+        assert torch.equal(buffer[dst_blocks], expected), f"rank {rank}"
 
 
 def test_lease_expiry_frees_owner_blocks(peers):

@@ -16,12 +16,14 @@ def test_head_slices_for_each_tp_pair():
         plan_head_slices(6, 2, 3, 0)
 
 
-def test_region_chunks_are_layer_major():
+def test_region_chunks_are_block_major():
     layout = RegionLayout(num_layers=2, num_blocks=5, num_heads=3, block_size=4, head_dim=8,
                           elem_bytes=2)
     assert layout.chunk_bytes == 3 * 4 * 8 * 2
-    assert layout.total_bytes == 2 * 2 * 5 * layout.chunk_bytes
-    assert layout.chunk_indices([4, 1]) == [4, 1, 9, 6, 14, 11, 19, 16]
+    assert layout.block_bytes == 2 * 2 * layout.chunk_bytes
+    assert layout.total_bytes == 5 * layout.block_bytes
+    assert layout.chunk_index(layer=1, kv=0, block=4) == 18
+    assert layout.chunk_indices([4, 1]) == [16, 17, 18, 19, 4, 5, 6, 7]
 
 
 def test_lease_release_and_expiry():

@@ -1,0 +1,200 @@
+"""KV transfer bandwidth: our connector against raw NIXL and a memcpy, in one run.
+
+For the KV of one 4k-token request (256 blocks of 16 tokens, scattered block ids) of the demo
+model (fp32) and of the Llama-3.1-8B shape (bf16), an owner process holds the blocks and this
+process pulls them through ``NixlConnector`` (one prepped READ listing 256 block descriptors:
+the cache is block-major, so a block of every layer is one contiguous run). Alongside: raw NIXL reading the same number of bytes from the same registered
+region as a few large contiguous descriptors (what the link can do), and a memcpy of the same
+bytes (CPU: in-process copy; GPU: a device-to-device copy from the owner's GPU).
+
+    python -m benchmarks.kv_transfer_bench [--device cpu|cuda] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.report import machine_info, print_table, save_json
+from kv_transfer.handle import KVCompat, KVHandle
+from kv_transfer.layout import RegionLayout
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+
+SHAPES = [
+    Shape("demo (SmolLM2-135M, fp32)", 30, 3, 64, torch.float32),
+    Shape("llama-3.1-8b (bf16)", 32, 8, 128, torch.bfloat16),
+]
+BLOCK_SIZE = 16
+PROMPT_TOKENS = 4096
+REGION_BLOCKS = 320  # a cache a bit larger than the request
+
+
+def layout_of(shape: Shape) -> RegionLayout:
+    elem = torch.empty((), dtype=shape.dtype).element_size()
+    return RegionLayout(shape.num_layers, REGION_BLOCKS, shape.num_kv_heads, BLOCK_SIZE,
+                        shape.head_dim, elem)
+
+
+def compat_of(shape: Shape) -> KVCompat:
+    name = str(shape.dtype).removeprefix("torch.")
+    return KVCompat(shape.name, name, name, shape.num_layers, shape.num_kv_heads,
+                    shape.head_dim, BLOCK_SIZE, "bench")
+
+
+def make_buffer(shape: Shape, device: str, fill: bool) -> torch.Tensor:
+    lay = layout_of(shape)
+    dims = (lay.num_blocks, lay.num_layers, 2, lay.num_heads, BLOCK_SIZE, shape.head_dim)
+    buf = torch.empty(dims, dtype=shape.dtype, device=device)
+    if fill:
+        buf.copy_(torch.randn(dims, generator=torch.Generator().manual_seed(0)).to(shape.dtype))
+    else:
+        buf.zero_()
+    return buf
+
+
+def _owner(shape: Shape, device: str, q_in: mp.Queue, q_out: mp.Queue) -> None:
+    from kv_transfer.nixl_connector import NixlConnector
+
+    buf = make_buffer(shape, device, fill=True)
+    conn = NixlConnector("bench-owner", 0, 1, buf, layout_of(shape), compat_of(shape))
+    q_out.put(conn.source)
+    while True:
+        cmd = q_in.get()
+        if cmd is None:
+            conn.close()
+            return
+        request_id, blocks = cmd
+        q_out.put(conn.describe(request_id, blocks, PROMPT_TOKENS, 600.0).to_json())
+
+
+def _wait(agent, xfer) -> None:
+    state = agent.transfer(xfer)
+    while state == "PROC":
+        state = agent.check_xfer_state(xfer)
+    if state != "DONE":
+        raise RuntimeError(f"raw NIXL read ended in state {state}")
+
+
+def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int) -> dict:
+    from kv_transfer.nixl_connector import NixlConnector
+
+    ctx = mp.get_context("spawn")
+    q_in, q_out = ctx.Queue(), ctx.Queue()
+    owner = ctx.Process(target=_owner, args=(shape, owner_device, q_in, q_out), daemon=True)
+    owner.start()
+    try:
+        source = q_out.get(timeout=120)
+        lay = layout_of(shape)
+        dst = make_buffer(shape, device, fill=False)
+        conn = NixlConnector("bench-recv", 0, 1, dst, lay, compat_of(shape))
+        num_blocks = PROMPT_TOKENS // BLOCK_SIZE
+        rng = np.random.default_rng(0)
+        src_blocks = rng.permutation(REGION_BLOCKS)[:num_blocks].tolist()
+        dst_blocks = rng.permutation(REGION_BLOCKS)[:num_blocks].tolist()
+        nbytes = 2 * lay.num_layers * num_blocks * lay.chunk_bytes
+        ours = []
+        for i in range(repeats + 1):
+            q_in.put((f"r{i}", src_blocks))
+            handle = KVHandle.from_json(q_out.get(timeout=60))
+            started = time.perf_counter()
+            conn.start_pull(handle, src_blocks, dst_blocks)
+            done = []
+            while not done:
+                done = conn.poll_pulls()
+            elapsed = time.perf_counter() - started
+            assert done[0].ok, done[0].error
+            assert done[0].num_bytes == nbytes
+            if i:  # the first pull also prepares descriptor lists: not timed
+                ours.append(nbytes / elapsed)
+        # Raw NIXL: same bytes, same remote region, as 8 large contiguous descriptors.
+        agent = conn.agent
+        pieces = 8
+        piece = nbytes // pieces
+        kind = conn.memory_kind
+        remote = np.array([(source.base_address + k * piece, piece, source.device_id)
+                           for k in range(pieces)], dtype=np.uint64)
+        local = np.array([(dst.data_ptr() + k * piece, piece, conn.device_id)
+                          for k in range(pieces)], dtype=np.uint64)
+        raw = []
+        for i in range(repeats + 1):
+            xfer = agent.initialize_xfer("READ", agent.get_xfer_descs(local, kind),
+                                         agent.get_xfer_descs(remote, kind), source.agent_name)
+            started = time.perf_counter()
+            _wait(agent, xfer)
+            elapsed = time.perf_counter() - started
+            xfer.release()
+            if i:
+                raw.append(nbytes / elapsed)
+        # memcpy of the same bytes
+        src_copy = make_buffer(shape, owner_device, fill=True).view(-1)[: nbytes // lay.elem_bytes]
+        dst_copy = dst.view(-1)[: nbytes // lay.elem_bytes]
+        copies = []
+        for _ in range(repeats + 1):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            dst_copy.copy_(src_copy)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            copies.append(nbytes / (time.perf_counter() - started))
+        conn.close()
+        return {
+            "shape": shape.name, "bytes": nbytes, "descriptors": num_blocks,
+            "ours_bytes_per_s": statistics.median(ours), "raw_nixl_bytes_per_s":
+            statistics.median(raw), "memcpy_bytes_per_s": statistics.median(copies[1:]),
+            "ours_samples": ours, "raw_samples": raw,
+        }
+    finally:
+        q_in.put(None)
+        owner.join(timeout=20)
+        if owner.is_alive():
+            owner.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: owner on GPU 0, receiver on GPU 1 (or 0 with one GPU)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.device == "cuda":
+        owner_device = "cuda:0"
+        device = "cuda:1" if torch.cuda.device_count() > 1 else "cuda:0"
+        torch.cuda.set_device(device)
+    else:
+        owner_device = device = "cpu"
+    results = [bench_shape(s, device, owner_device, args.repeats) for s in SHAPES]
+    rows = [[r["shape"], f"{r['bytes'] / 2**20:.0f} MiB", r["descriptors"],
+             r["ours_bytes_per_s"] / 1e9, r["raw_nixl_bytes_per_s"] / 1e9,
+             r["memcpy_bytes_per_s"] / 1e9, r["ours_bytes_per_s"] / r["raw_nixl_bytes_per_s"]]
+            for r in results]
+    print(f"KV of one {PROMPT_TOKENS}-token request, {args.device}: owner {owner_device}, "
+          f"receiver {device}")
+    table = print_table(["shape", "bytes", "descriptors", "pdserve GB/s", "raw NIXL GB/s",
+                         "memcpy GB/s", "pdserve / raw"], rows)
+    name = f"kv_transfer_{args.device}.json"
+    save_json(args.out or Path("benchmarks/results") / name,
+              {"device": args.device, "owner_device": owner_device, "receiver_device": device,
+               "results": results, "table": table, "machine": machine_info()})
+
+
+if __name__ == "__main__":
+    main()
