@@ -3,9 +3,10 @@
 For the KV of one 4k-token request (256 blocks of 16 tokens, scattered block ids) of the demo
 model (fp32) and of the Llama-3.1-8B shape (bf16), an owner process holds the blocks and this
 process pulls them through ``NixlConnector`` (one prepped READ listing 256 block descriptors:
-the cache is block-major, so a block of every layer is one contiguous run). Alongside: raw NIXL reading the same number of bytes from the same registered
-region as a few large contiguous descriptors (what the link can do), and a memcpy of the same
-bytes (CPU: in-process copy; GPU: a device-to-device copy from the owner's GPU).
+the cache is block-major, so a block of every layer is one contiguous run). Alongside: raw
+NIXL reading the same number of bytes from the same registered region as a few large contiguous
+descriptors (what the link can do), and a memcpy of the same bytes (CPU: in-process copy;
+GPU: a device-to-device copy from the owner's GPU).
 
     python -m benchmarks.kv_transfer_bench [--device cpu|cuda] [--out FILE]
 """
@@ -113,7 +114,7 @@ def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int) -> d
             q_in.put((f"r{i}", src_blocks))
             handle = KVHandle.from_json(q_out.get(timeout=60))
             started = time.perf_counter()
-            conn.start_pull(handle, src_blocks, dst_blocks)
+            conn.start_pull(f"pull{i}", handle, src_blocks, dst_blocks)
             done = []
             while not done:
                 done = conn.poll_pulls()

@@ -43,12 +43,18 @@ class EngineConfig:
     hash_seed: str = "pdserve-v1"  # block-hash seed; must match across a cluster
     seed: int = 0  # random weights and unseeded sampling
     cache_dir: Path = field(default_factory=default_cache_dir)
+    kv_transfer: str = "none"  # 'none' or 'nixl': hand KV blocks to / pull them from peers
+    kv_lease_s: float = 30.0  # how long an owner holds blocks for a receiver that never pulls
+    kv_pull_timeout_s: float = 30.0  # a pull not finished by then fails
+    engine_id: str | None = None  # unique per engine instance; None: generated
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be at least 1")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.kv_transfer not in ("none", "nixl"):
+            raise ValueError(f"kv_transfer must be 'none' or 'nixl', got {self.kv_transfer!r}")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

@@ -5,7 +5,9 @@ Both worker roles drive this class; the offline ``LLM`` API is a loop around ``s
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import uuid
 from dataclasses import dataclass, field
 
 import torch
@@ -18,12 +20,14 @@ from engine.model_config import ModelConfig
 from engine.model_runner import ModelRunner, StepInput
 from engine.model_source import ModelSource, load_config, load_tokenizer, resolve_model
 from engine.output_processor import TextOutput
+from engine.remote_kv import RemoteKV, TransferStats
 from engine.sampler import SamplingRow
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from engine.sequence import FinishReason, Sequence, TokenLogprob
+from engine.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprob
 from engine.tokenizer import Tokenizer
 from kv_transfer.block_hash import BlockHasher
+from kv_transfer.handle import KVHandle
 
 _DEFAULT_MAX_MODEL_LEN = 8192
 
@@ -40,6 +44,8 @@ class RequestDelta:
     finish_reason: FinishReason | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
+    kv_handle: KVHandle | None = None  # prefill role: where the receiver pulls the prompt KV
+    error: str | None = None  # set with FinishReason.ERROR
 
 
 @dataclass(frozen=True)
@@ -54,10 +60,13 @@ class EngineStats:
     prefix_query_tokens: int
     num_preemptions: int
     num_evictions: int
+    transfer: TransferStats | None = None
 
 
 class LLMEngine:
     def __init__(self, config: EngineConfig):
+        if config.engine_id is None:
+            config = dataclasses.replace(config, engine_id=f"pdserve-{uuid.uuid4().hex[:12]}")
         self.config = config
         self.source: ModelSource = resolve_model(config.model, config.cache_dir)
         self.model_config: ModelConfig = load_config(self.source)
@@ -85,6 +94,10 @@ class LLMEngine:
                             self.max_model_len),
             self.kv,
         )
+        self.remote: RemoteKV | None = None
+        if self.runner.connector is not None:
+            self.remote = RemoteKV(self.runner.connector, self.runner.kv_compat(self.source),
+                                   self.kv, self.scheduler, config.kv_lease_s)
         self.seqs: dict[str, Sequence] = {}
         self._text: dict[str, TextOutput] = {}
         self._generators: dict[str, torch.Generator] = {}
@@ -107,50 +120,118 @@ class LLMEngine:
         params: SamplingParams,
         request_id: str | None = None,
         extra_keys: tuple[str, ...] = (),
+        hold_kv: bool = False,
     ) -> str:
+        """Queue a request. ``hold_kv`` (prefill role): when it stops at ``max_tokens``, keep
+        its prompt KV under a lease and report a handle instead of freeing the blocks."""
+        if hold_kv and self.remote is None:
+            raise ValueError("hold_kv needs an engine with kv_transfer enabled")
+        seq = self._new_sequence(prompt_token_ids, params, request_id, extra_keys)
+        seq.hold_kv = hold_kv
+        self.scheduler.add(seq)
+        self._track(seq)
+        return seq.request_id
+
+    def add_prefilled_request(
+        self,
+        prompt_token_ids: list[int],
+        first_token: int,
+        handle: KVHandle,
+        params: SamplingParams,
+        request_id: str | None = None,
+        extra_keys: tuple[str, ...] = (),
+        first_logprob: TokenLogprob | None = None,
+    ) -> RequestDelta | None:
+        """Decode role: continue a request prefilled elsewhere from its first token.
+
+        Its prompt KV is pulled from ``handle`` (only blocks not already cached here). Returns
+        a finished delta if the first token already ends the request, else None.
+        """
+        if self.remote is None:
+            raise ValueError("this engine was started without kv_transfer")
+        if handle.num_tokens != len(prompt_token_ids):
+            raise ValueError(f"KV handle covers {handle.num_tokens} tokens, the prompt has "
+                             f"{len(prompt_token_ids)}")
+        seq = self._new_sequence(prompt_token_ids, params, request_id, extra_keys)
+        if seq.num_tokens + 1 >= self.max_model_len:
+            raise ValueError(f"prompt has {seq.num_tokens} tokens; the context limit is "
+                             f"{self.max_model_len}")
+        self._track(seq)
+        seq.append_token(first_token, first_logprob)
+        self._text[seq.request_id].add_tokens([first_token])
+        if self.scheduler.check_token_stop(seq) is not None:  # nothing left to decode
+            self.remote.connector.release(handle)
+            self._forget(seq.request_id)
+            return None
+        self.remote.receive(seq, handle)
+        return None
+
+    def _new_sequence(self, prompt_token_ids, params, request_id, extra_keys) -> Sequence:
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.seqs:
             raise ValueError(f"request id {request_id!r} is already in use")
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        seq = Sequence(request_id, prompt_token_ids, params, extra_keys, self.eos_token_ids)
-        self.scheduler.add(seq)
-        self.seqs[request_id] = seq
-        self._text[request_id] = TextOutput(self.tokenizer, params)
-        if params.seed is not None:
+        return Sequence(request_id, prompt_token_ids, params, extra_keys, self.eos_token_ids)
+
+    def _track(self, seq: Sequence) -> None:
+        self.seqs[seq.request_id] = seq
+        self._text[seq.request_id] = TextOutput(self.tokenizer, seq.sampling_params)
+        if seq.sampling_params.seed is not None:
             gen = torch.Generator(device=self.runner.device)
-            self._generators[request_id] = gen.manual_seed(params.seed)
-        return request_id
+            self._generators[seq.request_id] = gen.manual_seed(seq.sampling_params.seed)
 
     def abort_request(self, request_id: str) -> bool:
+        """Stop a request wherever it is: queued, running, pulling KV, or holding KV."""
+        if self.remote is not None and self.remote.drop_hold(request_id):
+            return True
         seq = self.seqs.get(request_id)
         if seq is None:
             return False
-        self.scheduler.finish(seq, FinishReason.ABORT)
+        if seq.status == SequenceStatus.WAITING_FOR_KV:
+            self.remote.abort(request_id)  # blocks freed once the transfer has stopped
+        else:
+            self.scheduler.finish(seq, FinishReason.ABORT)
         self._forget(request_id)
         return True
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        pending = self.remote.num_waiting if self.remote is not None else 0
+        return self.scheduler.num_unfinished + pending > 0
+
+    @property
+    def num_held_kv(self) -> int:
+        """Requests whose blocks are held for a receiver (prefill role)."""
+        return 0 if self.remote is None else len(self.remote._held)
 
     # -- one step ---------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
+        deltas = []
+        if self.remote is not None:
+            for seq in self.remote.advance():
+                if seq.finish_reason == FinishReason.ERROR and seq.request_id in self.seqs:
+                    deltas.append(RequestDelta(seq.request_id, [], finished=True,
+                                               finish_reason=FinishReason.ERROR,
+                                               num_prompt_tokens=seq.num_prompt_tokens,
+                                               error=seq.error))
+                    self._forget(seq.request_id)
         batch = self.scheduler.schedule()
         if not batch.seqs:
-            return []
+            return deltas
         step_input = self._build_step_input(batch)
         logits = self.runner.execute(step_input)
         to_sample = self.scheduler.update(batch)
         if not to_sample:
-            return []
+            return deltas
         rows = [
             SamplingRow(s.sampling_params, s.output_token_ids, self._generators.get(s.request_id))
             for s in to_sample
         ]
         tokens, logprobs = self.runner.sample(logits, rows)
-        return [self._append(seq, t, lp) for seq, t, lp in zip(to_sample, tokens, logprobs,
-                                                               strict=True)]
+        deltas.extend(self._append(seq, t, lp)
+                      for seq, t, lp in zip(to_sample, tokens, logprobs, strict=True))
+        return deltas
 
     def _build_step_input(self, batch: ScheduledBatch) -> StepInput:
         bs = self.config.block_size
@@ -185,7 +266,10 @@ class LLMEngine:
             num_cached_tokens=seq.num_cached_tokens,
         )
         if reason is not None:
-            self.scheduler.finish(seq, reason)
+            hold = seq.hold_kv and reason == FinishReason.LENGTH
+            self.scheduler.finish(seq, reason, free_blocks=not hold)
+            if hold:
+                delta.kv_handle = self.remote.hold(seq)
             delta.finished, delta.finish_reason = True, reason
         delta.text_delta = text.take_delta(delta.finished)
         if delta.finished:
@@ -210,12 +294,15 @@ class LLMEngine:
             prefix_query_tokens=self.kv.num_prefix_query_tokens,
             num_preemptions=self.scheduler.num_preemptions,
             num_evictions=self.pool.num_evictions,
+            transfer=None if self.remote is None else dataclasses.replace(self.remote.stats),
         )
 
     def drain_kv_events(self) -> list[KVEvent]:
         return self.pool.drain_events()
 
     def shutdown(self) -> None:
+        if self.runner.connector is not None:
+            self.runner.connector.close()
         if self._tp_group is not None:
             self._tp_group.shutdown()
             self._tp_group = None

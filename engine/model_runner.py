@@ -18,6 +18,8 @@ from engine.model_source import ModelSource, load_weights
 from engine.sampler import SamplingRow, sample
 from engine.sequence import TokenLogprob
 from engine.tensor_parallel import apply_tensor_parallel, check_tp_size
+from kv_transfer.handle import KVCompat
+from kv_transfer.layout import RegionLayout
 
 _CPU_DEFAULT_KV_BYTES = 512 << 20
 
@@ -90,6 +92,36 @@ class ModelRunner:
             [(self.kv_buffer[:, i, 0], self.kv_buffer[:, i, 1])
              for i in range(self.layout.num_layers)]
         )
+        self.connector = None
+        if config.kv_transfer == "nixl":
+            self.connector = self._create_connector(source)
+
+    def kv_compat(self, source: ModelSource) -> KVCompat:
+        """What a peer's KV must match for its blocks to be usable here."""
+        mc = self.model_config
+        dtype = str(self.dtype).removeprefix("torch.")
+        return KVCompat(model=source.name, dtype=dtype, kv_dtype=dtype,
+                        num_layers=mc.num_hidden_layers, num_kv_heads=mc.num_key_value_heads,
+                        head_dim=mc.head_dim, block_size=self.config.block_size,
+                        hash_seed=self.config.hash_seed)
+
+    def _create_connector(self, source: ModelSource):
+        from kv_transfer.nixl_connector import NixlConnector, NixlSettings
+
+        lay = self.layout
+        region = RegionLayout(lay.num_layers, lay.num_blocks, lay.num_kv_heads, lay.block_size,
+                              lay.head_dim, self.kv_buffer.element_size())
+        settings = NixlSettings.for_device(self.device,
+                                           pull_timeout_s=self.config.kv_pull_timeout_s)
+        assert self.config.engine_id, "the engine assigns an id before building runners"
+        connector = NixlConnector(self.config.engine_id, self.rank, self.world, self.kv_buffer,
+                                  region, self.kv_compat(source), settings)
+        if self.world > 1:  # rank 0 advertises every rank's region in its handles
+            sources = [None] * self.world
+            dist.all_gather_object(sources, connector.source)
+            if self.rank == 0:
+                connector.set_group_sources(sources)
+        return connector
 
     def _kv_layout(self) -> KVCacheLayout:
         mc = self.model_config

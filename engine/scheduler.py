@@ -60,15 +60,17 @@ class Scheduler:
             )
         self.waiting.append(seq)
 
-    def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        """End a sequence wherever it is and give its blocks back."""
+    def finish(self, seq: Sequence, reason: FinishReason, free_blocks: bool = True) -> None:
+        """End a sequence wherever it is; give its blocks back unless the caller keeps them
+        (held for a KV transfer, or still being written by one)."""
         if seq.is_finished:
             return
         if seq.status == SequenceStatus.RUNNING:
             self.running.remove(seq)
-        else:
+        elif seq.status == SequenceStatus.WAITING:
             self.waiting.remove(seq)
-        self.kv.free(seq)
+        if free_blocks:
+            self.kv.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
 
@@ -122,6 +124,12 @@ class Scheduler:
             batch.num_new_tokens.append(n)
             budget -= n
         return batch
+
+    def admit_prefilled(self, seq: Sequence) -> None:
+        """A sequence whose prompt KV arrived from elsewhere joins the running batch."""
+        assert seq.status == SequenceStatus.WAITING_FOR_KV
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
 
     def _preempt(self, seq: Sequence) -> None:
         self.kv.free(seq)

@@ -12,6 +12,7 @@ from kv_transfer.block_hash import BlockHash
 
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
+    WAITING_FOR_KV = "waiting_for_kv"  # prefilled elsewhere; its KV is being pulled
     RUNNING = "running"
     FINISHED = "finished"
 
@@ -20,6 +21,7 @@ class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS, a stop token or a stop string
     LENGTH = "length"  # max_tokens or the context limit
     ABORT = "abort"
+    ERROR = "error"  # the request could not be served (e.g. its KV transfer failed)
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Sequence:
         self.finish_reason: FinishReason | None = None
         self.num_preemptions = 0
         self.admitted_once = False
+        self.hold_kv = False  # prefill role: keep the blocks for a receiver when done
+        self.error: str | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -18,7 +18,7 @@ from kv_transfer.handle import KVHandle, SourceRank
 class PullResult:
     """How a pull ended. ``ok`` only when every descriptor of every slice completed."""
 
-    request_id: str
+    pull_id: str  # the receiver's name for the pull (its own request id)
     ok: bool
     error: str | None = None
     num_bytes: int = 0
@@ -52,7 +52,7 @@ class KVConnector(ABC):
 
     # -- receiver side (data movement) --------------------------------------------------------
     @abstractmethod
-    def start_pull(self, handle: KVHandle, src_block_ids: list[int],
+    def start_pull(self, pull_id: str, handle: KVHandle, src_block_ids: list[int],
                    dst_block_ids: list[int]) -> None:
         """Begin reading the owner's ``src_block_ids`` into local ``dst_block_ids`` (this
         rank's head slice). Raises IncompatibleKVError for a handle it cannot consume; other

@@ -161,17 +161,17 @@ class NixlConnector(KVConnector):
         return ended
 
     # -- receiver side ------------------------------------------------------------------------
-    def start_pull(self, handle: KVHandle, src_block_ids: list[int],
+    def start_pull(self, pull_id: str, handle: KVHandle, src_block_ids: list[int],
                    dst_block_ids: list[int]) -> None:
         handle.check_receivable(self.compat)
         if len(src_block_ids) != len(dst_block_ids):
             raise ValueError("source and destination block lists differ in length")
-        if handle.request_id in self._pulls:
-            raise ValueError(f"a pull for {handle.request_id!r} is already in flight")
+        if pull_id in self._pulls:
+            raise ValueError(f"a pull named {pull_id!r} is already in flight")
         pull = _Pull(handle)
         remaining = handle.lease_deadline - self.settings.lease_margin_s - time.time()
         pull.deadline = time.time() + min(self.settings.pull_timeout_s, remaining)
-        self._pulls[handle.request_id] = pull
+        self._pulls[pull_id] = pull
         if remaining <= 0:
             pull.error = (f"KV lease of {handle.request_id!r} expired "
                           f"{-remaining:.1f}s before the pull could start")

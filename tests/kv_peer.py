@@ -64,7 +64,7 @@ def _serve(commands: mp.Queue, results: mp.Queue, rank: int, tp: int, seed: int 
                 results.put(("ended", ended))
             elif cmd == "pull":
                 handle_json, src, dst = args
-                conn.start_pull(KVHandle.from_json(handle_json), src, dst)
+                conn.start_pull("pull", KVHandle.from_json(handle_json), src, dst)
                 started = time.time()
                 done = []
                 while not done:
