@@ -18,6 +18,7 @@ from engine.model_source import ModelSource, load_weights
 from engine.sampler import SamplingRow, sample
 from engine.sequence import TokenLogprob
 from engine.tensor_parallel import apply_tensor_parallel, check_tp_size
+from engine.tp_connector import ControlMessage, TensorParallelConnector
 from kv_transfer.handle import KVCompat
 from kv_transfer.layout import RegionLayout
 
@@ -116,12 +117,41 @@ class ModelRunner:
         assert self.config.engine_id, "the engine assigns an id before building runners"
         connector = NixlConnector(self.config.engine_id, self.rank, self.world, self.kv_buffer,
                                   region, self.kv_compat(source), settings)
-        if self.world > 1:  # rank 0 advertises every rank's region in its handles
-            sources = [None] * self.world
-            dist.all_gather_object(sources, connector.source)
-            if self.rank == 0:
-                connector.set_group_sources(sources)
-        return connector
+        if self.world == 1:
+            return connector
+        # Rank 0 advertises every rank's region in its handles, and drives the followers'
+        # pulls when it receives.
+        sources = [None] * self.world
+        dist.all_gather_object(sources, connector.source)
+        if self.rank > 0:
+            return connector
+        connector.set_group_sources(sources)
+        return TensorParallelConnector(connector, self.world, self._broadcast_control,
+                                       self._gather_pull_results)
+
+    def _broadcast_control(self, message: ControlMessage) -> None:
+        dist.broadcast_object_list([message], src=0)
+
+    def _gather_pull_results(self, mine: list) -> list:
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        return gathered
+
+    def _follow_control(self, message: ControlMessage) -> None:
+        from kv_transfer.connector import PullResult
+        from kv_transfer.handle import KVHandle
+
+        if message.kind == "pull":
+            try:
+                self.connector.start_pull(message.pull_id, KVHandle.from_json(message.handle_json),
+                                          list(message.src_block_ids),
+                                          list(message.dst_block_ids))
+            except Exception as e:  # reported at the next poll, like any failed pull
+                self._failed_pulls.append(PullResult(message.pull_id, False, str(e)))
+        elif message.kind == "poll":
+            results = self.connector.poll_pulls() + self._failed_pulls
+            self._failed_pulls = []
+            self._gather_pull_results(results)
 
     def _kv_layout(self) -> KVCacheLayout:
         mc = self.model_config
@@ -179,14 +209,23 @@ class ModelRunner:
         return sample(logits, rows)
 
     def follow(self) -> None:
-        """Loop of ranks > 0: run whatever step rank 0 broadcasts, until it sends None."""
+        """Loop of ranks > 0: run whatever rank 0 broadcasts (steps, transfer control) until
+        it sends None."""
         assert self.rank > 0
-        while True:
-            box: list[StepInput | None] = [None]
-            dist.broadcast_object_list(box, src=0)
-            if box[0] is None:
-                return
-            self.execute(box[0])
+        self._failed_pulls = []
+        try:
+            while True:
+                box: list[StepInput | ControlMessage | None] = [None]
+                dist.broadcast_object_list(box, src=0)
+                if box[0] is None:
+                    return
+                if isinstance(box[0], ControlMessage):
+                    self._follow_control(box[0])
+                else:
+                    self.execute(box[0])
+        finally:
+            if self.connector is not None:
+                self.connector.close()
 
     def stop_followers(self) -> None:
         if self.world > 1 and self.rank == 0:

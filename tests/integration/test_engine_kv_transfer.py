@@ -118,3 +118,27 @@ def test_abort_while_pulling_frees_blocks(owner, receiver):
     assert blocks_all_free(receiver)
     held, _, _, _ = owner.call("wait_free", 10.0)
     assert held == 0
+
+
+def test_tp2_receiver_fed_by_tp1_owner_gives_single_engine_tokens():
+    model = dict(MODEL, model="random:tiny-llama-tp", seed=5)
+    prompts = random_prompts(5, 512, 10, 60, seed=71)
+    with LLM(**model) as single:
+        expected = [o.token_ids for o in single.generate(prompts, GREEDY)]
+    peer = EnginePeer(kv_lease_s=20.0, **model)
+    receiver = LLMEngine(EngineConfig(kv_transfer="nixl", tensor_parallel_size=2, **model))
+    try:
+        prefilled = peer.call("prefill", prompts)
+        ids = []
+        for i, (prompt, (first, handle_json, _)) in enumerate(zip(prompts, prefilled,
+                                                                  strict=True)):
+            receiver.add_prefilled_request(prompt, first, KVHandle.from_json(handle_json),
+                                           GREEDY, request_id=f"tp{i}")
+            ids.append(f"tp{i}")
+        out, _ = run(receiver, ids)
+        assert [[p[0]] + out[i] for p, i in zip(prefilled, ids, strict=True)] == expected
+        assert receiver.stats().transfer.pulls_ok == len(prompts)
+        assert blocks_all_free(receiver)
+    finally:
+        receiver.shutdown()
+        peer.stop()

@@ -1,0 +1,192 @@
+"""The engine behind an asyncio service: ``LLMEngine`` runs in its own thread, requests and
+results cross over thread-safe queues.
+
+The engine thread owns the engine outright (no locks around engine state): every call from the
+event loop becomes a command the thread executes between steps. Results are delivered to
+per-request asyncio queues with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.kv_events import KVEvent
+from engine.llm_engine import EngineStats, LLMEngine, RequestDelta
+from engine.sequence import FinishReason
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.5  # nothing to do: block on the command queue this long
+_HOLDING_WAIT_S = 0.02  # leases or pulls outstanding: poll the transfer layer this often
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.engine: LLMEngine | None = None
+        self._commands: queue.Queue[Callable[[LLMEngine], None]] = queue.Queue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.kv_events: deque[KVEvent] = deque()
+        self._thread = threading.Thread(target=self._run, name="pdserve-engine", daemon=True)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the model (in the engine thread) and wait until it serves."""
+        self._thread.start()
+        await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._commands.put(lambda engine: None)  # wake the thread
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+    # -- requests -----------------------------------------------------------------------------
+    def generate(self, request_id: str, **add_kwargs: Any) -> AsyncIterator[RequestDelta]:
+        """Run ``LLMEngine.add_request(request_id=..., **add_kwargs)``; stream its deltas."""
+        return self._stream(request_id, lambda e: e.add_request(request_id=request_id,
+                                                                 **add_kwargs))
+
+    def continue_prefilled(self, request_id: str, **kwargs: Any) -> AsyncIterator[RequestDelta]:
+        """Run ``LLMEngine.add_prefilled_request``; stream its deltas."""
+        def add(engine: LLMEngine) -> None:
+            done = engine.add_prefilled_request(request_id=request_id, **kwargs)
+            if done is not None:
+                self._deliver(done)
+        return self._stream(request_id, add)
+
+    def abort(self, request_id: str) -> None:
+        def run(engine: LLMEngine) -> None:
+            engine.abort_request(request_id)
+            self._close_stream(request_id, FinishReason.ABORT)
+        self._commands.put(run)
+
+    async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
+        """Run ``fn(engine)`` in the engine thread and return its result."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def run(engine: LLMEngine) -> None:
+            try:
+                result = fn(engine)
+            except Exception as e:
+                loop.call_soon_threadsafe(_set_exception, future, e)
+            else:
+                loop.call_soon_threadsafe(_set_result, future, result)
+        self._commands.put(run)
+        return await future
+
+    async def stats(self) -> EngineStats:
+        return await self.call(lambda engine: engine.stats())
+
+    async def _stream(self, request_id: str,
+                      add: Callable[[LLMEngine], Any]) -> AsyncIterator[RequestDelta]:
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue = asyncio.Queue()
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        self._streams[request_id] = (loop, out)
+
+        def run(engine: LLMEngine) -> None:
+            try:
+                add(engine)
+            except Exception as e:  # bad input: reported to this request's caller only
+                self._streams.pop(request_id, None)
+                loop.call_soon_threadsafe(out.put_nowait, e)
+        self._commands.put(run)
+        finished = False
+        try:
+            while True:
+                item = await out.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            if not finished:  # the caller went away (cancelled) or an error: stop the request
+                self._streams.pop(request_id, None)
+                self.abort(request_id)
+
+    # -- engine thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.engine = LLMEngine(self.config)
+        except BaseException as e:  # reported to start()
+            self._startup_error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        engine = self.engine
+        try:
+            while not self._stop.is_set():
+                busy = engine.has_unfinished()
+                waiting_on_transfers = engine.num_held_kv > 0
+                timeout = 0 if busy else (_HOLDING_WAIT_S if waiting_on_transfers
+                                          else _IDLE_WAIT_S)
+                self._drain_commands(engine, timeout)
+                if engine.has_unfinished() or engine.num_held_kv:
+                    for delta in engine.step():
+                        self._deliver(delta)
+                self.kv_events.extend(engine.drain_kv_events())
+        except Exception:
+            log.exception("engine loop crashed")
+            for rid in list(self._streams):
+                self._close_stream(rid, FinishReason.ERROR, "engine loop crashed")
+            raise
+        finally:
+            engine.shutdown()
+
+    def _drain_commands(self, engine: LLMEngine, timeout: float) -> None:
+        try:
+            cmd = self._commands.get(timeout=timeout) if timeout else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            try:
+                cmd(engine)
+            except Exception:
+                log.exception("engine command failed")
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _deliver(self, delta: RequestDelta) -> None:
+        entry = self._streams.get(delta.request_id)
+        if entry is None:
+            return
+        if delta.finished:
+            self._streams.pop(delta.request_id, None)
+        loop, out = entry
+        loop.call_soon_threadsafe(out.put_nowait, delta)
+
+    def _close_stream(self, request_id: str, reason: FinishReason, error: str | None = None):
+        entry = self._streams.pop(request_id, None)
+        if entry is not None:
+            loop, out = entry
+            loop.call_soon_threadsafe(out.put_nowait, RequestDelta(
+                request_id, [], finished=True, finish_reason=reason, error=error))
+
+
+def _set_result(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
