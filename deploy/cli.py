@@ -14,6 +14,8 @@ import sys
 SUBCOMMANDS = {
     "generate": ("engine.cli_generate", "generate text offline with the engine (no cluster)"),
     "prepare-demo": ("engine.cli_prepare", "download and convert the demo model once"),
+    "prefill": ("prefill_worker.cli", "run a prefill worker (gRPC)"),
+    "decode": ("decode_worker.cli", "run a decode worker (gRPC, tensor parallel with --tp)"),
 }
 
 

@@ -38,3 +38,13 @@ def demo_model_dir(cache_dir: Path) -> Path:
     from engine.demo_model import prepare_demo_model
 
     return prepare_demo_model(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real Redis for the session's tests (see tests/cluster_helpers.py)."""
+    from tests.cluster_helpers import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()

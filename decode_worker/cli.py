@@ -1,0 +1,22 @@
+"""`pdserve decode`: a decode worker (tensor parallel with --tp; also prefills locally)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cluster.worker_cli import add_worker_arguments
+
+    add_worker_arguments(parser, role="decode")
+    parser.add_argument("--role", dest="worker_role", choices=["decode", "both"],
+                        default="decode",
+                        help="'both' advertises the worker for prefill too (colocated serving)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cluster.worker_cli import worker_config_from_args
+    from cluster.worker_runtime import main_for_role
+    from decode_worker.servicer import DecodeServicer
+
+    return main_for_role(worker_config_from_args(args, args.worker_role), DecodeServicer)

@@ -1,0 +1,62 @@
+"""gRPC ``Decode`` (server-streaming), plus ``Prefill`` when the worker runs colocated."""
+
+from __future__ import annotations
+
+import grpc
+
+from cluster.worker_runtime import BaseServicer, InFlight
+from engine.sequence import FinishReason
+from kv_transfer.handle import IncompatibleKVError
+from prefill_worker.servicer import PrefillServicer
+from proto import pb
+from proto.convert import handle_from_pb, logprob_from_pb, logprob_to_pb, sampling_from_pb
+
+
+class DecodeServicer(BaseServicer):
+    async def Decode(self, request, context):
+        await self.check_request(request.api_version, request.request_id,
+                                 request.prompt_token_ids, context)
+        try:
+            params = sampling_from_pb(request.sampling)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        prompt = list(request.prompt_token_ids)
+        salt = tuple(request.cache_salt)
+        if request.prefill_locally:
+            stream = self.engine.generate(request.request_id, prompt_token_ids=prompt,
+                                          params=params, extra_keys=salt)
+        else:
+            if not request.HasField("kv_handle"):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "either prefill_locally or a kv_handle is required")
+            first_logprob = (logprob_from_pb(request.first_logprob)
+                             if request.HasField("first_logprob") else None)
+            stream = self.engine.continue_prefilled(
+                request.request_id, prompt_token_ids=prompt, first_token=request.first_token,
+                handle=handle_from_pb(request.kv_handle), params=params, extra_keys=salt,
+                first_logprob=first_logprob)
+        with InFlight(self.state):
+            try:
+                async for delta in stream:
+                    chunk = pb.DecodeChunk(
+                        token_ids=delta.new_token_ids, text=delta.text_delta,
+                        logprobs=[logprob_to_pb(lp) for lp in delta.new_logprobs],
+                        num_prompt_tokens=delta.num_prompt_tokens,
+                        num_cached_tokens=delta.num_cached_tokens,
+                    )
+                    if delta.finished:
+                        chunk.finish_reason = delta.finish_reason.value
+                        if delta.finish_reason == FinishReason.ERROR:
+                            chunk.error = delta.error or "request failed"
+                    yield chunk
+            except IncompatibleKVError as e:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    async def Prefill(self, request, context):
+        if self.role != "both":
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "this decode worker does not serve Prefill (start it with "
+                                "--role both for colocated serving)")
+        return await PrefillServicer.Prefill(self, request, context)

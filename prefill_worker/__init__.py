@@ -1,0 +1,1 @@
+"""The prefill role: compute prompt KV, sample the first token, hold the blocks for a pull."""

@@ -1,0 +1,119 @@
+"""Real services for integration tests: a Redis server and worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A real ``redis-server`` when installed (CI installs it); otherwise fakeredis's TCP
+    server, which speaks the real protocol, so the code under test is the same."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+        self.fake = None
+        binary = shutil.which("redis-server")
+        if binary:
+            self.kind = "redis-server"
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--save", "", "--appendonly", "no",
+                 "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            from fakeredis import TcpFakeServer
+
+            self.kind = "fakeredis"
+            self.fake = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
+            threading.Thread(target=self.fake.serve_forever, daemon=True).start()
+        self._wait()
+
+    def _wait(self) -> None:
+        import redis
+
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+        if self.fake is not None:
+            self.fake.shutdown()
+            self.fake.server_close()
+            self.fake = None
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+
+class WorkerProcess:
+    """``pdserve prefill|decode`` in a subprocess; ready once it prints its address."""
+
+    def __init__(self, role: str, model_args: list[str], redis_url: str | None,
+                 extra: list[str] | None = None, timeout: float = 120.0):
+        self.role = role
+        cmd = [sys.executable, "-m", "deploy.cli", role, *model_args,
+               "--redis", redis_url or "none", *(extra or [])]
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
+        self.log_lines: list[str] = []
+        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + timeout
+        self.address = self.worker_id = None
+        while time.time() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.log_lines.append(line)
+            if line.startswith("PDSERVE_WORKER_READY"):
+                _, self.worker_id, self.address, metrics = line.split()
+                self.metrics_port = int(metrics.split("=")[1])
+                break
+        if self.address is None:
+            self.process.kill()
+            raise RuntimeError(f"{role} worker did not start:\n{''.join(self.log_lines)}")
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self.log_lines.append(line)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
