@@ -268,3 +268,35 @@ def test_decode_tp2_fed_by_prefill_tp1(redis_server):
     finally:
         assert decode.stop() == 0
         assert prefill.stop() == 0
+
+
+def test_client_cancel_reaches_prefill_before_handoff(redis_server, demo_model_dir):
+    # The real demo model with small prefill chunks: a 1500-token prompt takes many steps.
+    prefill = WorkerProcess("prefill", ["--model", str(demo_model_dir),
+                                        "--max-num-batched-tokens", "64"], redis_server.url)
+    try:
+        async def main():
+            async with grpc.aio.insecure_channel(prefill.address) as ch:
+                stub = pb_grpc.WorkerStub(ch)
+                call = stub.Prefill(pb.PrefillRequest(
+                    api_version=API_VERSION, request_id="cancel-me",
+                    prompt_token_ids=random_prompts(1, 49152, 1500, 1500, seed=9)[0],
+                    sampling=sampling()))
+                await asyncio.sleep(0.5)
+                busy = await stub.Stats(pb.StatsRequest())
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+                deadline = time.time() + 2
+                while time.time() < deadline:
+                    s = await stub.Stats(pb.StatsRequest())
+                    if s.num_running == 0 and s.num_blocks_in_use == 0:
+                        return busy, s
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"request still running after cancel: {s}")
+
+        busy, idle = asyncio.run(main())
+        assert busy.num_running == 1  # it was mid-prefill when the client went away
+        assert idle.num_held_leases == 0
+    finally:
+        prefill.stop()
