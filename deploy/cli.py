@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "prepare-demo": ("engine.cli_prepare", "download and convert the demo model once"),
     "prefill": ("prefill_worker.cli", "run a prefill worker (gRPC)"),
     "decode": ("decode_worker.cli", "run a decode worker (gRPC, tensor parallel with --tp)"),
+    "router": ("router.cli", "run the OpenAI-compatible router"),
 }
 
 

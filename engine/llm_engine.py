@@ -158,7 +158,9 @@ class LLMEngine:
                              f"{self.max_model_len}")
         self._track(seq)
         seq.append_token(first_token, first_logprob)
-        self._text[seq.request_id].add_tokens([first_token])
+        text = self._text[seq.request_id]
+        text.add_tokens([first_token])  # context for detokenizing and stop strings...
+        text.num_emitted_chars = len(text.text)  # ...but the prefill side already sent it
         if self.scheduler.check_token_stop(seq) is not None:  # nothing left to decode
             self.remote.connector.release(handle)
             self._forget(seq.request_id)

@@ -117,3 +117,49 @@ class WorkerProcess:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+
+
+class RouterProcess:
+    """``pdserve router`` in a subprocess; ready once /health answers."""
+
+    def __init__(self, redis_url: str, extra: list[str] | None = None, timeout: float = 60.0,
+                 wait_for: tuple[int, int] = (0, 1)):
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "deploy.cli", "router", "--redis", redis_url,
+               "--port", str(self.port), *(extra or [])]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.log_lines: list[str] = []
+        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.time() + timeout
+        want_prefill, want_decode = wait_for
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                health = httpx.get(f"{self.url}/health", timeout=1).json()
+                if health["prefill_workers"] >= want_prefill and \
+                        health["decode_workers"] >= want_decode:
+                    return
+            except Exception:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("router did not become ready:\n" + "".join(self.log_lines[-40:]))
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self.log_lines.append(line)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -1,0 +1,79 @@
+"""`pdserve router`: the OpenAI-compatible front door."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from router.policies import POLICIES
+
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+                        help="Redis URL of the cluster registry")
+    parser.add_argument("--redis-prefix", default="pdserve:", help="key prefix (one per cluster)")
+    parser.add_argument("--model", default="demo",
+                        help="the model the workers serve (for its name and tokenizer)")
+    parser.add_argument("--served-model-name", default=None,
+                        help="name clients put in 'model' (default: the model's name)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="directory with tokenizer.json (default: from --model)")
+    parser.add_argument("--cache-dir", default=None, help="pdserve cache (for --model demo)")
+    parser.add_argument("--policy", choices=POLICIES, default="kv_aware",
+                        help="prefill placement policy")
+    parser.add_argument("--load-weight", type=float, default=1.0,
+                        help="kv_aware: weight of queued prefill tokens against cached tokens")
+    parser.add_argument("--local-prefill-threshold", type=int, default=32,
+                        help="prefill on the decode worker when at most this many prompt tokens "
+                             "are uncached")
+    parser.add_argument("--prefill-saturation-tokens", type=int, default=65536,
+                        help="queued tokens at which a prefill worker counts as saturated")
+    parser.add_argument("--block-size", type=int, default=16, help="must match the workers")
+    parser.add_argument("--hash-seed", default="pdserve-v1", help="must match the workers")
+    parser.add_argument("--max-body-bytes", type=int, default=8 << 20,
+                        help="larger request bodies get 413")
+    parser.add_argument("--api-key", action="append", default=[],
+                        help="accepted API key (repeat for several); none: no authentication")
+    parser.add_argument("--api-keys-file", type=Path, default=None,
+                        help="file with one accepted API key per line")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="context limit (default: the smallest among decode workers)")
+    parser.add_argument("--log-level", default="info")
+
+
+def config_from_args(args: argparse.Namespace):
+    from router.config import RouterConfig
+    from router.policies import PolicyWeights
+
+    keys = set(args.api_key)
+    if args.api_keys_file:
+        keys |= {line.strip() for line in args.api_keys_file.read_text().splitlines()
+                 if line.strip() and not line.startswith("#")}
+    return RouterConfig(
+        host=args.host, port=args.port, redis_url=args.redis, redis_prefix=args.redis_prefix,
+        model=args.model, served_model_name=args.served_model_name, tokenizer=args.tokenizer,
+        cache_dir=args.cache_dir, policy=args.policy,
+        weights=PolicyWeights(load_weight=args.load_weight),
+        local_prefill_threshold_tokens=args.local_prefill_threshold,
+        prefill_saturation_tokens=args.prefill_saturation_tokens, block_size=args.block_size,
+        hash_seed=args.hash_seed, max_body_bytes=args.max_body_bytes,
+        api_keys=frozenset(keys), max_model_len=args.max_model_len,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from router.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    app = create_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+    return 0

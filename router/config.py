@@ -1,0 +1,37 @@
+"""Router configuration: one frozen dataclass, built at the edge (CLI) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from router.policies import PolicyWeights
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "pdserve:"
+    model: str = "demo"  # what the workers serve: 'demo', a HF dir, a .gguf, random:<shape>
+    served_model_name: str | None = None  # name clients use; default: the model's name
+    tokenizer: str | None = None  # directory with tokenizer.json; default: from --model
+    policy: str = "kv_aware"
+    weights: PolicyWeights = field(default_factory=PolicyWeights)
+    local_prefill_threshold_tokens: int = 32  # uncached tokens at or below: prefill on decode
+    prefill_saturation_tokens: int = 65536  # queued tokens per prefill worker = saturated
+    max_prefill_attempts: int = 3
+    max_migrations: int = 2
+    fence_s: float = 5.0  # a worker that failed a call stays out of rotation this long
+    prefill_timeout_s: float = 300.0
+    request_timeout_s: float = 3600.0
+    block_size: int = 16  # must match the workers (their records say so)
+    hash_seed: str = "pdserve-v1"
+    max_body_bytes: int = 8 << 20
+    api_keys: frozenset[str] = frozenset()  # empty: no authentication
+    max_model_len: int | None = None  # default: the smallest among decode workers
+    cache_dir: str | None = None
+
+    @property
+    def requires_auth(self) -> bool:
+        return bool(self.api_keys)

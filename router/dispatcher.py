@@ -1,0 +1,325 @@
+"""One request through the cluster: route, prefill (with retries), hand over, decode (with
+migration), streaming token events back to the API layer.
+
+Failure rules: a prefill that fails before the first token is retried on another prefill worker
+and finally on the decode worker itself; a decode stream that dies is continued elsewhere by
+prefilling prompt + the tokens already generated, so the client sees one unbroken stream. A
+client that goes away cancels the gRPC calls, which aborts the request on the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from itertools import count
+
+import grpc
+
+from cluster.schema import WorkerRecord
+from engine.sampling_params import SamplingParams
+from engine.sequence import TokenLogprob
+from kv_transfer.block_hash import BlockHasher
+from proto import API_VERSION, pb
+from proto.convert import logprob_from_pb, sampling_to_pb
+from router.config import RouterConfig
+from router.index_accuracy import IndexAccuracy
+from router.load_tracker import LoadTracker
+from router.metrics import RouterMetrics
+from router.policies import Candidate, choose_decode, choose_prefill, should_prefill_locally
+from router.prefix_index import PrefixIndex
+from router.registry import RegistryView
+from router.worker_clients import WorkerClients
+
+log = logging.getLogger(__name__)
+
+_CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE)
+
+
+class NoWorkersError(RuntimeError):
+    """No worker can take the request now (HTTP 503)."""
+
+
+class BadRequestError(ValueError):
+    """The workers refused the request as invalid (HTTP 400)."""
+
+
+class UpstreamError(RuntimeError):
+    """Every attempt failed (HTTP 502)."""
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    cache_salt: tuple[str, ...] = ()
+
+
+@dataclass
+class TokenEvent:
+    token_ids: list[int]
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+
+
+@dataclass
+class RoutePlan:
+    decode: WorkerRecord
+    prefill: Candidate | None  # None: prefill on the decode worker
+    prefill_candidates: list[Candidate]
+    predicted_cached_tokens: int
+    local_reason: str | None
+
+
+class _DecodeFailed(Exception):
+    pass
+
+
+class Dispatcher:
+    def __init__(self, config: RouterConfig, registry: RegistryView, index: PrefixIndex,
+                 clients: WorkerClients, metrics: RouterMetrics, load: LoadTracker):
+        self.config = config
+        self.registry = registry
+        self.index = index
+        self.clients = clients
+        self.metrics = metrics
+        self.load = load
+        self.hasher = BlockHasher(config.block_size, config.hash_seed)
+        self.accuracy = IndexAccuracy()
+        self._counter = count()
+        self._rng = random.Random(0)
+        self._prompt_total = 0
+        self._cached_total = 0
+
+    # -- routing ------------------------------------------------------------------------------
+    def plan(self, req: GenerateRequest) -> RoutePlan:
+        started = time.perf_counter()
+        n = next(self._counter)
+        decodes = self.registry.live("decode")
+        if not decodes:
+            raise NoWorkersError("no decode worker is available")
+        decode_candidates = [Candidate(r.worker_id, running=self.load.decode_streams[r.worker_id]
+                                       + r.num_waiting, kv_usage=r.kv_usage) for r in decodes]
+        chosen_decode = choose_decode(decode_candidates, self.config.weights, n)
+        decode = next(r for r in decodes if r.worker_id == chosen_decode.worker_id)
+        prefills = [r for r in self.registry.live("prefill")
+                    if r.role == "prefill" and r.compat_digest == decode.compat_digest]
+        prompt_len = len(req.prompt_token_ids)
+        bs = self.config.block_size
+        hashes = self.hasher.hash_prompt(req.prompt_token_ids[: prompt_len - 1], req.cache_salt)
+        overlaps = self.index.overlap(hashes, [r.worker_id for r in prefills])
+        candidates = [Candidate(r.worker_id, cached_tokens=overlaps[r.worker_id] * bs,
+                                queued_tokens=self.load.prefill_tokens[r.worker_id])
+                      for r in prefills]
+        chosen = None
+        predicted = 0
+        if candidates:
+            chosen = choose_prefill(self.config.policy, candidates, prompt_len,
+                                    self.config.weights, n, self._rng)
+            predicted = chosen.cached_tokens
+        saturated = bool(candidates) and all(
+            c.queued_tokens >= self.config.prefill_saturation_tokens for c in candidates)
+        local_reason = None
+        if should_prefill_locally(prompt_len - predicted,
+                                  self.config.local_prefill_threshold_tokens,
+                                  len(candidates), saturated):
+            local_reason = ("no_prefill_workers" if not candidates else
+                            "saturated" if saturated else "short_uncached")
+        self.metrics.routing_seconds.observe(time.perf_counter() - started)
+        return RoutePlan(decode, None if local_reason else chosen, candidates, predicted,
+                         local_reason)
+
+    # -- one request --------------------------------------------------------------------------
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        plan = self.plan(req)
+        started = time.perf_counter()
+        outcome = "error"
+        last_token_at = None
+        try:
+            first = None
+            if plan.prefill is not None:
+                first = await self._prefill(req, plan)
+            else:
+                self.metrics.local_prefills.labels(plan.local_reason).inc()
+            if first is not None:
+                last_token_at = time.perf_counter()
+                self.metrics.ttft.observe(last_token_at - started)
+                event = TokenEvent([first.first_token], first.text,
+                                   [logprob_from_pb(first.first_logprob)]
+                                   if first.HasField("first_logprob") else [],
+                                   first.finish_reason or None, first.num_prompt_tokens,
+                                   first.num_cached_tokens)
+                handed_over = False
+                try:
+                    yield event
+                    if first.finish_reason:
+                        outcome = "ok"
+                        return
+                    decode_stream = self._decode(req, plan, first)
+                    handed_over = True
+                finally:
+                    if not handed_over and not first.finish_reason:
+                        # The client left between prefill and decode: free the held blocks now.
+                        self._abort_prefill(plan, req.request_id)
+            else:
+                decode_stream = self._decode(req, plan, None)
+            async for event in decode_stream:
+                now = time.perf_counter()
+                if last_token_at is None:
+                    self.metrics.ttft.observe(now - started)
+                elif event.token_ids:
+                    self.metrics.itl.observe((now - last_token_at) / len(event.token_ids))
+                last_token_at = now
+                yield event
+                if event.finish_reason:
+                    outcome = "ok"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except GeneratorExit:
+            outcome = "cancelled"
+            raise
+        except (BadRequestError, NoWorkersError):
+            outcome = "rejected"
+            raise
+        finally:
+            self.metrics.e2e.observe(time.perf_counter() - started)
+            self.metrics.requests.labels(self.config.policy, outcome).inc()
+
+    async def _prefill(self, req: GenerateRequest, plan: RoutePlan) -> pb.PrefillResponse | None:
+        """Remote prefill with retries; None means fall back to prefilling on the decode side."""
+        chosen = plan.prefill
+        tried: set[str] = set()
+        n = next(self._counter)
+        while chosen is not None:
+            record = self.registry.workers.get(chosen.worker_id)
+            if record is None:
+                tried.add(chosen.worker_id)
+            else:
+                uncached = len(req.prompt_token_ids) - chosen.cached_tokens
+                try:
+                    with self.load.prefilling(chosen.worker_id, uncached):
+                        response = await self.clients.stub(record.address).Prefill(
+                            pb.PrefillRequest(
+                                api_version=API_VERSION, request_id=req.request_id,
+                                prompt_token_ids=req.prompt_token_ids,
+                                sampling=sampling_to_pb(req.params),
+                                cache_salt=list(req.cache_salt)),
+                            timeout=self.config.prefill_timeout_s)
+                    self._account_cache(chosen.cached_tokens, response)
+                    self._count_prompt(len(req.prompt_token_ids), response.num_cached_tokens)
+                    plan.prefill = chosen
+                    return response
+                except grpc.aio.AioRpcError as e:
+                    if e.code() in _CLIENT_ERRORS:
+                        raise BadRequestError(e.details()) from None
+                    log.warning("prefill on %s failed (%s: %s); retrying elsewhere",
+                                chosen.worker_id, e.code().name, e.details())
+                    self.registry.fence(chosen.worker_id, self.config.fence_s)
+                    self.metrics.retries.inc()
+                    tried.add(chosen.worker_id)
+            remaining = [c for c in plan.prefill_candidates if c.worker_id not in tried
+                         and not self.registry.is_fenced(c.worker_id)]
+            if not remaining or len(tried) >= self.config.max_prefill_attempts:
+                break
+            chosen = choose_prefill(self.config.policy, remaining, len(req.prompt_token_ids),
+                                    self.config.weights, n, self._rng)
+        self.metrics.local_prefills.labels("prefill_failed").inc()
+        return None
+
+    def _account_cache(self, predicted: int, response: pb.PrefillResponse) -> None:
+        realised = response.num_cached_tokens
+        self.metrics.predicted_cached_tokens.inc(predicted)
+        self.metrics.prediction_error.observe(predicted - realised)
+        self.accuracy.record(predicted, realised)
+        self.metrics.index_accuracy.set(self.accuracy.exact_share)
+
+    def _abort_prefill(self, plan: RoutePlan, request_id: str) -> None:
+        record = self.registry.workers.get(plan.prefill.worker_id) if plan.prefill else None
+        if record is not None:
+            stub = self.clients.stub(record.address)
+            task = asyncio.ensure_future(stub.Abort(pb.AbortRequest(request_id=request_id),
+                                                    timeout=5))
+            task.add_done_callback(lambda t: t.exception())  # best effort
+
+    async def _decode(self, req: GenerateRequest, plan: RoutePlan,
+                      first: pb.PrefillResponse | None) -> AsyncIterator[TokenEvent]:
+        generated: list[int] = [first.first_token] if first is not None else []
+        decode = plan.decode
+        failed: set[str] = set()
+        migrations = 0
+        cached_reported = first is not None
+        while True:
+            remote = first is not None and not failed  # only the first attempt pulls KV
+            remaining_tokens = req.params.max_tokens - len(generated)
+            if remaining_tokens <= 0:
+                yield TokenEvent([], finish_reason="length")
+                return
+            request = pb.DecodeRequest(api_version=API_VERSION, request_id=req.request_id,
+                                       sampling=sampling_to_pb(req.params),
+                                       cache_salt=list(req.cache_salt))
+            if remote:
+                request.prompt_token_ids.extend(req.prompt_token_ids)
+                request.first_token = first.first_token
+                request.kv_handle.CopyFrom(first.kv_handle)
+                if first.HasField("first_logprob"):
+                    request.first_logprob.CopyFrom(first.first_logprob)
+            else:
+                request.prefill_locally = True
+                request.prompt_token_ids.extend(req.prompt_token_ids + generated)
+                request.sampling.max_tokens = remaining_tokens
+            try:
+                with self.load.decoding(decode.worker_id):
+                    call = self.clients.stub(decode.address).Decode(
+                        request, timeout=self.config.request_timeout_s)
+                    async for chunk in call:
+                        if chunk.finish_reason == "error":
+                            raise _DecodeFailed(chunk.error)
+                        generated.extend(chunk.token_ids)
+                        event = TokenEvent(list(chunk.token_ids), chunk.text,
+                                           [logprob_from_pb(lp) for lp in chunk.logprobs],
+                                           chunk.finish_reason or None)
+                        if not cached_reported:
+                            cached_reported = True
+                            event.num_cached_tokens = chunk.num_cached_tokens
+                            self._count_prompt(len(req.prompt_token_ids),
+                                               chunk.num_cached_tokens)
+                        yield event
+                        if chunk.finish_reason:
+                            return
+                raise _DecodeFailed("the decode stream ended without a finish reason")
+            except grpc.aio.AioRpcError as e:
+                if e.code() in _CLIENT_ERRORS:
+                    raise BadRequestError(e.details()) from None
+                reason = f"{e.code().name}: {e.details()}"
+            except _DecodeFailed as e:
+                reason = str(e)
+            failed.add(decode.worker_id)
+            self.registry.fence(decode.worker_id, self.config.fence_s)
+            migrations += 1
+            self.metrics.migrations.inc()
+            others = [r for r in self.registry.live("decode") if r.worker_id not in failed]
+            log.warning("decode of %s on %s failed after %d tokens (%s); continuing on %s",
+                        req.request_id, decode.worker_id, len(generated), reason,
+                        others[0].worker_id if others else "no other worker")
+            if migrations > self.config.max_migrations:
+                raise UpstreamError(f"decode failed {migrations} times: {reason}")
+            if not others:
+                raise UpstreamError(f"decode failed and no other decode worker is left: {reason}")
+            decode = others[0] if len(others) == 1 else min(
+                others, key=lambda r: self.load.decode_streams[r.worker_id] + r.num_waiting)
+
+    def _count_prompt(self, prompt_tokens: int, cached_tokens: int) -> None:
+        self._prompt_total += prompt_tokens
+        self._cached_total += cached_tokens
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.cached_tokens.inc(cached_tokens)
+        if self._prompt_total:
+            self.metrics.prefix_hit_ratio.set(self._cached_total / self._prompt_total)

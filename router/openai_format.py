@@ -1,0 +1,101 @@
+"""Response bodies and stream chunks exactly in OpenAI's shapes (chat and legacy completions)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from engine.sequence import TokenLogprob
+
+TokenText = Callable[[int], str]
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+
+
+def sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+# -- chat ---------------------------------------------------------------------------------------
+def chat_logprobs(logprobs: list[TokenLogprob], text_of: TokenText) -> dict:
+    def entry(token_id: int, logprob: float) -> dict:
+        text = text_of(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {"content": [
+        {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
+        for lp in logprobs
+    ]}
+
+
+def chat_response(rid: str, model: str, text: str, finish_reason: str | None,
+                  logprobs: dict | None, usage_body: dict) -> dict:
+    return {
+        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "logprobs": logprobs, "finish_reason": finish_reason}],
+        "usage": usage_body,
+    }
+
+
+def chat_chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | None = None,
+               logprobs: dict | None = None) -> dict:
+    return {
+        "id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                     "finish_reason": finish_reason}],
+    }
+
+
+def chat_usage_chunk(rid: str, model: str, created: int, usage_body: dict) -> dict:
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": usage_body}
+
+
+# -- legacy completions -------------------------------------------------------------------------
+def completion_logprobs(logprobs: list[TokenLogprob], text_of: TokenText, offset: int) -> dict:
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    for lp in logprobs:
+        text = text_of(lp.token_id)
+        tokens.append(text)
+        token_logprobs.append(lp.logprob)
+        tops.append({text_of(t): v for t, v in lp.top} if lp.top else None)
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops,
+            "text_offset": offsets}
+
+
+def completion_response(rid: str, model: str, text: str, finish_reason: str | None,
+                        logprobs: dict | None, usage_body: dict) -> dict:
+    return {
+        "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs,
+                     "finish_reason": finish_reason}],
+        "usage": usage_body,
+    }
+
+
+def completion_chunk(rid: str, model: str, created: int, text: str,
+                     finish_reason: str | None = None, logprobs: dict | None = None) -> dict:
+    return {
+        "id": rid, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs,
+                     "finish_reason": finish_reason}],
+    }
+
+
+def completion_usage_chunk(rid: str, model: str, created: int, usage_body: dict) -> dict:
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [], "usage": usage_body}

@@ -1,0 +1,171 @@
+"""The router through the official `openai` client, against real workers on the demo model
+and real Redis."""
+
+import json
+
+import httpx
+import pytest
+
+from engine import LLM, SamplingParams
+from tests.cluster_helpers import RouterProcess, WorkerProcess
+
+pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
+openai = pytest.importorskip("openai")
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+LONG_PROMPT = ("In a quiet village by the sea, an old lighthouse keeper kept a journal of every "
+               "ship that passed. One stormy night he wrote:")
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_server, demo_model_dir):
+    model = ["--model", str(demo_model_dir)]
+    prefill = WorkerProcess("prefill", model, redis_server.url)
+    decode = WorkerProcess("decode", model, redis_server.url)
+    router = RouterProcess(redis_server.url, model + ["--local-prefill-threshold", "8"],
+                           wait_for=(1, 1))
+    yield router, prefill, decode
+    router.stop()
+    for w in (prefill, decode):
+        w.stop()
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    return openai.OpenAI(base_url=f"{cluster[0].url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def reference(demo_model_dir):
+    with LLM(str(demo_model_dir), device="cpu") as llm:
+        yield llm
+
+
+def model_name(client) -> str:
+    return client.models.list().data[0].id
+
+
+def test_chat_non_stream_matches_engine(client, reference):
+    r = client.chat.completions.create(model=model_name(client), messages=QUESTION,
+                                       temperature=0, max_tokens=32)
+    expected = reference.chat(QUESTION, SamplingParams(temperature=0, max_tokens=32))[0]
+    assert r.choices[0].message.content == expected.text == "The capital of France is Paris."
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens == len(reference.tokenizer.encode_chat(QUESTION))
+    assert r.usage.completion_tokens == len(expected.token_ids)
+    assert r.usage.prompt_tokens_details.cached_tokens >= 0
+
+
+def test_chat_stream_matches_non_stream_with_usage(client):
+    kwargs = dict(model=model_name(client), messages=QUESTION, temperature=0, max_tokens=32)
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = list(client.chat.completions.create(stream=True, stream_options={
+        "include_usage": True}, **kwargs))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finals] == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    # The second identical prompt hits the prefix cache of whichever worker served it.
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens > 0
+
+
+def test_completions_remote_prefill_match_engine(client, reference):
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    expected = reference.generate(LONG_PROMPT, params)[0].text
+    name = model_name(client)
+    r = client.completions.create(model=name, prompt=LONG_PROMPT, temperature=0, max_tokens=40,
+                                  extra_body={"ignore_eos": True})
+    assert r.choices[0].text == expected
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=name, prompt=LONG_PROMPT, temperature=0, max_tokens=40, stream=True,
+        extra_body={"ignore_eos": True}))
+    assert streamed == expected
+    ids = reference.tokenizer.encode(LONG_PROMPT)
+    by_ids = client.completions.create(model=name, prompt=ids, temperature=0, max_tokens=40,
+                                       extra_body={"ignore_eos": True})
+    assert by_ids.choices[0].text == expected
+
+
+def test_logprobs_and_stop(client):
+    name = model_name(client)
+    r = client.chat.completions.create(model=name, messages=QUESTION, temperature=0,
+                                       max_tokens=16, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+    assert content[0].top_logprobs[0].token == content[0].token  # greedy took the top one
+    c = client.completions.create(model=name, prompt=LONG_PROMPT, temperature=0, max_tokens=40,
+                                  logprobs=2, stop=["\n"])
+    assert "\n" not in c.choices[0].text
+    assert c.choices[0].logprobs.tokens and len(c.choices[0].logprobs.top_logprobs[0]) == 2
+    seeded = [client.completions.create(model=name, prompt=LONG_PROMPT, temperature=1.0,
+                                        seed=7, max_tokens=12).choices[0].text for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+
+def test_raw_sse_framing(cluster, client):
+    body = {"model": model_name(client), "messages": QUESTION, "temperature": 0,
+            "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", f"{cluster[0].url}/v1/chat/completions", json=body,
+                      timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    first = json.loads(lines[0][6:])
+    assert first["object"] == "chat.completion.chunk" and first["id"].startswith("chatcmpl-")
+
+
+def test_operator_endpoints(cluster, client):
+    url = cluster[0].url
+    cluster_view = httpx.get(f"{url}/v1/cluster").json()
+    assert cluster_view["pools"] == {"prefill": 1, "decode": 1}
+    assert cluster_view["index"]["blocks"] > 0  # built from the workers' KV events
+    metrics = httpx.get(f"{url}/metrics").text
+    for name in ("pdserve_router_ttft_seconds_bucket", "pdserve_router_itl_seconds",
+                 "pdserve_router_e2e_seconds", "pdserve_router_requests_total",
+                 "pdserve_router_predicted_cached_tokens_total",
+                 "pdserve_router_prefix_hit_ratio"):
+        assert name in metrics, name
+
+
+BAD_INPUTS = [
+    ("malformed json", b"{not json", 400),
+    ("schema", {"messages": QUESTION, "temperature": 5}, 400),
+    ("n", {"messages": QUESTION, "n": 2}, 400),
+    ("empty messages", {"messages": []}, 400),
+    ("context", {"messages": QUESTION, "max_tokens": 100000}, 400),
+    ("unknown model", {"model": "gpt-17", "messages": QUESTION}, 404),
+    ("oversized", {"messages": [{"role": "user", "content": "x" * (9 << 20)}]}, 413),
+]
+
+
+@pytest.mark.parametrize("name,body,status", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_status_and_openai_error(cluster, client, name, body, status):
+    url = f"{cluster[0].url}/v1/chat/completions"
+    if isinstance(body, dict):
+        body = json.dumps({"model": model_name(client), **body}).encode()
+    r = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and "type" in error
+    if name == "context":
+        assert "maximum context length is" in error["message"]
+    assert httpx.get(f"{cluster[0].url}/health").json()["status"] == "ok"
+
+
+def test_api_keys_and_no_workers(redis_server, demo_model_dir):
+    router = RouterProcess(redis_server.url, ["--model", str(demo_model_dir), "--api-key",
+                                              "sekret", "--redis-prefix", "empty-cluster:"],
+                           wait_for=(0, 0))
+    try:
+        body = {"model": demo_model_dir.name, "messages": QUESTION}
+        url = f"{router.url}/v1/chat/completions"
+        assert httpx.post(url, json=body).status_code == 401
+        r = httpx.post(url, json=body, headers={"Authorization": "Bearer sekret"})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["error"]["code"] == "no_workers"
+        assert httpx.get(f"{router.url}/health").status_code == 200
+    finally:
+        router.stop()
