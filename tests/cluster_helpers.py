@@ -25,8 +25,8 @@ class RedisServer:
     """A real ``redis-server`` when installed (CI installs it); otherwise fakeredis's TCP
     server, which speaks the real protocol, so the code under test is the same."""
 
-    def __init__(self):
-        self.port = free_port()
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = None
         self.fake = None
@@ -70,6 +70,11 @@ class RedisServer:
         import redis
 
         return redis.Redis.from_url(self.url)
+
+    def restart(self) -> RedisServer:
+        """A new, empty server on the same port (as after a Redis crash)."""
+        self.stop()
+        return RedisServer(self.port)
 
 
 class WorkerProcess:

@@ -1,0 +1,104 @@
+"""Routing decisions as pure functions, and the router's in-memory structures."""
+
+from collections import Counter
+
+from cluster.schema import Keys, WorkerRecord
+from router.index_accuracy import IndexAccuracy
+from router.policies import (
+    Candidate,
+    PolicyWeights,
+    choose_decode,
+    choose_prefill,
+    prefill_cost,
+    should_prefill_locally,
+)
+from router.prefix_index import PrefixIndex
+from router.registry import RegistryView
+
+W = PolicyWeights()
+
+
+def test_overlap_beats_load_up_to_the_trade_off():
+    cached = Candidate("a", cached_tokens=512, queued_tokens=300)
+    idle = Candidate("b", cached_tokens=0, queued_tokens=0)
+    assert choose_prefill("kv_aware", [cached, idle], 1000, W, 0).worker_id == "a"  # 788 < 1000
+    busier = Candidate("a", cached_tokens=512, queued_tokens=600)  # 1088 > 1000
+    assert choose_prefill("kv_aware", [busier, idle], 1000, W, 0).worker_id == "b"
+    # Weighing load less makes the cache hit win again.
+    light = PolicyWeights(load_weight=0.5)
+    assert choose_prefill("kv_aware", [busier, idle], 1000, light, 0).worker_id == "a"
+    assert prefill_cost(busier, 1000, light) == 788
+
+
+def test_ties_are_broken_fairly():
+    cands = [Candidate(w) for w in "xyz"]
+    for policy in ("kv_aware", "least_loaded", "round_robin"):
+        picks = Counter(choose_prefill(policy, cands, 100, W, n).worker_id for n in range(9))
+        assert picks == {"x": 3, "y": 3, "z": 3}, policy
+
+
+def test_random_and_least_loaded():
+    cands = [Candidate("a", queued_tokens=50), Candidate("b", queued_tokens=10)]
+    assert choose_prefill("least_loaded", cands, 100, W, 0).worker_id == "b"
+    import random
+
+    picks = {choose_prefill("random", cands, 100, W, 0, random.Random(s)).worker_id
+             for s in range(20)}
+    assert picks == {"a", "b"}
+
+
+def test_decode_placement_by_load_and_headroom():
+    full = Candidate("full", running=0, kv_usage=0.97)
+    busy = Candidate("busy", running=5, kv_usage=0.2)
+    free = Candidate("free", running=1, kv_usage=0.1)
+    assert choose_decode([full, busy, free], W, 0).worker_id == "free"
+    assert choose_decode([full, busy], W, 0).worker_id == "busy"  # full only if all are
+    assert choose_decode([full], W, 0).worker_id == "full"
+
+
+def test_conditional_disaggregation():
+    assert should_prefill_locally(10, 32, 2, False)  # short uncached part
+    assert not should_prefill_locally(500, 32, 2, False)
+    assert should_prefill_locally(500, 32, 0, False)  # no prefill pool
+    assert should_prefill_locally(500, 32, 2, True)  # pool saturated
+
+
+def test_fenced_and_draining_workers_are_never_candidates():
+    registry = RegistryView(redis=None, keys=Keys())
+    rec = lambda wid, role, **kw: WorkerRecord(wid, role, "h:1", "m", "d", 1, 16, 100, **kw)
+    registry.workers = {"p1": rec("p1", "prefill"), "p2": rec("p2", "prefill"),
+                        "p3": rec("p3", "prefill", draining=True), "d1": rec("d1", "decode"),
+                        "b1": rec("b1", "both")}
+    registry.fence("p1", seconds=60)
+    assert [r.worker_id for r in registry.live("prefill")] == ["p2", "b1"]
+    assert [r.worker_id for r in registry.live("decode")] == ["d1", "b1"]
+    registry.fence("p2", seconds=-1)  # an expired fence lets the worker back in
+    assert "p2" in [r.worker_id for r in registry.live("prefill")]
+
+
+def test_prefix_index_prefix_semantics():
+    index = PrefixIndex()
+    index.add("a", [1, 2, 3, 4])
+    index.add("b", [1, 2, 9])
+    assert index.overlap([1, 2, 3, 4, 5], ["a", "b", "c"]) == {"a": 4, "b": 2, "c": 0}
+    assert index.overlap([7, 2, 3], ["a"]) == {"a": 0}  # a prefix match, not any match
+    index.remove("a", [2])
+    assert index.overlap([1, 2, 3], ["a"]) == {"a": 1}
+    index.drop_worker("b")
+    assert index.overlap([1, 2], ["b"]) == {"b": 0}
+    index.add("c", [1])  # reuses b's slot without inheriting its blocks
+    assert index.overlap([1, 2], ["c", "a"]) == {"c": 1, "a": 1}
+    assert index.num_blocks() == 3 and index.num_blocks("a") == 3
+
+
+def test_index_accuracy_verdicts():
+    acc = IndexAccuracy(window=20, min_samples=10)
+    for _ in range(10):
+        acc.record(64, 64)
+    assert acc.verdict() == "ok" and acc.exact_share == 1.0
+    for _ in range(20):
+        acc.record(64, 0)
+    assert acc.verdict() == "over-predicting"
+    for _ in range(20):
+        acc.record(0, 128)
+    assert acc.verdict() == "under-predicting"
