@@ -1,0 +1,145 @@
+"""`pdserve up`: the whole cluster on this machine, in one command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="demo",
+                        help="'demo', 'random:<shape>', a HF directory or a .gguf file")
+    parser.add_argument("--prefill", type=int, default=1, help="prefill workers")
+    parser.add_argument("--decode", type=int, default=1, help="decode workers")
+    parser.add_argument("--decode-tp", type=int, default=1, help="tensor parallel size of each "
+                        "decode worker")
+    parser.add_argument("--host", default="127.0.0.1", help="router interface")
+    parser.add_argument("--port", type=int, default=8000, help="router HTTP port")
+    parser.add_argument("--redis", default=None,
+                        help="use this Redis (default: a private redis-server if installed, "
+                             "else an embedded one)")
+    parser.add_argument("--redis-prefix", default="pdserve:", help="key prefix of this cluster")
+    parser.add_argument("--policy", default="kv_aware",
+                        choices=["kv_aware", "round_robin", "least_loaded", "random"],
+                        help="router prefill placement policy")
+    parser.add_argument("--kv-cache-gib", type=float, default=None,
+                        help="KV cache per worker rank (default: the engine's)")
+    parser.add_argument("--worker-arg", action="append", default=[],
+                        help="extra flag passed to every worker (repeat), e.g. "
+                             "--worker-arg=--max-num-seqs=64")
+    parser.add_argument("--router-arg", action="append", default=[],
+                        help="extra flag passed to the router (repeat)")
+    parser.add_argument("--log-dir", type=Path, default=Path("pdserve-logs"),
+                        help="per-component logs go to a timestamped folder here")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="model cache (default: $PDSERVE_CACHE_DIR or ~/.cache/pdserve)")
+    parser.add_argument("--ready-timeout", type=float, default=600.0,
+                        help="seconds to wait for the workers to load")
+    parser.add_argument("--no-smoke", action="store_true",
+                        help="skip the test question sent once the cluster is up")
+
+
+def state_file(cache_dir: Path | None) -> Path:
+    from engine.config import default_cache_dir
+
+    return (cache_dir or default_cache_dir()) / "run" / "cluster.json"
+
+
+def run(args: argparse.Namespace) -> int:
+    from deploy.local_cluster import ClusterSpec, ClusterState, LocalCluster
+
+    say = lambda *a: print(*a, flush=True)  # noqa: E731
+    if args.model == "demo":
+        from engine.config import default_cache_dir
+        from engine.demo_model import prepare_demo_model
+
+        prepare_demo_model(args.cache_dir or default_cache_dir())
+    worker_args = list(args.worker_arg)
+    if args.kv_cache_gib is not None:
+        worker_args += ["--kv-cache-gib", str(args.kv_cache_gib)]
+    spec = ClusterSpec(model=args.model, prefill=args.prefill, decode=args.decode,
+                       decode_tp=args.decode_tp, router_host=args.host, router_port=args.port,
+                       redis_url=args.redis, redis_prefix=args.redis_prefix, policy=args.policy,
+                       log_dir=args.log_dir, worker_args=tuple(worker_args),
+                       router_args=tuple(args.router_arg), cache_dir=args.cache_dir)
+    cluster = LocalCluster(spec, log=say)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    state_path = state_file(args.cache_dir)
+    try:
+        cluster.start_redis()
+        say(f"[pdserve] redis: {cluster.redis_url} ({cluster.redis_kind})")
+        cluster.start_router()
+        for _ in range(args.prefill):
+            cluster.add_worker("prefill")
+        for _ in range(args.decode):
+            cluster.add_worker("decode")
+        cluster.publish_desired(args.prefill, args.decode)
+        ClusterState(cluster.redis_url, spec.redis_prefix, cluster.router_url,
+                     __import__("os").getpid(), str(cluster.log_dir), args.model
+                     ).save(state_path)
+        say(f"[pdserve] starting {args.prefill} prefill + {args.decode} decode worker(s) "
+            f"on {args.model}; logs in {cluster.log_dir}/")
+        cluster.wait_ready(args.prefill, args.decode, args.ready_timeout,
+                           on_progress=lambda p, d: say(
+                               f"[pdserve] workers ready: prefill {p}/{args.prefill}, "
+                               f"decode {d}/{args.decode}"))
+        model_name = _served_name(cluster.router_url)
+        say(f"\n[pdserve] cluster ready: {cluster.router_url}/v1  (model: {model_name})")
+        say(f"[pdserve] try: curl {cluster.router_url}/v1/chat/completions -H "
+            f"'Content-Type: application/json' -d '{{\"model\": \"{model_name}\", \"messages\": "
+            f"[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'")
+        say("[pdserve] status: pdserve status | resize: pdserve scale prefill=N decode=M | "
+            "stop: Ctrl-C\n")
+        if not args.no_smoke:
+            _smoke(cluster.router_url, model_name, say)
+        while not stopping:
+            cluster.reap()
+            desired = cluster.desired_sizes()
+            for role in ("prefill", "decode"):
+                if role in desired and desired[role] != len(cluster.workers(role)):
+                    cluster.scale(role, desired[role])
+            time.sleep(0.5)
+    except (TimeoutError, RuntimeError) as e:
+        say(f"[pdserve] error: {e}")
+        return 1
+    finally:
+        say("[pdserve] shutting down (draining workers)...")
+        cluster.stop()
+        if state_path.exists():
+            state_path.unlink()
+        say("[pdserve] stopped")
+    return 0
+
+
+def _served_name(router_url: str) -> str:
+    import httpx
+
+    return httpx.get(f"{router_url}/v1/models", timeout=10).json()["data"][0]["id"]
+
+
+def _smoke(router_url: str, model: str, say) -> None:
+    import httpx
+
+    question = "What is the capital of France?"
+    try:
+        r = httpx.post(f"{router_url}/v1/chat/completions", timeout=120, json={
+            "model": model, "messages": [{"role": "user", "content": question}],
+            "temperature": 0, "max_tokens": 64})
+        if r.status_code != 200:
+            say(f"[pdserve] smoke test failed: HTTP {r.status_code}: {r.text[:300]}")
+            return
+        answer = r.json()["choices"][0]["message"]["content"]
+        say(f"[pdserve] smoke test: {question!r} -> {answer!r}")
+    except (httpx.HTTPError, KeyError, json.JSONDecodeError) as e:
+        say(f"[pdserve] smoke test failed: {e}")
+

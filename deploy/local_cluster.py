@@ -1,0 +1,273 @@
+"""The whole cluster on one machine: Redis, the router, and prefill/decode worker processes.
+
+Redis comes from ``--redis`` if given, else a private ``redis-server`` if one is installed,
+else an embedded server (fakeredis speaking the real protocol, in this process), so it works on
+a bare machine. Every child gets the launcher as its parent-death signal, so nothing outlives
+it; pools are resized live through a control hash in Redis (``pdserve scale``), and workers
+leaving a pool drain first (SIGTERM: finish their requests, take no new ones).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cluster.schema import Keys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    model: str = "demo"
+    prefill: int = 1
+    decode: int = 1
+    decode_tp: int = 1
+    router_host: str = "127.0.0.1"
+    router_port: int = 8000
+    redis_url: str | None = None
+    redis_prefix: str = "pdserve:"
+    policy: str = "kv_aware"
+    log_dir: Path = Path("pdserve-logs")
+    worker_args: tuple[str, ...] = ()  # extra flags for every worker (engine settings)
+    router_args: tuple[str, ...] = ()
+    cache_dir: Path | None = None
+
+
+@dataclass
+class Child:
+    name: str
+    role: str
+    process: subprocess.Popen
+    log_path: Path
+    draining: bool = False  # SIGTERM sent once: a second one would kill it mid-drain
+
+    def terminate(self) -> None:
+        if not self.draining and self.process.poll() is None:
+            self.draining = True
+            self.process.send_signal(signal.SIGTERM)
+
+
+@dataclass
+class ClusterState:
+    """Written to a file so `pdserve status` and `pdserve scale` find the running cluster."""
+
+    redis_url: str
+    redis_prefix: str
+    router_url: str
+    launcher_pid: int
+    log_dir: str
+    model: str
+    started_at: float = field(default_factory=time.time)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterState:
+        return cls(**json.loads(path.read_text()))
+
+
+class LocalCluster:
+    def __init__(self, spec: ClusterSpec, log=print):
+        self.spec = spec
+        self.log = log
+        self.children: list[Child] = []
+        self._counter = {"prefill": 0, "decode": 0}
+        self._redis_process: subprocess.Popen | None = None
+        self._fake_redis = None
+        self.redis_url = spec.redis_url or ""
+        self.redis_kind = "given"
+        self.router_url = f"http://{spec.router_host}:{spec.router_port}"
+        self.log_dir = spec.log_dir / time.strftime("%Y%m%d-%H%M%S")
+        self.keys = Keys(spec.redis_prefix)
+        self._env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
+        if spec.cache_dir:
+            self._env["PDSERVE_CACHE_DIR"] = str(spec.cache_dir)
+
+    # -- start --------------------------------------------------------------------------------
+    def start_redis(self) -> None:
+        if self.spec.redis_url:
+            return
+        port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        binary = shutil.which("redis-server")
+        if binary:
+            self.redis_kind = "redis-server"
+            self._redis_process = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no"], stdout=self._log_file("redis"),
+                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        else:
+            from fakeredis import TcpFakeServer
+
+            self.redis_kind = "embedded (fakeredis)"
+            self._fake_redis = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+            threading.Thread(target=self._fake_redis.serve_forever, daemon=True).start()
+        self._wait_redis()
+
+    def _wait_redis(self) -> None:
+        import redis
+
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                redis.Redis.from_url(self.redis_url).ping()
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError(f"Redis at {self.redis_url} did not come up")
+
+    def start_router(self) -> None:
+        cmd = [sys.executable, "-m", "deploy.cli", "router", "--model", self.spec.model,
+               "--host", self.spec.router_host, "--port", str(self.spec.router_port),
+               "--redis", self.redis_url, "--redis-prefix", self.spec.redis_prefix,
+               "--policy", self.spec.policy, "--log-level", "warning", *self.spec.router_args]
+        if self.spec.cache_dir:
+            cmd += ["--cache-dir", str(self.spec.cache_dir)]
+        self._spawn("router", "router", cmd)
+
+    def add_worker(self, role: str) -> Child:
+        self._counter[role] += 1
+        name = f"{role}-{self._counter[role]}"
+        cmd = [sys.executable, "-m", "deploy.cli", role, "--model", self.spec.model,
+               "--redis", self.redis_url, "--redis-prefix", self.spec.redis_prefix,
+               "--worker-id", f"{name}-{os.getpid()}", *self.spec.worker_args]
+        if role == "decode" and self.spec.decode_tp > 1:
+            cmd += ["--tp", str(self.spec.decode_tp)]
+        if self.spec.cache_dir:
+            cmd += ["--cache-dir", str(self.spec.cache_dir)]
+        return self._spawn(name, role, cmd)
+
+    def _spawn(self, name: str, role: str, cmd: list[str]) -> Child:
+        log_path = self.log_dir / f"{name}.log"
+        process = subprocess.Popen(cmd, stdout=self._log_file(name), stderr=subprocess.STDOUT,
+                                   env=self._env, preexec_fn=_die_with_parent)
+        child = Child(name, role, process, log_path)
+        self.children.append(child)
+        return child
+
+    def _log_file(self, name: str):
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.log_dir / f"{name}.log", "ab")
+
+    # -- readiness and pools ------------------------------------------------------------------
+    def wait_ready(self, prefill: int, decode: int, timeout_s: float = 600.0,
+                   on_progress=None) -> None:
+        """Until the router sees the pools at these sizes (workers load models meanwhile)."""
+        import httpx
+
+        deadline = time.time() + timeout_s
+        last = None
+        while time.time() < deadline:
+            self._check_children()
+            try:
+                h = httpx.get(f"{self.router_url}/health", timeout=2).json()
+                state = (h["prefill_workers"], h["decode_workers"])
+                if state != last and on_progress:
+                    on_progress(*state)
+                last = state
+                if state[0] >= prefill and state[1] >= decode:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"the cluster was not ready within {timeout_s:.0f}s; "
+                           f"see the logs in {self.log_dir}")
+
+    def _check_children(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None and child.role == "router":
+                raise RuntimeError(f"the router exited with code {code}; see {child.log_path}")
+
+    def workers(self, role: str) -> list[Child]:
+        """Running workers of a role, not counting those draining away."""
+        return [c for c in self.children
+                if c.role == role and not c.draining and c.process.poll() is None]
+
+    def scale(self, role: str, target: int) -> None:
+        """Start or drain workers until ``target`` are running in ``role``."""
+        current = self.workers(role)
+        for _ in range(target - len(current)):
+            child = self.add_worker(role)
+            self.log(f"[pdserve] scaling {role}: started {child.name}")
+        for child in reversed(current[target:] if target < len(current) else []):
+            self.log(f"[pdserve] scaling {role}: draining {child.name}")
+            child.terminate()  # drains, deregisters, exits
+
+    def desired_sizes(self) -> dict[str, int]:
+        import redis
+
+        try:
+            raw = redis.Redis.from_url(self.redis_url, socket_timeout=1).hgetall(
+                self.keys.control())
+        except Exception:
+            return {}
+        return {k.decode().removeprefix("desired_"): int(v) for k, v in raw.items()
+                if k.decode().startswith("desired_")}
+
+    def publish_desired(self, prefill: int, decode: int) -> None:
+        import redis
+
+        redis.Redis.from_url(self.redis_url).hset(
+            self.keys.control(), mapping={"desired_prefill": prefill, "desired_decode": decode})
+
+    def reap(self) -> None:
+        """Forget workers that exited; report unexpected exits."""
+        for child in list(self.children):
+            code = child.process.poll()
+            if code is not None and child.role != "router":
+                self.children.remove(child)
+                if code != 0 and not (child.draining and code == -signal.SIGTERM):
+                    self.log(f"[pdserve] {child.name} exited with code {code} "
+                             f"(log: {child.log_path})")
+
+    # -- stop ---------------------------------------------------------------------------------
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Drain and stop workers, then the router, then Redis; kill what does not exit."""
+        workers = [c for c in self.children if c.role != "router"]
+        routers = [c for c in self.children if c.role == "router"]
+        for group in (workers, routers):
+            for child in group:
+                child.terminate()
+            deadline = time.time() + timeout_s
+            for child in group:
+                try:
+                    child.process.wait(timeout=max(0.1, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+        if self._redis_process is not None:
+            self._redis_process.terminate()
+            try:
+                self._redis_process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._redis_process.kill()
+        if self._fake_redis is not None:
+            self._fake_redis.shutdown()
+            self._fake_redis.server_close()
