@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def state_file(cache_dir: Path | None) -> Path:
-    from engine.config import default_cache_dir
+    from engine.paths import default_cache_dir
 
     return (cache_dir or default_cache_dir()) / "run" / "cluster.json"
 
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     if args.model == "demo":
-        from engine.config import default_cache_dir
         from engine.demo_model import prepare_demo_model
+        from engine.paths import default_cache_dir
 
         prepare_demo_model(args.cache_dir or default_cache_dir())
     worker_args = list(args.worker_arg)

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from engine.paths import default_cache_dir
+
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-def default_cache_dir() -> Path:
-    """Where prepared models live: $PDSERVE_CACHE_DIR, else $XDG_CACHE_HOME/pdserve."""
-    if os.environ.get("PDSERVE_CACHE_DIR"):
-        return Path(os.environ["PDSERVE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pdserve"
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -23,8 +23,8 @@ class ModelInfo:
         names: list[str] = []
         tokenizer_dir: Path | None = Path(config.tokenizer) if config.tokenizer else None
         if spec == "demo":
-            from engine.config import default_cache_dir
             from engine.demo_model import DEMO_NAME, demo_model_dir, is_prepared
+            from engine.paths import default_cache_dir
 
             cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
             names = [DEMO_NAME, "demo"]
