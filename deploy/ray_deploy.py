@@ -1,0 +1,185 @@
+"""Deploy, resize, inspect and remove a pdserve cluster on an existing Ray cluster."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from deploy.ray_actors import NAMESPACE, ComponentActor, RedisActor, wait_until
+
+ROUTER, REDIS = "pdserve-router", "pdserve-redis"
+CONFIG_KEY = "pdserve-config"
+
+
+@dataclass(frozen=True)
+class RaySpec:
+    model: str = "demo"
+    decode_tp: int = 1
+    gpus_per_rank: float = 0.0  # 1 on GPU clusters; 0 runs on CPU nodes
+    router_port: int = 8000
+    redis_url: str | None = None
+    policy: str = "kv_aware"
+    worker_args: tuple[str, ...] = ()
+    advertise_host: str | None = None  # force component addresses (single-node: 127.0.0.1)
+
+
+def connect(address: str | None) -> None:
+    ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=False,
+             ignore_reinit_error=True)
+
+
+def _actor(name: str):
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def worker_names(role: str) -> list[str]:
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == NAMESPACE and a["name"].startswith(f"pdserve-{role}-")]
+    return sorted(names, key=lambda n: int(n.rsplit("-", 1)[1]))
+
+
+def router_url() -> str:
+    router = _actor(ROUTER)
+    if router is None:
+        raise RuntimeError("no pdserve deployment on this Ray cluster (run `pdserve ray up`)")
+    info = ray.get(router.info.remote())
+    config = ray.get(_actor(CONFIG_KEY).get.remote())
+    return f"http://{config['advertise_host'] or info['node_ip']}:{config['router_port']}"
+
+
+@ray.remote(num_cpus=0)
+class ConfigActor:
+    """Holds the deployment spec so later commands (scale) start identical workers."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+
+    def get(self) -> dict:
+        return self.spec
+
+
+def up(spec: RaySpec, prefill: int, decode: int, log=print, timeout_s: float = 600) -> str:
+    if _actor(ROUTER) is not None:
+        raise RuntimeError("a pdserve deployment already runs here: `pdserve ray down` first")
+    redis_url = spec.redis_url
+    if redis_url is None:
+        redis = RedisActor.options(name=REDIS, lifetime="detached").remote()
+        redis_url = ray.get(redis.url.remote(spec.advertise_host))
+    config = dict(spec.__dict__, redis_url=redis_url, worker_args=list(spec.worker_args))
+    ConfigActor.options(name=CONFIG_KEY, lifetime="detached").remote(config)
+    log(f"[pdserve] redis: {redis_url}")
+    if spec.model == "demo":  # prepared once by a task, not raced by every worker
+        ray.get(_prepare_demo.remote())
+    ComponentActor.options(name=ROUTER, lifetime="detached").remote(
+        ROUTER, ["router", "--host", "0.0.0.0", "--port", str(spec.router_port), "--redis",
+                 redis_url, "--model", spec.model, "--policy", spec.policy])
+    scale(prefill, decode, log=log, wait=False)
+    url = router_url()
+    wait_for_pools(url, prefill, decode, timeout_s, log)
+    return url
+
+
+@ray.remote(num_cpus=0)
+def _prepare_demo() -> str:
+    from engine.demo_model import prepare_demo_model
+    from engine.paths import default_cache_dir
+
+    return str(prepare_demo_model(default_cache_dir(), quiet=True))
+
+
+def _start_worker(role: str, index: int, config: dict) -> None:
+    name = f"pdserve-{role}-{index}"
+    tp = config["decode_tp"] if role == "decode" else 1
+    gpus = config["gpus_per_rank"] * tp
+    args = [role, "--host", "0.0.0.0", "--advertise-host", config["advertise_host"] or "{node_ip}",
+            "--redis", config["redis_url"], "--model",
+            config["model"], "--worker-id", name, *config["worker_args"]]
+    if tp > 1:
+        args += ["--tp", str(tp)]
+    options = dict(name=name, lifetime="detached")
+    if gpus:
+        # One bundle of all the gang's GPUs on one node: TP ranks talk over NVLink/NCCL.
+        pg = placement_group([{"GPU": gpus, "CPU": 0.001}], strategy="STRICT_PACK",
+                             name=f"{name}-pg", lifetime="detached")
+        ray.get(pg.ready())
+        options.update(num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+            placement_group=pg))
+    ComponentActor.options(**options).remote(name, args)
+
+
+def scale(prefill: int | None, decode: int | None, log=print, wait: bool = True,
+          timeout_s: float = 600) -> None:
+    config = ray.get(_actor(CONFIG_KEY).get.remote())
+    draining = []
+    for role, target in (("prefill", prefill), ("decode", decode)):
+        if target is None:
+            continue
+        names = worker_names(role)
+        next_index = max([int(n.rsplit("-", 1)[1]) for n in names], default=0) + 1
+        for i in range(target - len(names)):
+            _start_worker(role, next_index + i, config)
+            log(f"[pdserve] {role}: starting pdserve-{role}-{next_index + i}")
+        for name in names[target:] if target < len(names) else []:
+            log(f"[pdserve] {role}: draining {name}")
+            draining.append((name, _actor(name).drain.remote()))
+    for name, done in draining:  # drained workers finished their requests: now remove them
+        ray.get(done)
+        _remove(name)
+    if wait and (prefill is not None or decode is not None):
+        current = {r: len(worker_names(r)) for r in ("prefill", "decode")}
+        wait_for_pools(router_url(), current["prefill"], current["decode"], timeout_s, log)
+
+
+def _remove(name: str) -> None:
+    actor = _actor(name)
+    if actor is not None:
+        ray.kill(actor)
+    try:
+        remove_placement_group(ray.util.get_placement_group(f"{name}-pg"))
+    except Exception:
+        pass  # CPU workers have no placement group
+
+
+def wait_for_pools(url: str, prefill: int, decode: int, timeout_s: float, log) -> None:
+    def ready() -> bool:
+        try:
+            pools = httpx.get(f"{url}/v1/cluster", timeout=2).json()["pools"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return False
+        return pools == {"prefill": prefill, "decode": decode}
+
+    log(f"[pdserve] waiting for prefill={prefill} decode={decode} at {url}")
+    wait_until(ready, timeout_s, f"the pools to reach prefill={prefill} decode={decode}")
+
+
+def down(log=print) -> None:
+    names = worker_names("prefill") + worker_names("decode")
+    pending = [(n, _actor(n).drain.remote()) for n in names if _actor(n) is not None]
+    for name, done in pending:
+        ray.get(done)
+        _remove(name)
+        log(f"[pdserve] removed {name}")
+    for name in (ROUTER, REDIS, CONFIG_KEY):
+        actor = _actor(name)
+        if actor is None:
+            continue
+        if name == ROUTER:
+            ray.get(actor.drain.remote(timeout_s=15))
+        elif name == REDIS:
+            ray.get(actor.stop.remote())
+        ray.kill(actor)
+        log(f"[pdserve] removed {name}")
+    time.sleep(0.5)
+
+
+def remaining_actors() -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == NAMESPACE]
