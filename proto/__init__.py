@@ -18,19 +18,38 @@ _OUTPUTS = [_HERE / "pdserve_pb2.py", _HERE / "pdserve_pb2_grpc.py"]
 
 
 def generate_stubs(force: bool = False) -> None:
-    """Run protoc (from grpcio-tools) if the stubs are missing or stale."""
-    stale = force or any(
-        not out.exists() or out.stat().st_mtime < _PROTO.stat().st_mtime for out in _OUTPUTS
-    )
-    if not stale:
+    """Run protoc (from grpcio-tools) if the stubs are missing or stale.
+
+    protoc runs in a subprocess (in-process it can crash a Python that already loaded torch)
+    under a file lock, writing to a temporary directory first, so processes starting together
+    in a fresh checkout never see half-written stubs.
+    """
+    if not force and not _stale():
         return
-    from grpc_tools import protoc
+    import fcntl
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
 
     root = _HERE.parent
-    args = ["grpc_tools.protoc", f"-I{root}", f"--python_out={root}",
-            f"--grpc_python_out={root}", str(_PROTO.relative_to(root))]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed on {_PROTO}")
+    with open(_HERE / ".generate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and not _stale():
+            return  # another process generated them while we waited
+        with tempfile.TemporaryDirectory(dir=_HERE) as tmp:
+            cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{root}", f"--python_out={tmp}",
+                   f"--grpc_python_out={tmp}", str(_PROTO.relative_to(root))]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"protoc failed on {_PROTO}: {result.stderr.strip()}")
+            for out in _OUTPUTS:
+                shutil.move(str(Path(tmp) / "proto" / out.name), out)
+
+
+def _stale() -> bool:
+    return any(not out.exists() or out.stat().st_mtime < _PROTO.stat().st_mtime
+               for out in _OUTPUTS)
 
 
 generate_stubs()
