@@ -76,7 +76,7 @@ def hf_model_sharing_weights(engine: LLMEngine):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=engine.runner.dtype,
                                                  attn_implementation="sdpa")
-    state = engine.runner.model.state_dict()
+    state = engine.runner.model.hf_state_dict()
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.tie_weights()

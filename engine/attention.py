@@ -29,8 +29,9 @@ class AttentionMetadata:
     block_size: int
     # Decode-only steps (one query token per sequence) also carry padded tensors, so attention
     # runs as one batched call instead of a loop over sequences.
-    block_table_tensor: torch.Tensor | None = None  # [B, max_blocks] int64, padded with 0
-    seq_lens_tensor: torch.Tensor | None = None  # [B] int64
+    block_table_tensor: torch.Tensor | None = None  # [B, max_blocks], padded
+    seq_lens_tensor: torch.Tensor | None = None  # [B]
+    decode_splits: int = 1  # CUDA kernel: how many parts each sequence's context is split in
 
     @property
     def num_seqs(self) -> int:
@@ -63,13 +64,25 @@ def gather_kv(cache: torch.Tensor, block_ids: list[int], seq_len: int) -> torch.
 
 def paged_attention(
     q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
-    """Causal attention of q ([T, heads, head_dim]) over each sequence's cached context."""
+    """Causal attention of q ([T, heads, head_dim]) over each sequence's cached context.
+
+    ``k``/``v`` are this step's new keys and values (already written to the cache): a
+    sequence whose whole context is new this step attends to them directly, without
+    gathering pages.
+    """
     if meta.block_table_tensor is not None:
+        if q.is_cuda:
+            from engine.cuda.decode_attention import paged_decode_attention
+
+            return paged_decode_attention(q, k_cache, v_cache, meta.block_table_tensor,
+                                          meta.seq_lens_tensor, scale, meta.decode_splits)
         return _batched_decode_attention(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)
     loc = meta.query_start_loc
@@ -77,9 +90,13 @@ def paged_attention(
         start, end = loc[b], loc[b + 1]
         num_query = end - start
         seq_len = meta.seq_lens[b]
-        blocks = meta.block_tables[b][: (seq_len + meta.block_size - 1) // meta.block_size]
-        k = gather_kv(k_cache, blocks, seq_len).unsqueeze(0)
-        v = gather_kv(v_cache, blocks, seq_len).unsqueeze(0)
+        if num_query == seq_len:  # nothing cached before: the new K/V are the whole context
+            kb = k[start:end].transpose(0, 1).unsqueeze(0)
+            vb = v[start:end].transpose(0, 1).unsqueeze(0)
+        else:
+            blocks = meta.block_tables[b][: (seq_len + meta.block_size - 1) // meta.block_size]
+            kb = gather_kv(k_cache, blocks, seq_len).unsqueeze(0)
+            vb = gather_kv(v_cache, blocks, seq_len).unsqueeze(0)
         qb = q[start:end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
         if num_query == 1:
             mask, causal = None, False
@@ -91,8 +108,8 @@ def paged_attention(
             k_pos = torch.arange(seq_len, device=q.device)
             mask, causal = k_pos[None, :] <= q_pos[:, None], False
         o = F.scaled_dot_product_attention(
-            qb, k, v, attn_mask=mask, is_causal=causal, scale=scale,
-            enable_gqa=k.shape[1] != qb.shape[1],
+            qb, kb, vb, attn_mask=mask, is_causal=causal, scale=scale,
+            enable_gqa=kb.shape[1] != qb.shape[1],
         )
         out[start:end] = o[0].transpose(0, 1)
     return out

@@ -40,6 +40,8 @@ class EngineConfig:
     kv_lease_s: float = 30.0  # how long an owner holds blocks for a receiver that never pulls
     kv_pull_timeout_s: float = 30.0  # a pull not finished by then fails
     engine_id: str | None = None  # unique per engine instance; None: generated
+    cuda_graphs: bool = True  # CUDA: replay captured decode steps (batch buckets up to ...)
+    max_graph_batch: int = 128  # ... this many sequences; larger decode batches run eagerly
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:

@@ -50,6 +50,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(d, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        self.qkv_proj: nn.Linear | None = None  # set by fuse_projections (one GEMM, not three)
         self.rope = rope
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
@@ -58,15 +59,20 @@ class Attention(nn.Module):
         self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.qkv_proj is not None:
+            q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
+        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rope(positions, q, k)
         assert self.k_cache is not None, "bind_kv_cache() before the first forward"
         write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping, meta.block_size)
-        o = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
+        o = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(o.reshape(num_tokens, self.num_heads * self.head_dim))
 
 
@@ -77,9 +83,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(h, i, bias=False)
         self.up_proj = nn.Linear(h, i, bias=False)
         self.down_proj = nn.Linear(i, h, bias=False)
+        self.gate_up_proj: nn.Linear | None = None  # set by fuse_projections
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -131,3 +142,44 @@ class CausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under transformers' names, fused projections split back (for references)."""
+        state = {}
+        for name, tensor in self.state_dict().items():
+            if ".qkv_proj." in name:
+                attn = self.get_submodule(name.rsplit(".qkv_proj.", 1)[0])
+                q_size = attn.num_heads * attn.head_dim
+                kv_size = attn.num_kv_heads * attn.head_dim
+                for part, piece in zip(("q_proj", "k_proj", "v_proj"),
+                                       tensor.split([q_size, kv_size, kv_size]), strict=True):
+                    state[name.replace("qkv_proj", part)] = piece
+            elif ".gate_up_proj." in name:
+                gate, up = tensor.chunk(2)
+                state[name.replace("gate_up_proj", "gate_proj")] = gate
+                state[name.replace("gate_up_proj", "up_proj")] = up
+            else:
+                state[name] = tensor
+        return state
+
+
+def fuse_projections(model: CausalLM) -> None:
+    """Replace q/k/v and gate/up linears by one linear each (after any TP sharding)."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            attn.qkv_proj = _concat_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+            attn.q_proj = attn.k_proj = attn.v_proj = None
+            mlp.gate_up_proj = _concat_linears([mlp.gate_proj, mlp.up_proj])
+            mlp.gate_proj = mlp.up_proj = None
+
+
+def _concat_linears(parts: list[nn.Linear]) -> nn.Linear:
+    weight = torch.cat([p.weight for p in parts])
+    has_bias = parts[0].bias is not None
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device=weight.device,
+                      dtype=weight.dtype)
+    fused.weight.copy_(weight)
+    if has_bias:
+        fused.bias.copy_(torch.cat([p.bias for p in parts]))
+    return fused

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from engine.attention import AttentionMetadata
 from engine.config import EngineConfig
+from engine.model import fuse_projections
 from engine.model_config import ModelConfig
 from engine.model_source import ModelSource, load_weights
 from engine.sampler import SamplingRow, sample
@@ -87,8 +88,14 @@ class ModelRunner:
             source, model_config, self.dtype, self.device, max_model_len, config.seed
         )
         apply_tensor_parallel(self.model, rank, world)
+        if self.device.type == "cuda":
+            fuse_projections(self.model)  # one GEMM for q/k/v and one for gate/up
         self.layout = self._kv_layout()
-        self.kv_buffer = torch.zeros(self.layout.shape, dtype=self.dtype, device=self.device)
+        # One extra block past the pool's: a scratch block that padded rows of a captured
+        # decode batch write to and read from.
+        self.scratch_block = self.layout.num_blocks
+        shape = (self.layout.num_blocks + 1, *self.layout.shape[1:])
+        self.kv_buffer = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.model.bind_kv_cache(
             [(self.kv_buffer[:, i, 0], self.kv_buffer[:, i, 1])
              for i in range(self.layout.num_layers)]
@@ -96,6 +103,16 @@ class ModelRunner:
         self.connector = None
         if config.kv_transfer == "nixl":
             self.connector = self._create_connector(source)
+        self.max_model_len = max_model_len
+        self.graphs = None
+        if self.device.type == "cuda" and config.cuda_graphs:
+            from engine.cuda.graph_runner import DecodeGraphs
+
+            bs = config.block_size
+            self.graphs = DecodeGraphs(self.model, bs, self.scratch_block,
+                                       (max_model_len + bs - 1) // bs, self.device,
+                                       config.max_graph_batch)
+            self.graphs.capture()
 
     def kv_compat(self, source: ModelSource) -> KVCompat:
         """What a peer's KV must match for its blocks to be usable here."""
@@ -110,8 +127,8 @@ class ModelRunner:
         from kv_transfer.nixl_connector import NixlConnector, NixlSettings
 
         lay = self.layout
-        region = RegionLayout(lay.num_layers, lay.num_blocks, lay.num_kv_heads, lay.block_size,
-                              lay.head_dim, self.kv_buffer.element_size())
+        region = RegionLayout(lay.num_layers, self.kv_buffer.shape[0], lay.num_kv_heads,
+                              lay.block_size, lay.head_dim, self.kv_buffer.element_size())
         settings = NixlSettings.for_device(self.device,
                                            pull_timeout_s=self.config.kv_pull_timeout_s)
         assert self.config.engine_id, "the engine assigns an id before building runners"
@@ -183,6 +200,11 @@ class ModelRunner:
         """Run one forward pass; return the selected rows' logits ([B, V]) on rank 0."""
         if self.world > 1 and self.rank == 0:
             dist.broadcast_object_list([step], src=0)
+        if self.graphs is not None and self.graphs.can_run(
+                len(step.seq_lens), len(step.token_ids), max(len(t) for t in step.block_tables)):
+            logits = self.graphs.run(step.token_ids, step.positions, step.slot_mapping,
+                                     step.block_tables, step.seq_lens)
+            return logits if self.rank == 0 else None
         dev = self.device
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(step.slot_mapping, dtype=torch.long, device=dev),
@@ -194,8 +216,13 @@ class ModelRunner:
         if len(step.token_ids) == len(step.seq_lens):  # decode-only step: batched attention
             max_blocks = max(len(t) for t in step.block_tables)
             padded = [t + [0] * (max_blocks - len(t)) for t in step.block_tables]
-            meta.block_table_tensor = torch.tensor(padded, dtype=torch.long, device=dev)
-            meta.seq_lens_tensor = torch.tensor(step.seq_lens, dtype=torch.long, device=dev)
+            meta.block_table_tensor = torch.tensor(padded, dtype=torch.int32, device=dev)
+            meta.seq_lens_tensor = torch.tensor(step.seq_lens, dtype=torch.int32, device=dev)
+            if dev.type == "cuda":
+                from engine.cuda.decode_attention import num_splits
+
+                sms = torch.cuda.get_device_properties(dev).multi_processor_count
+                meta.decode_splits = num_splits(len(step.seq_lens), self.layout.num_kv_heads, sms)
         input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=dev)
         positions = torch.tensor(step.positions, dtype=torch.long, device=dev)
         hidden = self.model(input_ids, positions, meta)

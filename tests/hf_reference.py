@@ -14,7 +14,7 @@ def hf_model_like(engine: LLMEngine):
     cfg_dict = engine.model_config.to_hf_dict()
     cfg = AutoConfig.for_model(**cfg_dict)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa")
-    state = {k: v.detach().to(torch.float32).cpu() for k, v in engine.runner.model.state_dict().items()}
+    state = {k: v.detach().to(torch.float32).cpu() for k, v in engine.runner.model.hf_state_dict().items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     assert all("rotary" in k for k in missing), missing

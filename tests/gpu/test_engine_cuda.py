@@ -44,3 +44,14 @@ def test_nccl_tp2_matches_tp1():
     with LLM("random:tiny-llama-tp", tensor_parallel_size=2, **kwargs) as tp2:
         got = [o.token_ids for o in tp2.generate(prompts, params)]
     assert got == expected
+
+
+def test_cuda_graph_decode_matches_eager():
+    prompts = random_prompts(11, 512, 3, 200, seed=13)  # 11 rows: padded to the 16 bucket
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    kwargs = dict(device="cuda", dtype="float32", seed=3, kv_cache_memory_bytes=64 << 20)
+    with LLM("random:tiny-llama", cuda_graphs=False, **kwargs) as eager:
+        expected = [o.token_ids for o in eager.generate(prompts, params)]
+    with LLM("random:tiny-llama", **kwargs) as graphed:
+        assert graphed.engine.runner.graphs is not None
+        assert [o.token_ids for o in graphed.generate(prompts, params)] == expected

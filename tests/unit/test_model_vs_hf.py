@@ -43,3 +43,19 @@ def test_logprobs_match_hf_distribution(pair):
     lp = out.logprobs[0]
     assert abs(lp.logprob - ref[lp.token_id].item()) < 1e-4
     assert [t for t, _ in lp.top] == ref.topk(5).indices.tolist()
+
+
+def test_fused_projections_change_nothing():
+    from engine.model import fuse_projections
+
+    with LLM("random:tiny-qwen2", device="cpu", dtype="float32", seed=7,
+             kv_cache_memory_bytes=16 << 20) as llm:
+        prompt = random_prompts(1, 512, 40, 40, seed=4)[0]
+        before = engine_prompt_logits(llm.engine, prompt)
+        state = llm.engine.runner.model.hf_state_dict()
+        fuse_projections(llm.engine.runner.model)
+        after = engine_prompt_logits(llm.engine, prompt)
+        assert (before - after).abs().max().item() < 1e-5
+        fused_state = llm.engine.runner.model.hf_state_dict()
+        assert fused_state.keys() == state.keys()
+        assert all(torch.equal(fused_state[k], state[k]) for k in state)

@@ -1,0 +1,140 @@
+"""Paged decode attention for CUDA in Triton: one query token per sequence, GQA-aware,
+split over the context ("split-K") so that few sequences still fill the GPU.
+
+Pass 1, grid (seqs, kv_heads, splits): each program takes the query heads that share one KV
+head, walks its share of the sequence's pages (gathering rows through the block table, so no
+copy of the cache is made), and keeps an online softmax; it writes a partial output and its
+log-sum-exp. Pass 2, grid (seqs, q_heads): merges the splits.
+
+The cache is the engine's strided per-layer view ``[blocks, kv_heads, block_size, head_dim]``.
+Launch parameters depend only on shapes, so both passes can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_TOKENS_PER_ITER = 64
+
+
+@triton.jit
+def _decode_partial(
+    q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, o_ptr, lse_ptr,
+    scale,
+    stride_qb, stride_qh,
+    stride_kb, stride_kh, stride_kt,
+    stride_tb,
+    stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, SPLITS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(lens_ptr + b)
+    per_split = tl.cdiv(tl.cdiv(seq_len, SPLITS), TOKENS) * TOKENS
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+
+    g = tl.arange(0, GROUP_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    heads = kvh * GROUP + g
+    g_mask = g < GROUP
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=g_mask[:, None], other=0.0)
+
+    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    n = tl.arange(0, TOKENS)
+    for t0 in range(start, end, TOKENS):
+        pos = t0 + n
+        valid = pos < end
+        page = tl.load(tables_ptr + b * stride_tb + pos // BLOCK_SIZE, mask=valid, other=0)
+        row = page.to(tl.int64) * stride_kb + kvh * stride_kh + (pos % BLOCK_SIZE) * stride_kt
+        k = tl.load(k_ptr + row[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [GROUP_PAD, TOKENS]
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + row[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + split * stride_os + d[None, :],
+             out, mask=g_mask[:, None])
+    tl.store(lse_ptr + b * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
+
+
+@triton.jit
+def _decode_merge(
+    o_ptr, lse_ptr, out_ptr,
+    stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh,
+    stride_xb, stride_xh,
+    HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + s, mask=s < SPLITS,
+                  other=float("-inf"))
+    m = tl.max(lse, axis=0)
+    w = tl.where(lse == float("-inf"), 0.0, tl.exp(lse - m))
+    parts = tl.load(o_ptr + b * stride_ob + h * stride_oh + s[:, None] * stride_os + d[None, :],
+                    mask=(s < SPLITS)[:, None], other=0.0)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
+    tl.store(out_ptr + b * stride_xb + h * stride_xh + d, out.to(out_ptr.dtype.element_ty))
+
+
+def num_splits(num_seqs: int, num_kv_heads: int, num_sms: int) -> int:
+    """Enough programs to fill the GPU about twice; capped to keep the merge cheap."""
+    want = (2 * num_sms + num_seqs * num_kv_heads - 1) // (num_seqs * num_kv_heads)
+    return max(1, min(32, want))
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                           splits: int) -> torch.Tensor:
+    """q [B, Hq, D]; caches [blocks, Hkv, block_size, D] (strided views); block_tables
+    [B, max_blocks] int32; seq_lens [B] int32. Returns [B, Hq, D] in q's dtype."""
+    num_seqs, num_heads, head_dim = q.shape
+    _, num_kv_heads, block_size, _ = k_cache.shape
+    group = num_heads // num_kv_heads
+    assert k_cache.stride(3) == 1 and q.stride(2) == 1 and v_cache.stride() == k_cache.stride()
+    partial = torch.empty(num_seqs, num_heads, splits, head_dim, device=q.device,
+                          dtype=torch.float32)
+    lse = torch.empty(num_seqs, num_heads, splits, device=q.device, dtype=torch.float32)
+    _decode_partial[(num_seqs, num_kv_heads, splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, partial, lse, scale,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0),
+        partial.stride(0), partial.stride(1), partial.stride(2),
+        lse.stride(0), lse.stride(1),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, TOKENS=_TOKENS_PER_ITER, SPLITS=splits,
+        # fp32 caches (correctness runs) must not round through tf32.
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=4, num_stages=2,
+    )
+    out = torch.empty_like(q)
+    _decode_merge[(num_seqs, num_heads)](
+        partial, lse, out,
+        partial.stride(0), partial.stride(1), partial.stride(2),
+        lse.stride(0), lse.stride(1),
+        out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits),
+        num_warps=4,
+    )
+    return out
