@@ -42,14 +42,14 @@ def ours_generate(engine: LLMEngine, prompts: list[list[int]], gen: int) -> dict
     start = time.perf_counter()
     for p in prompts:
         engine.add_request(p, params)
-    first_tokens = 0
+    started_ids: set[str] = set()  # requests that have their first token (prefill done)
     decode_steps = 0
     decode_start = None
     while engine.has_unfinished():
         deltas = engine.step()
         if decode_start is None:
-            first_tokens += len(deltas)
-            if first_tokens >= len(prompts):
+            started_ids.update(d.request_id for d in deltas)
+            if len(started_ids) >= len(prompts):
                 sync(dev)
                 decode_start = time.perf_counter()
         else:

@@ -1,0 +1,70 @@
+"""Where a decode step's time goes on the GPU: host vs device, and the top kernels.
+
+    python -m benchmarks.decode_profile --batch 1 64 [--model random:llama-3.1-8b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from engine import EngineConfig, LLMEngine, SamplingParams
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="random:llama-3.1-8b")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--kv-gib", type=float, default=20.0)
+    args = parser.parse_args()
+    engine = LLMEngine(EngineConfig(model=args.model, device="cuda", dtype="bfloat16",
+                                    kv_cache_memory_bytes=int(args.kv_gib * 2**30),
+                                    max_num_batched_tokens=8192))
+    vocab = engine.model_config.vocab_size
+    for batch in args.batch:
+        g = torch.Generator().manual_seed(batch)
+        prompts = torch.randint(100, vocab, (batch, args.context), generator=g).tolist()
+        params = SamplingParams(temperature=0, max_tokens=args.steps * 3 + 4, ignore_eos=True)
+        engine.pool.reset_prefix_cache()
+        for p in prompts:
+            engine.add_request(p, params)
+        while engine.scheduler.waiting or any(
+                s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running):
+            engine.step()
+        for _ in range(args.steps):  # warm
+            engine.step()
+        torch.cuda.synchronize()
+        # Host time of a step vs. device time of the same step.
+        host, total = [], []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            engine.step()
+            end.record()
+            torch.cuda.synchronize()
+            total.append(time.perf_counter() - t0)
+            host.append(start.elapsed_time(end) / 1e3)
+        print(f"batch {batch}: wall {1e3 * sorted(total)[len(total) // 2]:.2f} ms/step, "
+              f"events {1e3 * sorted(host)[len(host) // 2]:.2f} ms/step")
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                engine.step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14,
+                                        max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=10,
+                                        max_name_column_width=60))
+        for rid in list(engine.seqs):
+            engine.abort_request(rid)
+    engine.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Tensor-parallel decode: batch-1 step time at TP=1 and TP=2 (NCCL), same weights, same
+prompt, and the greedy tokens of both (they must agree).
+
+    python -m benchmarks.tp_bench [--model random:llama-3.1-8b] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.report import machine_info, print_table, save_json
+from engine import EngineConfig, LLMEngine, SamplingParams
+
+
+def measure(model: str, tp: int, context: int, gen: int, kv_gib: float) -> dict:
+    engine = LLMEngine(EngineConfig(model=model, device="cuda", dtype="bfloat16",
+                                    tensor_parallel_size=tp,
+                                    kv_cache_memory_bytes=int(kv_gib * 2**30)))
+    try:
+        prompt = torch.randint(100, engine.model_config.vocab_size, (context,),
+                               generator=torch.Generator().manual_seed(0)).tolist()
+        engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=gen,
+                                                  ignore_eos=True))
+        tokens, times = [], []
+        while engine.has_unfinished():
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            deltas = engine.step()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+            tokens += [t for d in deltas for t in d.new_token_ids]
+        decode = times[1 + 4:]  # skip the prefill step and a few warm-up steps
+        return {"tp": tp, "step_ms": 1e3 * statistics.median(decode), "tokens": tokens}
+    finally:
+        engine.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="random:llama-3.1-8b")
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--gen", type=int, default=64)
+    parser.add_argument("--kv-gib", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tp_decode.json"))
+    args = parser.parse_args()
+    runs = [measure(args.model, tp, args.context, args.gen, args.kv_gib) for tp in (1, 2)]
+    same = runs[0]["tokens"] == runs[1]["tokens"]
+    ratio = runs[1]["step_ms"] / runs[0]["step_ms"]
+    table = print_table(["TP", "batch-1 step ms", "vs TP=1"],
+                        [[r["tp"], r["step_ms"], r["step_ms"] / runs[0]["step_ms"]]
+                         for r in runs])
+    print(f"greedy tokens identical: {same}")
+    save_json(args.out, {"model": args.model, "context": args.context, "runs": runs,
+                         "tp2_over_tp1": ratio, "tokens_identical": same, "table": table,
+                         "machine": machine_info()})
+
+
+if __name__ == "__main__":
+    main()
