@@ -17,9 +17,9 @@ from benchmarks.report import machine_info, print_table, save_json
 from engine import EngineConfig, LLMEngine, SamplingParams
 
 
-def measure(model: str, tp: int, context: int, gen: int, kv_gib: float) -> dict:
+def measure(model: str, tp: int, context: int, gen: int, kv_gib: float, graphs: bool) -> dict:
     engine = LLMEngine(EngineConfig(model=model, device="cuda", dtype="bfloat16",
-                                    tensor_parallel_size=tp,
+                                    tensor_parallel_size=tp, cuda_graphs=graphs,
                                     kv_cache_memory_bytes=int(kv_gib * 2**30)))
     try:
         prompt = torch.randint(100, engine.model_config.vocab_size, (context,),
@@ -35,7 +35,8 @@ def measure(model: str, tp: int, context: int, gen: int, kv_gib: float) -> dict:
             times.append(time.perf_counter() - started)
             tokens += [t for d in deltas for t in d.new_token_ids]
         decode = times[1 + 4:]  # skip the prefill step and a few warm-up steps
-        return {"tp": tp, "step_ms": 1e3 * statistics.median(decode), "tokens": tokens}
+        return {"tp": tp, "graphs": graphs and engine.runner.graphs is not None,
+                "step_ms": 1e3 * statistics.median(decode), "tokens": tokens}
     finally:
         engine.shutdown()
 
@@ -46,13 +47,18 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--gen", type=int, default=64)
     parser.add_argument("--kv-gib", type=float, default=8.0)
+    parser.add_argument("--no-graphs", action="store_true", help="eager decode on every rank")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tp_decode.json"))
     args = parser.parse_args()
-    runs = [measure(args.model, tp, args.context, args.gen, args.kv_gib) for tp in (1, 2)]
+    import faulthandler
+
+    faulthandler.dump_traceback_later(150, exit=True)  # a hung collective shows its stack
+    runs = [measure(args.model, tp, args.context, args.gen, args.kv_gib, not args.no_graphs)
+            for tp in (1, 2)]
     same = runs[0]["tokens"] == runs[1]["tokens"]
     ratio = runs[1]["step_ms"] / runs[0]["step_ms"]
-    table = print_table(["TP", "batch-1 step ms", "vs TP=1"],
-                        [[r["tp"], r["step_ms"], r["step_ms"] / runs[0]["step_ms"]]
+    table = print_table(["TP", "CUDA graphs", "batch-1 step ms", "vs TP=1"],
+                        [[r["tp"], r["graphs"], r["step_ms"], r["step_ms"] / runs[0]["step_ms"]]
                          for r in runs])
     print(f"greedy tokens identical: {same}")
     save_json(args.out, {"model": args.model, "context": args.context, "runs": runs,

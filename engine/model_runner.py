@@ -254,6 +254,13 @@ class ModelRunner:
             if self.connector is not None:
                 self.connector.close()
 
+    def release_graphs(self) -> None:
+        """Drop captured graphs (and the collectives inside them) before the process group."""
+        if self.graphs is not None:
+            self.graphs = None
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
     def stop_followers(self) -> None:
         if self.world > 1 and self.rank == 0:
             dist.broadcast_object_list([None], src=0)

@@ -38,10 +38,13 @@ def _follower_main(config, source, model_config, rank, world, init_method, max_m
     _set_cpu_threads(config, world)
     dist.init_process_group(_backend(config), init_method=init_method, rank=rank,
                             world_size=world)
+    runner = None
     try:
         runner = ModelRunner(config, source, model_config, rank, world, max_model_len)
         runner.follow()
     finally:
+        if runner is not None:
+            runner.release_graphs()  # captured NCCL calls must go before the communicator
         dist.destroy_process_group()
 
 
@@ -72,6 +75,7 @@ class TensorParallelGroup:
     def shutdown(self) -> None:
         try:
             self.runner.stop_followers()
+            self.runner.release_graphs()
         finally:
             for p in self.processes:
                 p.join(timeout=30)
