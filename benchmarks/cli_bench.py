@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None,
                         help="system under test (groups runs at several rates in plots)")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path")
-    parser.add_argument("--plot-dir", type=Path, default=None, help="write PNG plots here")
+    parser.add_argument("--plot-dir", type=Path, default=None,
+                        help="write PNG plots here (default: beside the JSON, '<name>-plots/')")
     parser.add_argument("--compare", type=Path, nargs="+", default=None,
                         help="compare saved runs instead of running")
 
@@ -86,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
     if args.compare:
         runs = compare.load(args.compare)
         compare.table(runs)
-        if args.plot_dir:
-            for path in compare.plot(runs, args.plot_dir):
-                print(f"wrote {path}")
+        plot_dir = args.plot_dir or args.compare[0].parent / "compare-plots"
+        for path in compare.plot(runs, plot_dir):
+            print(f"wrote {path}")
         return 0
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     model = args.model or httpx.get(f"{args.url}/models", headers=headers,
@@ -120,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
     compare.table([result])
     out = args.out or Path("benchmarks/results") / f"bench-{label}.json"
     save_json(out, result)
-    if args.plot_dir:
-        for path in compare.plot([result], args.plot_dir):
-            print(f"wrote {path}")
+    for path in compare.plot([result], args.plot_dir or out.with_name(f"{out.stem}-plots")):
+        print(f"wrote {path}")
     print(json.dumps({k: metrics[k] for k in ("completed", "errors", "goodput")}))
     return 0 if metrics["errors"] == 0 else 1

@@ -257,7 +257,7 @@ class Dispatcher:
         migrations = 0
         cached_reported = first is not None
         while True:
-            remote = first is not None and not failed  # only the first attempt pulls KV
+            remote = first is not None and not failed  # only a first attempt pulls KV
             remaining_tokens = req.params.max_tokens - len(generated)
             if remaining_tokens <= 0:
                 yield TokenEvent([], finish_reason="length")
@@ -300,7 +300,17 @@ class Dispatcher:
                     raise BadRequestError(e.details()) from None
                 reason = f"{e.code().name}: {e.details()}"
             except _DecodeFailed as e:
-                reason = str(e)
+                # The worker answered: it is alive, only this request failed there (typically
+                # its KV pull: the owner died, or the lease ran out while the worker was
+                # backlogged). Continue on the same worker by prefilling there.
+                migrations += 1
+                if migrations > self.config.max_migrations:
+                    raise UpstreamError(f"decode failed {migrations} times: {e}") from None
+                log.warning("decode of %s on %s failed (%s); prefilling it there instead",
+                            req.request_id, decode.worker_id, e)
+                self.metrics.local_prefills.labels("transfer_failed").inc()
+                first = None  # every later attempt prefills locally
+                continue
             failed.add(decode.worker_id)
             self.registry.fence(decode.worker_id, self.config.fence_s)
             migrations += 1

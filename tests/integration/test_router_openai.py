@@ -169,3 +169,33 @@ def test_api_keys_and_no_workers(redis_server, demo_model_dir):
         assert httpx.get(f"{router.url}/health").status_code == 200
     finally:
         router.stop()
+
+
+def test_pdserve_bench_against_the_cluster_and_compare(cluster, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.cluster_helpers import ROOT
+
+    url = f"{cluster[0].url}/v1"
+    outs = []
+    for workload in ("random", "shared-prefix"):
+        out = tmp_path / f"{workload}.json"
+        result = subprocess.run(
+            [sys.executable, "-m", "deploy.cli", "bench", "--url", url, "--workload", workload,
+             "--num-requests", "12", "--concurrency", "4", "--input-len", "64",
+             "--output-len", "8", "--system-len", "64", "--groups", "2", "--turns", "2",
+             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        run = json.loads(out.read_text())
+        assert run["metrics"]["completed"] == run["metrics"]["num_requests"] > 0
+        assert run["metrics"]["ttft_s"]["p50"] > 0
+        assert (tmp_path / f"{workload}-plots" / "latency_cdf.png").stat().st_size > 0
+        outs.append(out)
+    shared = json.loads(outs[1].read_text())
+    assert shared["metrics"]["cached_token_share"] > 0  # later turns reuse earlier ones
+    compare = subprocess.run([sys.executable, "-m", "deploy.cli", "bench", "--compare",
+                              *map(str, outs), "--plot-dir", str(tmp_path / "cmp")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert compare.returncode == 0, compare.stderr
+    assert "shared-prefix" in compare.stdout and (tmp_path / "cmp" / "latency_cdf.png").exists()
