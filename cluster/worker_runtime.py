@@ -23,6 +23,7 @@ from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
 from engine.llm_engine import EngineStats
 from proto import API_VERSION, pb, pb_grpc
+from proto.convert import sampling_from_pb
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ class BaseServicer(pb_grpc.WorkerServicer):
         self.state = state
         self.role = state.config.role
 
-    async def check_request(self, api_version: int, request_id: str, prompt_token_ids,
-                            context: grpc.aio.ServicerContext) -> None:
+    async def check_request(self, request, context: grpc.aio.ServicerContext):
+        """Refuse what no role can serve; return the request's validated sampling params."""
+        api_version, request_id = request.api_version, request.request_id
         if api_version != API_VERSION:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"api_version {api_version} is not supported; this worker "
@@ -76,8 +78,12 @@ class BaseServicer(pb_grpc.WorkerServicer):
                                 f"worker {self.state.worker_id} is draining")
         if not request_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is required")
-        if not prompt_token_ids:
+        if not request.prompt_token_ids:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty")
+        try:
+            return sampling_from_pb(request.sampling)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
     async def Abort(self, request, context):
         found = await self.engine.call(lambda e: e.abort_request(request.request_id))

@@ -9,17 +9,12 @@ from engine.sequence import FinishReason
 from kv_transfer.handle import IncompatibleKVError
 from prefill_worker.servicer import PrefillServicer
 from proto import pb
-from proto.convert import handle_from_pb, logprob_from_pb, logprob_to_pb, sampling_from_pb
+from proto.convert import handle_from_pb, logprob_from_pb, logprob_to_pb
 
 
 class DecodeServicer(BaseServicer):
     async def Decode(self, request, context):
-        await self.check_request(request.api_version, request.request_id,
-                                 request.prompt_token_ids, context)
-        try:
-            params = sampling_from_pb(request.sampling)
-        except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        params = await self.check_request(request, context)
         prompt = list(request.prompt_token_ids)
         salt = tuple(request.cache_salt)
         if request.prefill_locally:

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-component logs go to a timestamped folder here")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="model cache (default: $PDSERVE_CACHE_DIR or ~/.cache/pdserve)")
+    parser.add_argument("--gpus", default=None,
+                        help="GPU ids to hand out, e.g. 0,1,2,3: one per prefill worker, "
+                             "--decode-tp per decode worker (default: every worker sees all)")
     parser.add_argument("--ready-timeout", type=float, default=600.0,
                         help="seconds to wait for the workers to load")
     parser.add_argument("--no-smoke", action="store_true",
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                        decode_tp=args.decode_tp, router_host=args.host, router_port=args.port,
                        redis_url=args.redis, redis_prefix=args.redis_prefix, policy=args.policy,
                        log_dir=args.log_dir, worker_args=tuple(worker_args),
-                       router_args=tuple(args.router_arg), cache_dir=args.cache_dir)
+                       router_args=tuple(args.router_arg), cache_dir=args.cache_dir,
+                       gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else ())
     cluster = LocalCluster(spec, log=say)
     stopping = False
 

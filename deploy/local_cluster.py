@@ -55,6 +55,7 @@ class ClusterSpec:
     worker_args: tuple[str, ...] = ()  # extra flags for every worker (engine settings)
     router_args: tuple[str, ...] = ()
     cache_dir: Path | None = None
+    gpus: tuple[int, ...] = ()  # hand these GPUs out: 1 per prefill worker, decode_tp per decode
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Child:
     role: str
     process: subprocess.Popen
     log_path: Path
+    gpus: tuple[int, ...] = ()
     draining: bool = False  # SIGTERM sent once: a second one would kill it mid-drain
 
     def terminate(self) -> None:
@@ -161,13 +163,27 @@ class LocalCluster:
             cmd += ["--tp", str(self.spec.decode_tp)]
         if self.spec.cache_dir:
             cmd += ["--cache-dir", str(self.spec.cache_dir)]
-        return self._spawn(name, role, cmd)
+        gpus = self._take_gpus(self.spec.decode_tp if role == "decode" else 1)
+        return self._spawn(name, role, cmd, gpus)
 
-    def _spawn(self, name: str, role: str, cmd: list[str]) -> Child:
+    def _take_gpus(self, count: int) -> tuple[int, ...]:
+        if not self.spec.gpus:
+            return ()
+        used = {g for c in self.children if c.process.poll() is None for g in c.gpus}
+        free = [g for g in self.spec.gpus if g not in used]
+        if len(free) < count:
+            raise RuntimeError(f"not enough free GPUs: need {count}, free {free}")
+        return tuple(free[:count])
+
+    def _spawn(self, name: str, role: str, cmd: list[str], gpus: tuple[int, ...] = ()
+               ) -> Child:
         log_path = self.log_dir / f"{name}.log"
+        env = self._env
+        if gpus:
+            env = dict(env, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)))
         process = subprocess.Popen(cmd, stdout=self._log_file(name), stderr=subprocess.STDOUT,
-                                   env=self._env, preexec_fn=_die_with_parent)
-        child = Child(name, role, process, log_path)
+                                   env=env, preexec_fn=_die_with_parent)
+        child = Child(name, role, process, log_path, gpus)
         self.children.append(child)
         return child
 

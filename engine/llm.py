@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +105,3 @@ class LLM:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
-
-def replace_params(params: SamplingParams, **changes: Any) -> SamplingParams:
-    return dataclasses.replace(params, **changes)

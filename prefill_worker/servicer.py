@@ -9,17 +9,12 @@ import grpc
 from cluster.worker_runtime import BaseServicer, InFlight
 from engine.sequence import FinishReason
 from proto import pb
-from proto.convert import handle_to_pb, logprob_to_pb, sampling_from_pb
+from proto.convert import handle_to_pb, logprob_to_pb
 
 
 class PrefillServicer(BaseServicer):
     async def Prefill(self, request, context):
-        await self.check_request(request.api_version, request.request_id,
-                                 request.prompt_token_ids, context)
-        try:
-            params = sampling_from_pb(request.sampling)
-        except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        params = await self.check_request(request, context)
         # The engine stops after one token; when more are wanted it keeps the prompt KV under
         # a lease for the decode worker instead of freeing it.
         wants_more = params.max_tokens > 1
