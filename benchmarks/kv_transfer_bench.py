@@ -1,9 +1,10 @@
 """KV transfer bandwidth: our connector against raw NIXL and a memcpy, in one run.
 
-For the KV of one 4k-token request (256 blocks of 16 tokens, scattered block ids) of the demo
-model (fp32) and of the Llama-3.1-8B shape (bf16), an owner process holds the blocks and this
-process pulls them through ``NixlConnector`` (one prepped READ listing 256 block descriptors:
-the cache is block-major, so a block of every layer is one contiguous run). Alongside: raw
+For the KV of one 4k-token request (256 blocks of 16 tokens) of the demo model (fp32) and of the
+Llama-3.1-8B shape (bf16), an owner process holds the blocks and this process pulls them through
+``NixlConnector``, twice: with block ids scattered on both sides (the worst case: one
+descriptor per block; the cache is block-major, so a block of every layer is one run of bytes),
+and with consecutive ids as a fresh pool hands them out (one descriptor per run). Alongside: raw
 NIXL reading the same number of bytes from the same registered region as a few large contiguous
 descriptors (what the link can do), and a memcpy of the same bytes (CPU: in-process copy;
 GPU: a device-to-device copy from the owner's GPU).
@@ -92,7 +93,8 @@ def _wait(agent, xfer) -> None:
         raise RuntimeError(f"raw NIXL read ended in state {state}")
 
 
-def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int) -> dict:
+def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int,
+                contiguous: bool) -> dict:
     from kv_transfer.nixl_connector import NixlConnector
 
     ctx = mp.get_context("spawn")
@@ -106,8 +108,12 @@ def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int) -> d
         conn = NixlConnector("bench-recv", 0, 1, dst, lay, compat_of(shape))
         num_blocks = PROMPT_TOKENS // BLOCK_SIZE
         rng = np.random.default_rng(0)
-        src_blocks = rng.permutation(REGION_BLOCKS)[:num_blocks].tolist()
-        dst_blocks = rng.permutation(REGION_BLOCKS)[:num_blocks].tolist()
+        if contiguous:  # as engines with fresh pools allocate a prompt's blocks
+            src_blocks = list(range(7, 7 + num_blocks))
+            dst_blocks = list(range(40, 40 + num_blocks))
+        else:  # the worst case: every block somewhere else, on both sides
+            src_blocks = rng.permutation(REGION_BLOCKS)[:num_blocks].tolist()
+            dst_blocks = rng.permutation(REGION_BLOCKS)[:num_blocks].tolist()
         nbytes = 2 * lay.num_layers * num_blocks * lay.chunk_bytes
         ours = []
         for i in range(repeats + 1):
@@ -172,8 +178,11 @@ def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int) -> d
                 torch.cuda.synchronize()
             copies.append(nbytes / (time.perf_counter() - started))
         conn.close()
+        from kv_transfer.nixl_connector import contiguous_runs
+
         return {
-            "shape": shape.name, "bytes": nbytes, "descriptors": num_blocks,
+            "shape": shape.name, "blocks": "contiguous" if contiguous else "scattered",
+            "bytes": nbytes, "descriptors": len(contiguous_runs(src_blocks, dst_blocks)),
             "ours_bytes_per_s": statistics.median(ours), "raw_nixl_bytes_per_s":
             statistics.median(raw), "memcpy_bytes_per_s": statistics.median(copies[1:]),
             "raw_same_blocks_bytes_per_s": statistics.median(raw_blocks),
@@ -200,15 +209,16 @@ def main() -> None:
         torch.cuda.set_device(device)
     else:
         owner_device = device = "cpu"
-    results = [bench_shape(s, device, owner_device, args.repeats) for s in SHAPES]
-    rows = [[r["shape"], f"{r['bytes'] / 2**20:.0f} MiB", r["descriptors"],
+    results = [bench_shape(s, device, owner_device, args.repeats, contiguous)
+               for contiguous in (False, True) for s in SHAPES]
+    rows = [[r["shape"], r["blocks"], f"{r['bytes'] / 2**20:.0f} MiB", r["descriptors"],
              r["ours_bytes_per_s"] / 1e9, r["raw_nixl_bytes_per_s"] / 1e9,
              r["raw_same_blocks_bytes_per_s"] / 1e9, r["memcpy_bytes_per_s"] / 1e9,
              r["ours_bytes_per_s"] / r["raw_nixl_bytes_per_s"]]
             for r in results]
     print(f"KV of one {PROMPT_TOKENS}-token request, {args.device}: owner {owner_device}, "
           f"receiver {device}")
-    table = print_table(["shape", "bytes", "descriptors", "pdserve GB/s", "raw NIXL GB/s",
+    table = print_table(["shape", "blocks", "bytes", "descriptors", "pdserve GB/s", "raw NIXL GB/s",
                          "raw NIXL same blocks GB/s", "memcpy GB/s", "pdserve / raw"], rows)
     name = f"kv_transfer_{args.device}.json"
     save_json(args.out or Path("benchmarks/results") / name,

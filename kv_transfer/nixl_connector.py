@@ -192,6 +192,17 @@ class NixlConnector(KVConnector):
                 local = self._dlist("NIXL_INIT_AGENT", self.memory_kind, self.layout,
                                     self.kv_buffer.data_ptr(), self.device_id, piece.dst_head,
                                     piece.num_heads, whole)
+                runs = contiguous_runs(src_block_ids, dst_block_ids) if whole else []
+                if whole and len(runs) < len(src_block_ids):
+                    # Consecutive blocks on both sides travel as one descriptor per run: UCX
+                    # pays per descriptor, and fresh prompts' blocks are mostly consecutive.
+                    xfer = self._run_xfer(src, handle.memory_kind, runs)
+                    pull.xfers.append(xfer)
+                    pull.num_bytes += len(src_block_ids) * self.layout.block_bytes
+                    if self.agent.transfer(xfer) == "ERR":
+                        pull.error = f"posting the read from {src.agent_name} failed"
+                        return
+                    continue
                 if whole:
                     ridx = np.asarray(src_block_ids, dtype=np.int32)
                     lidx = np.asarray(dst_block_ids, dtype=np.int32)
@@ -268,6 +279,17 @@ class NixlConnector(KVConnector):
         self.agent.add_remote_agent(src.agent_metadata)
         self._loaded_agents.add(src.agent_name)
 
+    def _run_xfer(self, src: SourceRank, remote_kind: str, runs: list[tuple[int, int, int]]):
+        size = self.layout.block_bytes
+        local_base = self.kv_buffer.data_ptr()
+        remote = np.array([(src.base_address + s * size, n * size, src.device_id)
+                           for s, _, n in runs], dtype=np.uint64)
+        local = np.array([(local_base + d * size, n * size, self.device_id)
+                          for _, d, n in runs], dtype=np.uint64)
+        return self.agent.initialize_xfer(
+            "READ", self.agent.get_xfer_descs(local, self.memory_kind),
+            self.agent.get_xfer_descs(remote, remote_kind), src.agent_name)
+
     def _remote_layout(self, handle: KVHandle, src: SourceRank) -> RegionLayout:
         return RegionLayout(self.layout.num_layers, src.num_blocks,
                             self.compat.num_kv_heads // handle.tp_size, self.layout.block_size,
@@ -293,6 +315,19 @@ class NixlConnector(KVConnector):
             handle = self.agent.prep_xfer_dlist(agent, descs, memory_kind)
             self._dlists[key] = handle
         return handle
+
+
+def contiguous_runs(src: list[int], dst: list[int]) -> list[tuple[int, int, int]]:
+    """(src_start, dst_start, length) runs where both block lists advance by one together."""
+    runs: list[tuple[int, int, int]] = []
+    for s, d in zip(src, dst, strict=True):
+        if runs:
+            s0, d0, n = runs[-1]
+            if s == s0 + n and d == d0 + n:
+                runs[-1] = (s0, d0, n + 1)
+                continue
+        runs.append((s, d, 1))
+    return runs
 
 
 def _describe_failure(handle: KVHandle, error: Exception) -> str:

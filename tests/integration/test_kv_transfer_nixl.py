@@ -38,6 +38,19 @@ def test_multi_block_pull_is_byte_identical_and_release_reaches_owner(peers):
     assert owner[0].call("collect", 5.0) == [("req-1", "released")]
 
 
+def test_consecutive_blocks_travel_as_runs_byte_identical(peers):
+    owner = owner_group(1, SEED, "owner-runs")
+    receiver = Peer(0, 1, None, "recv-runs")
+    peers.extend(owner + [receiver])
+    src_blocks, dst_blocks = [2, 3, 4, 9, 10], [5, 6, 7, 0, 1]  # two runs: 3 and 2 blocks
+    handle = owner[0].call("describe", ("req-runs", src_blocks, 20, 30.0))
+    result, _, buffer = receiver.call("pull", (handle, src_blocks, dst_blocks))
+    assert result.ok, result.error
+    assert torch.equal(buffer[dst_blocks], global_kv(SEED)[src_blocks])
+    untouched = [b for b in range(buffer.shape[0]) if b not in dst_blocks]
+    assert torch.count_nonzero(buffer[untouched]) == 0
+
+
 @pytest.mark.parametrize("src_tp,dst_tp", [(1, 2), (2, 1)])
 def test_heterogeneous_tp_head_slices(peers, src_tp, dst_tp):
     owners = owner_group(src_tp, SEED, f"owner-tp{src_tp}")

@@ -39,3 +39,11 @@ def test_lease_release_and_expiry():
     now[0] = 106.5
     assert [lease.request_id for lease in table.expire()] == ["b"]
     assert len(table) == 0 and table.num_expired == 1 and table.num_released == 1
+
+
+def test_contiguous_runs():
+    from kv_transfer.nixl_connector import contiguous_runs
+
+    assert contiguous_runs([2, 3, 4, 9, 10], [5, 6, 7, 0, 1]) == [(2, 5, 3), (9, 0, 2)]
+    assert contiguous_runs([1, 2], [5, 9]) == [(1, 5, 1), (2, 9, 1)]  # dst breaks the run
+    assert contiguous_runs([], []) == []
