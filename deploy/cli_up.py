@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         model_name = _served_name(cluster.router_url)
         say(f"\n[pdserve] cluster ready: {cluster.router_url}/v1  (model: {model_name})")
         say(f"[pdserve] try: curl {cluster.router_url}/v1/chat/completions -H "
-            f"'Content-Type: application/json' -d '{{\"model\": \"{model_name}\", \"messages\": "
+            f"'Content-Type: application/json' -d '{{\"model\": \"{model_name}\", "
+            f"\"temperature\": 0, \"messages\": "
             f"[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'")
         say("[pdserve] status: pdserve status | resize: pdserve scale prefill=N decode=M | "
             "stop: Ctrl-C\n")
