@@ -31,7 +31,7 @@ def expected_text(reference, prompt, max_tokens):
 def test_prefill_worker_killed_mid_request(redis_server, demo_model_dir, reference):
     model = ["--model", str(demo_model_dir)]
     # Small prefill chunks make a long prompt take many steps, so the kill lands mid-prefill.
-    prefill = WorkerProcess("prefill", model + ["--max-num-batched-tokens", "32"],
+    prefill = WorkerProcess("prefill", model + ["--max-num-batched-tokens", "16"],
                             redis_server.url)
     decode = WorkerProcess("decode", model, redis_server.url)
     router = RouterProcess(redis_server.url, model, wait_for=(1, 1))
