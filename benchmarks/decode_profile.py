@@ -1,6 +1,7 @@
-"""Where a decode step's time goes on the GPU: host vs device, and the top kernels.
+"""Where a decode step's (or a prefill's) time goes on the GPU: host vs device, top kernels.
 
     python -m benchmarks.decode_profile --batch 1 64 [--model random:llama-3.1-8b]
+    python -m benchmarks.decode_profile --prefill 4096
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--kv-gib", type=float, default=20.0)
+    parser.add_argument("--prefill", type=int, default=None,
+                        help="profile one prefill of this many tokens instead")
     args = parser.parse_args()
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", dtype="bfloat16",
                                     kv_cache_memory_bytes=int(args.kv_gib * 2**30),
                                     max_num_batched_tokens=8192))
     vocab = engine.model_config.vocab_size
+    if args.prefill:
+        profile_prefill(engine, args.prefill)
+        engine.shutdown()
+        return
     for batch in args.batch:
         g = torch.Generator().manual_seed(batch)
         prompts = torch.randint(100, vocab, (batch, args.context), generator=g).tolist()
@@ -64,6 +71,29 @@ def main() -> None:
         for rid in list(engine.seqs):
             engine.abort_request(rid)
     engine.shutdown()
+
+
+def profile_prefill(engine: LLMEngine, length: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    prompt = torch.randint(100, engine.model_config.vocab_size, (length,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
+
+    def once():
+        engine.pool.reset_prefix_cache()
+        engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=1))
+        while engine.has_unfinished():
+            engine.step()
+        torch.cuda.synchronize()
+
+    once()
+    started = time.perf_counter()
+    once()
+    print(f"prefill {length}: {1e3 * (time.perf_counter() - started):.1f} ms")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        once()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18,
+                                    max_name_column_width=60))
 
 
 if __name__ == "__main__":
