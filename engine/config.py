@@ -42,6 +42,7 @@ class EngineConfig:
     engine_id: str | None = None  # unique per engine instance; None: generated
     cuda_graphs: bool = True  # CUDA: replay captured decode steps (batch buckets up to ...)
     max_graph_batch: int = 128  # ... this many sequences; larger decode batches run eagerly
+    fused_kernels: bool = True  # CUDA: Triton add+RMSNorm and SiLU*mul (engine/cuda/fused_ops)
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:

@@ -84,8 +84,13 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(h, i, bias=False)
         self.down_proj = nn.Linear(i, h, bias=False)
         self.gate_up_proj: nn.Linear | None = None  # set by fuse_projections
+        self.fused_kernels = False  # CUDA: SiLU(gate) * up in one Triton kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_kernels and self.gate_up_proj is not None:
+            from engine.cuda.fused_ops import silu_mul
+
+            return self.down_proj(silu_mul(self.gate_up_proj(x)))
         if self.gate_up_proj is not None:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         else:
@@ -127,6 +132,13 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.fused_kernels = False  # CUDA: residual add + RMSNorm fused (use_fused_kernels)
+
+    def use_fused_kernels(self) -> None:
+        """Switch to the fused CUDA kernels (engine/cuda/fused_ops.py); same function."""
+        self.fused_kernels = True
+        for layer in self.model.layers:
+            layer.mlp.fused_kernels = True
 
     def bind_kv_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for layer, (k_cache, v_cache) in zip(self.model.layers, kv_caches, strict=True):
@@ -136,9 +148,28 @@ class CausalLM(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
+        if self.fused_kernels:
+            return self._forward_fused(x, positions, meta)
         for layer in self.model.layers:
             x = layer(x, positions, meta)
         return self.model.norm(x)
+
+    def _forward_fused(self, x: torch.Tensor, positions: torch.Tensor,
+                       meta: AttentionMetadata) -> torch.Tensor:
+        """The same layers with each residual add folded into the next RMSNorm."""
+        from engine.cuda.fused_ops import rmsnorm
+
+        eps = self.config.rms_norm_eps
+        layers = self.model.layers
+        h, residual = rmsnorm(x, layers[0].input_layernorm.weight, eps)
+        for i, layer in enumerate(layers):
+            attn = layer.self_attn(h, positions, meta)
+            h, residual = rmsnorm(attn, layer.post_attention_layernorm.weight, eps, residual)
+            mlp = layer.mlp(h)
+            next_norm = (layers[i + 1].input_layernorm if i + 1 < len(layers)
+                         else self.model.norm)
+            h, residual = rmsnorm(mlp, next_norm.weight, eps, residual)
+        return h
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

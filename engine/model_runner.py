@@ -90,6 +90,8 @@ class ModelRunner:
         apply_tensor_parallel(self.model, rank, world)
         if self.device.type == "cuda":
             fuse_projections(self.model)  # one GEMM for q/k/v and one for gate/up
+            if config.fused_kernels:
+                self.model.use_fused_kernels()
         self.layout = self._kv_layout()
         # One extra block past the pool's: a scratch block that padded rows of a captured
         # decode batch write to and read from.

@@ -55,3 +55,17 @@ def test_cuda_graph_decode_matches_eager():
     with LLM("random:tiny-llama", **kwargs) as graphed:
         assert graphed.engine.runner.graphs is not None
         assert [o.token_ids for o in graphed.generate(prompts, params)] == expected
+
+
+def test_fused_kernels_match_eager_ops():
+    prompts = random_prompts(6, 512, 20, 120, seed=17)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    kwargs = dict(device="cuda", dtype="float32", seed=3, kv_cache_memory_bytes=64 << 20)
+    with LLM("random:tiny-qwen2", fused_kernels=False, **kwargs) as plain:
+        expected = [o.token_ids for o in plain.generate(prompts, params)]
+        plain_logits = engine_prompt_logits(plain.engine, prompts[0]).cpu()
+    with LLM("random:tiny-qwen2", **kwargs) as fused:
+        assert fused.engine.runner.model.fused_kernels
+        logits = engine_prompt_logits(fused.engine, prompts[0]).cpu()
+        assert (logits - plain_logits).abs().max().item() < 1e-4
+        assert [o.token_ids for o in fused.generate(prompts, params)] == expected
