@@ -23,12 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.report import machine_info, print_table, save_json
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
+from benchmarks.serving_metrics import percentile
 
 
 # -- 1. decision time ---------------------------------------------------------------------------

@@ -158,9 +158,7 @@ class LLMEngine:
                              f"{self.max_model_len}")
         self._track(seq)
         seq.append_token(first_token, first_logprob)
-        text = self._text[seq.request_id]
-        text.add_tokens([first_token])  # context for detokenizing and stop strings...
-        text.num_emitted_chars = len(text.text)  # ...but the prefill side already sent it
+        self._text[seq.request_id].add_sent_tokens([first_token])
         if self.scheduler.check_token_stop(seq) is not None:  # nothing left to decode
             self.remote.connector.release(handle)
             self._forget(seq.request_id)
@@ -205,7 +203,7 @@ class LLMEngine:
     @property
     def num_held_kv(self) -> int:
         """Requests whose blocks are held for a receiver (prefill role)."""
-        return 0 if self.remote is None else len(self.remote._held)
+        return 0 if self.remote is None else self.remote.num_held
 
     # -- one step ---------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:

@@ -105,7 +105,8 @@ class ModelRunner:
         self.connector = None
         if config.kv_transfer == "nixl":
             self.connector = self._create_connector(source)
-        self.max_model_len = max_model_len
+        self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                        if self.device.type == "cuda" else 0)
         self.graphs = None
         if self.device.type == "cuda" and config.cuda_graphs:
             from engine.cuda.graph_runner import DecodeGraphs
@@ -223,8 +224,8 @@ class ModelRunner:
             if dev.type == "cuda":
                 from engine.cuda.decode_attention import num_splits
 
-                sms = torch.cuda.get_device_properties(dev).multi_processor_count
-                meta.decode_splits = num_splits(len(step.seq_lens), self.layout.num_kv_heads, sms)
+                meta.decode_splits = num_splits(len(step.seq_lens), self.layout.num_kv_heads,
+                                                self.num_sms)
         input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=dev)
         positions = torch.tensor(step.positions, dtype=torch.long, device=dev)
         hidden = self.model(input_ids, positions, meta)

@@ -35,6 +35,12 @@ class TextOutput:
                 return True
         return False
 
+    def add_sent_tokens(self, token_ids: list[int]) -> None:
+        """Tokens whose text the client already has (a prefill worker sent it): they give
+        context for detokenizing and stop strings, but are not sent again."""
+        self.add_tokens(token_ids)
+        self.num_emitted_chars = len(self.text)
+
     def take_delta(self, finished: bool) -> str:
         """Text ready to send: everything once finished, else all but the held-back tail."""
         limit = len(self.text) if finished else max(self.num_emitted_chars,

@@ -97,6 +97,10 @@ class RemoteKV:
         return False
 
     @property
+    def num_held(self) -> int:
+        return len(self._held)
+
+    @property
     def num_waiting(self) -> int:
         return len(self._queued) + len(self._pulling)
 

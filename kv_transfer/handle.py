@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -34,7 +35,7 @@ class KVCompat:
     block_size: int
     hash_seed: str  # block identities must agree too
 
-    @property
+    @cached_property  # checked on every pull; the record never changes
     def digest(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from engine.sampling_params import SamplingParams
 from engine.sequence import TokenLogprob
 from kv_transfer.handle import KVCompat, KVHandle, SourceRank
@@ -53,7 +55,7 @@ def handle_to_pb(h: KVHandle) -> pb.KVHandle:
                                agent_metadata=s.agent_metadata, base_address=s.base_address,
                                num_blocks=s.num_blocks, device_id=s.device_id)
                  for s in h.sources],
-        compat=pb.KVCompat(**h.compat.__dict__), compat_digest=h.compat_digest,
+        compat=pb.KVCompat(**asdict(h.compat)), compat_digest=h.compat_digest,
         lease_deadline=h.lease_deadline, memory_kind=h.memory_kind,
     )
 

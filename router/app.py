@@ -195,7 +195,7 @@ def create_app(config: RouterConfig) -> FastAPI:
                       "resyncs": state.consumer.num_resyncs,
                       "accuracy_exact_share": d.accuracy.exact_share,
                       "accuracy_verdict": d.accuracy.last_verdict},
-            "prefix_hit_ratio": (d._cached_total / d._prompt_total) if d._prompt_total else 0.0,
+            "prefix_hit_ratio": d.prefix_hit_ratio,
         }
 
     return app

@@ -326,10 +326,13 @@ class Dispatcher:
             decode = others[0] if len(others) == 1 else min(
                 others, key=lambda r: self.load.decode_streams[r.worker_id] + r.num_waiting)
 
+    @property
+    def prefix_hit_ratio(self) -> float:
+        return self._cached_total / self._prompt_total if self._prompt_total else 0.0
+
     def _count_prompt(self, prompt_tokens: int, cached_tokens: int) -> None:
         self._prompt_total += prompt_tokens
         self._cached_total += cached_tokens
         self.metrics.prompt_tokens.inc(prompt_tokens)
         self.metrics.cached_tokens.inc(cached_tokens)
-        if self._prompt_total:
-            self.metrics.prefix_hit_ratio.set(self._cached_total / self._prompt_total)
+        self.metrics.prefix_hit_ratio.set(self.prefix_hit_ratio)

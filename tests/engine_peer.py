@@ -7,6 +7,8 @@ import multiprocessing as mp
 import time
 import traceback
 
+from tests.queue_process import QueueProcess
+
 
 def _serve(commands: mp.Queue, results: mp.Queue, engine_kwargs: dict) -> None:
     from engine import EngineConfig, LLMEngine, SamplingParams
@@ -43,29 +45,7 @@ def _serve(commands: mp.Queue, results: mp.Queue, engine_kwargs: dict) -> None:
             results.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
-class EnginePeer:
+class EnginePeer(QueueProcess):
     def __init__(self, **engine_kwargs):
-        ctx = mp.get_context("spawn")
-        self.commands, self.results = ctx.Queue(), ctx.Queue()
-        self.process = ctx.Process(target=_serve, daemon=True,
-                                   args=(self.commands, self.results, engine_kwargs))
-        self.process.start()
-        kind, self.engine_id = self.results.get(timeout=120)
-        assert kind == "ready"
-
-    def call(self, cmd: str, args=None, timeout: float = 120):
-        self.commands.put((cmd, args))
-        kind, value = self.results.get(timeout=timeout)
-        if kind == "error":
-            raise RuntimeError(value)
-        return value
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            try:
-                self.call("stop", timeout=30)
-            except Exception:
-                pass
-            self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
+        super().__init__(_serve, (engine_kwargs,), "ready", timeout=120)
+        self.engine_id = self.ready_value

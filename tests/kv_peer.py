@@ -12,6 +12,7 @@ import torch
 
 from kv_transfer.handle import KVCompat, KVHandle
 from kv_transfer.layout import RegionLayout
+from tests.queue_process import QueueProcess
 
 LAYERS, BLOCKS, HEADS, BLOCK_SIZE, HEAD_DIM = 3, 12, 4, 4, 8
 
@@ -78,34 +79,13 @@ def _serve(commands: mp.Queue, results: mp.Queue, rank: int, tp: int, seed: int 
             results.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
-class Peer:
+class Peer(QueueProcess):
     """One rank in its own process."""
 
     def __init__(self, rank: int, tp: int, seed: int | None, engine_id: str, **compat_overrides):
-        ctx = mp.get_context("spawn")
-        self.commands, self.results = ctx.Queue(), ctx.Queue()
-        self.process = ctx.Process(target=_serve, daemon=True, args=(
-            self.commands, self.results, rank, tp, seed, engine_id, compat_overrides))
-        self.process.start()
-        kind, self.source = self.results.get(timeout=60)
-        assert kind == "source"
-
-    def call(self, cmd: str, args=None, timeout: float = 60):
-        self.commands.put((cmd, args))
-        kind, value = self.results.get(timeout=timeout)
-        if kind == "error":
-            raise RuntimeError(value)
-        return value
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            try:
-                self.call("stop", timeout=20)
-            except Exception:
-                pass
-            self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
+        super().__init__(_serve, (rank, tp, seed, engine_id, compat_overrides), "source",
+                         timeout=60)
+        self.source = self.ready_value
 
 
 def owner_group(tp: int, seed: int, engine_id: str) -> list[Peer]:
