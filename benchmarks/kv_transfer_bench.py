@@ -4,7 +4,9 @@ For the KV of one 4k-token request (256 blocks of 16 tokens) of the demo model (
 Llama-3.1-8B shape (bf16), an owner process holds the blocks and this process pulls them through
 ``NixlConnector``, twice: with block ids scattered on both sides (the worst case: one
 descriptor per block; the cache is block-major, so a block of every layer is one run of bytes),
-and with consecutive ids as a fresh pool hands them out (one descriptor per run). Alongside: raw
+with consecutive ids as a fresh pool hands them out (one descriptor per run), and as rank 0 of a
+TP=2 receiver reading its half of the heads from a TP=1 owner (the heterogeneous-TP path: one
+descriptor per block, since the owner's other heads lie between its blocks' halves). Alongside: raw
 NIXL reading the same number of bytes from the same registered region as a few large contiguous
 descriptors (what the link can do), and a memcpy of the same bytes (CPU: in-process copy;
 GPU: a device-to-device copy from the owner's GPU).
@@ -47,10 +49,13 @@ PROMPT_TOKENS = 4096
 REGION_BLOCKS = 320  # a cache a bit larger than the request
 
 
-def layout_of(shape: Shape) -> RegionLayout:
+MODES = ("scattered", "contiguous", "head_slice")
+
+
+def layout_of(shape: Shape, tp_size: int = 1) -> RegionLayout:
     elem = torch.empty((), dtype=shape.dtype).element_size()
-    return RegionLayout(shape.num_layers, REGION_BLOCKS, shape.num_kv_heads, BLOCK_SIZE,
-                        shape.head_dim, elem)
+    return RegionLayout(shape.num_layers, REGION_BLOCKS, shape.num_kv_heads // tp_size,
+                        BLOCK_SIZE, shape.head_dim, elem)
 
 
 def compat_of(shape: Shape) -> KVCompat:
@@ -59,9 +64,9 @@ def compat_of(shape: Shape) -> KVCompat:
                     shape.head_dim, BLOCK_SIZE, "bench")
 
 
-def make_buffer(shape: Shape, device: str, fill: bool) -> torch.Tensor:
-    lay = layout_of(shape)
-    dims = (lay.num_blocks, lay.num_layers, 2, lay.num_heads, BLOCK_SIZE, shape.head_dim)
+def make_buffer(shape: Shape, device: str, fill: bool, tp_size: int = 1) -> torch.Tensor:
+    lay = layout_of(shape, tp_size)
+    dims = (lay.num_blocks, lay.num_heads, lay.num_layers, 2, BLOCK_SIZE, shape.head_dim)
     buf = torch.empty(dims, dtype=shape.dtype, device=device)
     if fill:
         buf.copy_(torch.randn(dims, generator=torch.Generator().manual_seed(0)).to(shape.dtype))
@@ -93,8 +98,7 @@ def _wait(agent, xfer) -> None:
         raise RuntimeError(f"raw NIXL read ended in state {state}")
 
 
-def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int,
-                contiguous: bool) -> dict:
+def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int, mode: str) -> dict:
     from kv_transfer.nixl_connector import NixlConnector
 
     ctx = mp.get_context("spawn")
@@ -103,18 +107,19 @@ def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int,
     owner.start()
     try:
         source = q_out.get(timeout=120)
-        lay = layout_of(shape)
-        dst = make_buffer(shape, device, fill=False)
-        conn = NixlConnector("bench-recv", 0, 1, dst, lay, compat_of(shape))
+        recv_tp = 2 if mode == "head_slice" else 1
+        lay = layout_of(shape, recv_tp)
+        dst = make_buffer(shape, device, fill=False, tp_size=recv_tp)
+        conn = NixlConnector("bench-recv", 0, recv_tp, dst, lay, compat_of(shape))
         num_blocks = PROMPT_TOKENS // BLOCK_SIZE
         rng = np.random.default_rng(0)
-        if contiguous:  # as engines with fresh pools allocate a prompt's blocks
+        if mode != "scattered":  # as engines with fresh pools allocate a prompt's blocks
             src_blocks = list(range(7, 7 + num_blocks))
             dst_blocks = list(range(40, 40 + num_blocks))
         else:  # the worst case: every block somewhere else, on both sides
             src_blocks = rng.permutation(REGION_BLOCKS)[:num_blocks].tolist()
             dst_blocks = rng.permutation(REGION_BLOCKS)[:num_blocks].tolist()
-        nbytes = 2 * lay.num_layers * num_blocks * lay.chunk_bytes
+        nbytes = num_blocks * lay.block_bytes
         ours = []
         for i in range(repeats + 1):
             q_in.put((f"r{i}", src_blocks))
@@ -148,23 +153,25 @@ def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int,
             xfer.release()
             if i:
                 raw.append(nbytes / elapsed)
-        # Raw NIXL with our exact descriptors (256 scattered blocks), prepped once and
-        # re-posted: separates the connector's own cost from the descriptors' cost.
-        rdl = agent.prep_xfer_dlist(source.agent_name, np.array(
-            [(source.base_address + b * lay.block_bytes, lay.block_bytes, source.device_id)
-             for b in range(REGION_BLOCKS)], dtype=np.uint64), kind)
-        ldl = agent.prep_xfer_dlist("NIXL_INIT_AGENT", np.array(
-            [(dst.data_ptr() + b * lay.block_bytes, lay.block_bytes, conn.device_id)
-             for b in range(REGION_BLOCKS)], dtype=np.uint64), kind)
-        same = agent.make_prepped_xfer("READ", ldl, np.asarray(dst_blocks, dtype=np.int32), rdl,
-                                       np.asarray(src_blocks, dtype=np.int32))
-        raw_blocks = []
-        for i in range(repeats + 1):
-            started = time.perf_counter()
-            _wait(agent, same)
-            if i:
-                raw_blocks.append(nbytes / (time.perf_counter() - started))
-        same.release()
+        # Raw NIXL with our exact descriptors, prepped once and re-posted: separates the
+        # connector's own cost from the descriptors' cost.
+        raw_blocks = [float("nan")]
+        if mode != "head_slice":
+            rdl = agent.prep_xfer_dlist(source.agent_name, np.array(
+                [(source.base_address + b * lay.block_bytes, lay.block_bytes, source.device_id)
+                 for b in range(REGION_BLOCKS)], dtype=np.uint64), kind)
+            ldl = agent.prep_xfer_dlist("NIXL_INIT_AGENT", np.array(
+                [(dst.data_ptr() + b * lay.block_bytes, lay.block_bytes, conn.device_id)
+                 for b in range(REGION_BLOCKS)], dtype=np.uint64), kind)
+            same = agent.make_prepped_xfer("READ", ldl, np.asarray(dst_blocks, dtype=np.int32),
+                                           rdl, np.asarray(src_blocks, dtype=np.int32))
+            raw_blocks = []
+            for i in range(repeats + 1):
+                started = time.perf_counter()
+                _wait(agent, same)
+                if i:
+                    raw_blocks.append(nbytes / (time.perf_counter() - started))
+            same.release()
         # memcpy of the same bytes
         src_copy = make_buffer(shape, owner_device, fill=True).view(-1)[: nbytes // lay.elem_bytes]
         dst_copy = dst.view(-1)[: nbytes // lay.elem_bytes]
@@ -180,9 +187,10 @@ def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int,
         conn.close()
         from kv_transfer.nixl_connector import contiguous_runs
 
+        descriptors = (len(src_blocks) if mode == "head_slice"  # a run per block: other heads
+                       else len(contiguous_runs(src_blocks, dst_blocks)))  # lie in between
         return {
-            "shape": shape.name, "blocks": "contiguous" if contiguous else "scattered",
-            "bytes": nbytes, "descriptors": len(contiguous_runs(src_blocks, dst_blocks)),
+            "shape": shape.name, "blocks": mode, "bytes": nbytes, "descriptors": descriptors,
             "ours_bytes_per_s": statistics.median(ours), "raw_nixl_bytes_per_s":
             statistics.median(raw), "memcpy_bytes_per_s": statistics.median(copies[1:]),
             "raw_same_blocks_bytes_per_s": statistics.median(raw_blocks),
@@ -201,6 +209,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: owner on GPU 0, receiver on GPU 1 (or 0 with one GPU)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="block placements to measure (head_slice: TP=1 owner, TP=2 "
+                             "receiver rank 0)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.device == "cuda":
@@ -209,8 +220,9 @@ def main() -> None:
         torch.cuda.set_device(device)
     else:
         owner_device = device = "cpu"
-    results = [bench_shape(s, device, owner_device, args.repeats, contiguous)
-               for contiguous in (False, True) for s in SHAPES]
+    results = [bench_shape(s, device, owner_device, args.repeats, mode)
+               for mode in args.modes for s in SHAPES
+               if mode != "head_slice" or s.num_kv_heads % 2 == 0]  # the demo has 3 KV heads
     rows = [[r["shape"], r["blocks"], f"{r['bytes'] / 2**20:.0f} MiB", r["descriptors"],
              r["ours_bytes_per_s"] / 1e9, r["raw_nixl_bytes_per_s"] / 1e9,
              r["raw_same_blocks_bytes_per_s"] / 1e9, r["memcpy_bytes_per_s"] / 1e9,

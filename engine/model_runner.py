@@ -41,10 +41,11 @@ class StepInput:
 
 @dataclass(frozen=True)
 class KVCacheLayout:
-    """Shape of the one KV buffer: [blocks, layers, 2 (K, V), local kv heads, block, head_dim].
+    """Shape of the one KV buffer: [blocks, local kv heads, layers, 2 (K, V), block, head_dim].
 
-    Block-major so a block of every layer is one contiguous run for KV transfer; each layer's
-    K or V is a strided [blocks, heads, block, head_dim] (HND) view.
+    Block-major, then head-major: a block of every layer is one contiguous run for KV
+    transfer, and so is any range of its heads (what a receiver of another TP size reads).
+    Each layer's K or V is a strided [blocks, heads, block, head_dim] (HND) view.
     """
 
     num_layers: int
@@ -56,7 +57,7 @@ class KVCacheLayout:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self.num_blocks, self.num_layers, 2, self.num_kv_heads, self.block_size,
+        return (self.num_blocks, self.num_kv_heads, self.num_layers, 2, self.block_size,
                 self.head_dim)
 
     @property
@@ -82,6 +83,12 @@ class ModelRunner:
             self.device = torch.device("cuda", rank)
             torch.cuda.set_device(self.device)
         self.dtype = config.resolved_dtype()
+        # Steps and transfer control go to the followers over gloo even on GPUs: an object
+        # collective on NCCL stages the pickle through device memory and syncs the host every
+        # step, which serializes scheduling with the GPU.
+        self.control_group = None
+        if world > 1 and self.device.type == "cuda":
+            self.control_group = dist.new_group(backend="gloo")
         self.model_config = model_config
         check_tp_size(model_config, world)
         self.model = load_weights(
@@ -99,7 +106,7 @@ class ModelRunner:
         shape = (self.layout.num_blocks + 1, *self.layout.shape[1:])
         self.kv_buffer = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.model.bind_kv_cache(
-            [(self.kv_buffer[:, i, 0], self.kv_buffer[:, i, 1])
+            [(self.kv_buffer[:, :, i, 0], self.kv_buffer[:, :, i, 1])
              for i in range(self.layout.num_layers)]
         )
         self.connector = None
@@ -142,7 +149,7 @@ class ModelRunner:
         # Rank 0 advertises every rank's region in its handles, and drives the followers'
         # pulls when it receives.
         sources = [None] * self.world
-        dist.all_gather_object(sources, connector.source)
+        dist.all_gather_object(sources, connector.source, group=self.control_group)
         if self.rank > 0:
             return connector
         connector.set_group_sources(sources)
@@ -150,11 +157,11 @@ class ModelRunner:
                                        self._gather_pull_results)
 
     def _broadcast_control(self, message: ControlMessage) -> None:
-        dist.broadcast_object_list([message], src=0)
+        dist.broadcast_object_list([message], src=0, group=self.control_group)
 
     def _gather_pull_results(self, mine: list) -> list:
         gathered = [None] * self.world
-        dist.all_gather_object(gathered, mine)
+        dist.all_gather_object(gathered, mine, group=self.control_group)
         return gathered
 
     def _follow_control(self, message: ControlMessage) -> None:
@@ -202,7 +209,7 @@ class ModelRunner:
     def execute(self, step: StepInput) -> torch.Tensor | None:
         """Run one forward pass; return the selected rows' logits ([B, V]) on rank 0."""
         if self.world > 1 and self.rank == 0:
-            dist.broadcast_object_list([step], src=0)
+            dist.broadcast_object_list([step], src=0, group=self.control_group)
         if self.graphs is not None and self.graphs.can_run(
                 len(step.seq_lens), len(step.token_ids), max(len(t) for t in step.block_tables)):
             logits = self.graphs.run(step.token_ids, step.positions, step.slot_mapping,
@@ -246,7 +253,7 @@ class ModelRunner:
         try:
             while True:
                 box: list[StepInput | ControlMessage | None] = [None]
-                dist.broadcast_object_list(box, src=0)
+                dist.broadcast_object_list(box, src=0, group=self.control_group)
                 if box[0] is None:
                     return
                 if isinstance(box[0], ControlMessage):
@@ -266,4 +273,4 @@ class ModelRunner:
 
     def stop_followers(self) -> None:
         if self.world > 1 and self.rank == 0:
-            dist.broadcast_object_list([None], src=0)
+            dist.broadcast_object_list([None], src=0, group=self.control_group)

@@ -1,11 +1,12 @@
 """Byte layout of a rank's KV buffer, and which bytes a receiving rank must read.
 
-The engine keeps one buffer per rank shaped ``[blocks, layers, 2 (K, V), heads, block, dim]``:
-block-major, and HND within each layer (each layer's K or V is a strided
-``[blocks, heads, block, dim]`` view). So one block of every layer is one contiguous run of
-bytes — a single descriptor when both sides hold the same heads — and within it the chunk of a
-(layer, K/V) holds the rank's heads contiguously, so any head sub-range is one descriptor too.
-Block-major matters on CPU, where UCX moves each descriptor with its own system call.
+The engine keeps one buffer per rank shaped ``[blocks, heads, layers, 2 (K, V), block, dim]``:
+block-major, then head-major (each layer's K or V is a strided ``[blocks, heads, block, dim]``
+HND view). So one block of every layer is one contiguous run of bytes, and so is any range of
+its heads: a transfer is one descriptor per block whether the receiver holds the owner's heads
+or a slice of them (heterogeneous TP), and NIXL merges the descriptors of consecutive blocks.
+Few descriptors matter everywhere: UCX moves each one with its own system call on CPU and its
+own copy (a few microseconds) over NVLink.
 
 Heterogeneous TP: the owner splits heads over ``p`` ranks, the receiver over ``d`` ranks, one
 dividing the other. ``plan_head_slices`` says, for one receiving rank, which owner ranks it
@@ -30,34 +31,17 @@ class RegionLayout:
 
     @property
     def head_bytes(self) -> int:
-        """Bytes of one head of one block (K or V of one layer)."""
-        return self.block_size * self.head_dim * self.elem_bytes
-
-    @property
-    def chunk_bytes(self) -> int:
-        """Bytes of all heads of one block of one layer, K or V."""
-        return self.num_heads * self.head_bytes
+        """Bytes of one head of one block across all layers, K and V: a contiguous run."""
+        return self.num_layers * 2 * self.block_size * self.head_dim * self.elem_bytes
 
     @property
     def block_bytes(self) -> int:
-        """Bytes of one block across all layers, K and V."""
-        return self.num_layers * 2 * self.chunk_bytes
+        """Bytes of one block: every head, layer, K and V."""
+        return self.num_heads * self.head_bytes
 
     @property
     def total_bytes(self) -> int:
         return self.num_blocks * self.block_bytes
-
-    @property
-    def num_chunks(self) -> int:
-        return self.num_blocks * self.num_layers * 2
-
-    def chunk_index(self, layer: int, kv: int, block: int) -> int:
-        return (block * self.num_layers + layer) * 2 + kv
-
-    def chunk_indices(self, block_ids: list[int] | tuple[int, ...]) -> list[int]:
-        """Chunk descriptor indices for these blocks, in a fixed (block, layer, K/V) order."""
-        per_block = self.num_layers * 2
-        return [b * per_block + i for b in block_ids for i in range(per_block)]
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 Each rank registers its whole KV buffer once. Descriptor lists are prepared once per
 (peer rank, head slice) and cached, so a pull is one prepped READ per owner rank that lists many
-blocks by index: one descriptor per block when both sides hold the same heads (equal TP), else
-one per (block, layer, K/V) chunk of the head slice. NIXL merges descriptors that are adjacent
-on both sides, so a prompt's consecutive blocks move as one run (measured: building run
-descriptors ourselves per pull was slower than letting the prepped path merge them).
+blocks by index: one descriptor per block, whether both sides hold the same heads (equal TP) or
+the receiver reads a head range (the layout keeps a block's heads contiguous; see layout.py).
+NIXL merges descriptors that are adjacent on both sides, so a prompt's consecutive blocks move
+as one run (measured: building run descriptors ourselves per pull was slower than letting the
+prepped path merge them).
 
 Agent metadata travels inside the handle and is loaded once per peer agent. On CPU, UCX is told
 to use shared memory (``UCX_TLS=shm,self``), no error-handling mode and no progress thread
@@ -186,22 +187,16 @@ class NixlConnector(KVConnector):
                 src = handle.sources[piece.src_rank]
                 self._load_agent(src)
                 remote_layout = self._remote_layout(handle, src)
-                # Whole blocks when both sides hold exactly these heads, else per-chunk slices.
-                whole = (piece.num_heads == remote_layout.num_heads == self.layout.num_heads)
+                # One descriptor per block: the heads of a block are one run on both sides.
                 remote = self._dlist(src.agent_name, handle.memory_kind, remote_layout,
                                      src.base_address, src.device_id, piece.src_head,
-                                     piece.num_heads, whole)
+                                     piece.num_heads)
                 local = self._dlist("NIXL_INIT_AGENT", self.memory_kind, self.layout,
                                     self.kv_buffer.data_ptr(), self.device_id, piece.dst_head,
-                                    piece.num_heads, whole)
-                if whole:
-                    ridx = np.asarray(src_block_ids, dtype=np.int32)
-                    lidx = np.asarray(dst_block_ids, dtype=np.int32)
-                    piece_bytes = len(lidx) * self.layout.block_bytes
-                else:
-                    ridx = np.asarray(remote_layout.chunk_indices(src_block_ids), dtype=np.int32)
-                    lidx = np.asarray(self.layout.chunk_indices(dst_block_ids), dtype=np.int32)
-                    piece_bytes = len(lidx) * piece.num_heads * self.layout.head_bytes
+                                    piece.num_heads)
+                ridx = np.asarray(src_block_ids, dtype=np.int32)
+                lidx = np.asarray(dst_block_ids, dtype=np.int32)
+                piece_bytes = len(lidx) * piece.num_heads * self.layout.head_bytes
                 xfer = self.agent.make_prepped_xfer("READ", local, lidx, remote, ridx)
                 pull.xfers.append(xfer)
                 pull.num_bytes += piece_bytes
@@ -276,20 +271,18 @@ class NixlConnector(KVConnector):
                             self.layout.head_dim, self.layout.elem_bytes)
 
     def _dlist(self, agent: str, memory_kind: str, layout: RegionLayout, base: int,
-               device_id: int, head: int, num_heads: int, whole_blocks: bool):
-        key = (agent, base, layout.num_blocks, layout.num_heads, head, num_heads, whole_blocks)
+               device_id: int, head: int, num_heads: int):
+        """Prepared descriptors, one per block of the region, covering heads
+        [head, head + num_heads) of each block; prepared once per (region, head range)."""
+        key = (agent, base, layout.num_blocks, layout.num_heads, head, num_heads)
         handle = self._dlists.get(key)
         if handle is None:
-            if whole_blocks:
-                count, stride, length, offset = (layout.num_blocks, layout.block_bytes,
-                                                 layout.block_bytes, 0)
-            else:
-                count, stride = layout.num_chunks, layout.chunk_bytes
-                length, offset = num_heads * layout.head_bytes, head * layout.head_bytes
-            starts = base + offset + np.arange(count, dtype=np.uint64) * np.uint64(stride)
+            count = layout.num_blocks
+            starts = (base + head * layout.head_bytes
+                      + np.arange(count, dtype=np.uint64) * np.uint64(layout.block_bytes))
             descs = np.stack([
                 starts,
-                np.full(count, length, dtype=np.uint64),
+                np.full(count, num_heads * layout.head_bytes, dtype=np.uint64),
                 np.full(count, device_id, dtype=np.uint64),
             ], axis=1)
             handle = self.agent.prep_xfer_dlist(agent, descs, memory_kind)

@@ -26,12 +26,12 @@ def compat(**overrides) -> KVCompat:
 
 def global_kv(seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(BLOCKS, LAYERS, 2, HEADS, BLOCK_SIZE, HEAD_DIM, generator=g)
+    return torch.randn(BLOCKS, HEADS, LAYERS, 2, BLOCK_SIZE, HEAD_DIM, generator=g)
 
 
 def head_slice(kv: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
     per = HEADS // tp
-    return kv[:, :, :, rank * per:(rank + 1) * per].contiguous()
+    return kv[:, rank * per:(rank + 1) * per].contiguous()
 
 
 def _serve(commands: mp.Queue, results: mp.Queue, rank: int, tp: int, seed: int | None,
@@ -39,7 +39,7 @@ def _serve(commands: mp.Queue, results: mp.Queue, rank: int, tp: int, seed: int 
     from kv_transfer.nixl_connector import NixlConnector, NixlSettings
 
     buffer = head_slice(global_kv(seed), rank, tp) if seed is not None else \
-        torch.zeros(BLOCKS, LAYERS, 2, HEADS // tp, BLOCK_SIZE, HEAD_DIM)
+        torch.zeros(BLOCKS, HEADS // tp, LAYERS, 2, BLOCK_SIZE, HEAD_DIM)
     layout = RegionLayout(LAYERS, BLOCKS, HEADS // tp, BLOCK_SIZE, HEAD_DIM, 4)
     conn = NixlConnector(engine_id, rank, tp, buffer, layout, compat(**compat_overrides),
                          NixlSettings(pull_timeout_s=10.0, lease_grace_s=0.2))

@@ -64,7 +64,7 @@ def test_heterogeneous_tp_head_slices(peers, src_tp, dst_tp):
         result, _, buffer = receiver.call("pull", (handle, src_blocks, dst_blocks))
         assert result.ok, result.error
         expected = head_slice(kv, rank, dst_tp)[src_blocks]
-        assert buffer.shape[3] == HEADS // dst_tp
+        assert buffer.shape[1] == HEADS // dst_tp
         assert torch.equal(buffer[dst_blocks], expected), f"rank {rank}"
 
 

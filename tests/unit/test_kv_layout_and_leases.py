@@ -16,14 +16,31 @@ def test_head_slices_for_each_tp_pair():
         plan_head_slices(6, 2, 3, 0)
 
 
-def test_region_chunks_are_block_major():
-    layout = RegionLayout(num_layers=2, num_blocks=5, num_heads=3, block_size=4, head_dim=8,
+def test_region_layout_matches_the_engine_buffer():
+    """A block's head range is one run of bytes at the offsets the connector computes."""
+    import torch
+
+    from engine.model_runner import KVCacheLayout
+
+    engine = KVCacheLayout(num_layers=2, num_blocks=5, num_kv_heads=4, block_size=4, head_dim=8,
+                           dtype=torch.float16)
+    region = RegionLayout(num_layers=2, num_blocks=5, num_heads=4, block_size=4, head_dim=8,
                           elem_bytes=2)
-    assert layout.chunk_bytes == 3 * 4 * 8 * 2
-    assert layout.block_bytes == 2 * 2 * layout.chunk_bytes
-    assert layout.total_bytes == 5 * layout.block_bytes
-    assert layout.chunk_index(layer=1, kv=0, block=4) == 18
-    assert layout.chunk_indices([4, 1]) == [16, 17, 18, 19, 4, 5, 6, 7]
+    assert region.head_bytes == 2 * 2 * 4 * 8 * 2
+    assert region.block_bytes == engine.bytes_per_block == 4 * region.head_bytes
+    assert region.total_bytes == 5 * region.block_bytes
+    buffer = torch.arange(torch.Size(engine.shape).numel(), dtype=torch.int32).reshape(engine.shape)
+    flat = buffer.view(-1)
+    elems = region.head_bytes // 2  # int32 elements stand in for the fp16 ones, one each
+    for block, head, count in [(0, 0, 4), (3, 1, 2), (4, 2, 2)]:
+        start = (block * region.block_bytes + head * region.head_bytes) // 2
+        assert torch.equal(flat[start:start + count * elems],
+                           buffer[block, head:head + count].reshape(-1))
+    # each layer's K and V are [blocks, heads, block, dim] views of the same memory
+    k_layer1 = buffer[:, :, 1, 0]
+    assert k_layer1.shape == (5, 4, 4, 8)
+    assert k_layer1[2, 3, 1, 5] == flat[(2 * region.block_bytes + 3 * region.head_bytes) // 2
+                                        + ((1 * 2 + 0) * 4 + 1) * 8 + 5]
 
 
 def test_lease_release_and_expiry():
