@@ -51,13 +51,14 @@ def prompt_vocab(model: str) -> int:
 @contextlib.contextmanager
 def running_cluster(args, label: str, prefill: int, decode: int, decode_tp: int = 1,
                     policy: str = "kv_aware", dtype: str | None = None,
-                    extra_worker_args: tuple[str, ...] = ()):
+                    extra_worker_args: tuple[str, ...] = (),
+                    prefill_args: tuple[str, ...] = ()):
     worker_args = ("--device", args.device, "--dtype", dtype or args.dtype,
                    *extra_worker_args)
     spec = ClusterSpec(model=args.model, prefill=prefill, decode=decode, decode_tp=decode_tp,
                        router_port=free_port(), policy=policy,
                        log_dir=args.out_dir / "logs" / label, worker_args=worker_args,
-                       gpus=args.gpu_ids)
+                       prefill_args=prefill_args, gpus=args.gpu_ids)
     cluster = LocalCluster(spec, log=lambda *a: None)
     started = time.perf_counter()
     try:
@@ -252,10 +253,15 @@ def hetero(args) -> dict:
             result["correctness"] = checks
             save(args, result)
     if "bench" in args.steps:
-        groups, users = (2, 2) if args.quick else (8, 8)
+        # More distinct system prompts than one prefill worker's cache holds, but fewer than
+        # two hold: placement by cached prefix keeps each group on one worker, round robin
+        # makes both cache every group and evict.
+        groups, users = (4, 2) if args.quick else (16, 4)
         system = 256 if args.quick else 2048
         runs = []
-        with running_cluster(args, "hetero-bench", 2, 1, 2) as (cluster, url, model):
+        prefill_kv = ("--kv-cache-gib", str(args.prefill_kv_gib)) if args.prefill_kv_gib else ()
+        with running_cluster(args, "hetero-bench", 2, 1, 2,
+                             prefill_args=prefill_kv) as (cluster, url, model):
             for i, policy in enumerate(("kv_aware", "round_robin")):
                 if i:
                     restart_router(cluster, policy, 2, 1, args.ready_timeout)
@@ -372,6 +378,8 @@ def main() -> None:
     parser.add_argument("--slo-ttft", type=float, default=1.0)
     parser.add_argument("--slo-tpot", type=float, default=0.04)
     parser.add_argument("--kv-repeats", type=int, default=5)
+    parser.add_argument("--prefill-kv-gib", type=float, default=3.0,
+                        help="hetero bench: KV cache of each prefill worker (0: the default)")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--quick", action="store_true", help="small counts for a rehearsal")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/gpu_cluster"))

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-arg", action="append", default=[],
                         help="extra flag passed to every worker (repeat), e.g. "
                              "--worker-arg=--max-num-seqs=64")
+    parser.add_argument("--prefill-arg", action="append", default=[],
+                        help="extra flag for prefill workers only (repeat), e.g. "
+                             "--prefill-arg=--kv-cache-gib=8")
+    parser.add_argument("--decode-arg", action="append", default=[],
+                        help="extra flag for decode workers only (repeat)")
     parser.add_argument("--router-arg", action="append", default=[],
                         help="extra flag passed to the router (repeat)")
     parser.add_argument("--log-dir", type=Path, default=Path("pdserve-logs"),
@@ -67,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                        decode_tp=args.decode_tp, router_host=args.host, router_port=args.port,
                        redis_url=args.redis, redis_prefix=args.redis_prefix, policy=args.policy,
                        log_dir=args.log_dir, worker_args=tuple(worker_args),
+                       prefill_args=tuple(args.prefill_arg), decode_args=tuple(args.decode_arg),
                        router_args=tuple(args.router_arg), cache_dir=args.cache_dir,
                        gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else ())
     cluster = LocalCluster(spec, log=say)

@@ -53,6 +53,8 @@ class ClusterSpec:
     policy: str = "kv_aware"
     log_dir: Path = Path("pdserve-logs")
     worker_args: tuple[str, ...] = ()  # extra flags for every worker (engine settings)
+    prefill_args: tuple[str, ...] = ()  # ... for prefill workers only (after worker_args)
+    decode_args: tuple[str, ...] = ()  # ... for decode workers only
     router_args: tuple[str, ...] = ()
     cache_dir: Path | None = None
     gpus: tuple[int, ...] = ()  # hand these GPUs out: 1 per prefill worker, decode_tp per decode
@@ -158,7 +160,8 @@ class LocalCluster:
         name = f"{role}-{self._counter[role]}"
         cmd = [sys.executable, "-m", "deploy.cli", role, "--model", self.spec.model,
                "--redis", self.redis_url, "--redis-prefix", self.spec.redis_prefix,
-               "--worker-id", f"{name}-{os.getpid()}", *self.spec.worker_args]
+               "--worker-id", f"{name}-{os.getpid()}", *self.spec.worker_args,
+               *(self.spec.prefill_args if role == "prefill" else self.spec.decode_args)]
         if role == "decode" and self.spec.decode_tp > 1:
             cmd += ["--tp", str(self.spec.decode_tp)]
         if self.spec.cache_dir:
