@@ -89,6 +89,8 @@ async def drive(workload: Workload, spec: DriveSpec, on_done=lambda record: None
             nonlocal issued
             for turn, req in enumerate(session):
                 if arrivals is not None:
+                    if spec.duration_s is not None and arrivals[turn] >= spec.duration_s:
+                        return  # arrives after the window: never sleep until then
                     delay = arrivals[turn] - (time.perf_counter() - started)
                     if delay > 0:
                         await asyncio.sleep(delay)
@@ -121,4 +123,7 @@ async def drive(workload: Workload, spec: DriveSpec, on_done=lambda record: None
                     await run_session(queue.pop(), None)
 
             await asyncio.gather(*(user() for _ in range(spec.concurrency)))
-    return records, time.perf_counter() - started
+    # Up to the last reply: rates are per second of load, not of waiting on arrivals that a
+    # duration limit cancelled.
+    finished = [r.done_at for r in records if r.done_at is not None]
+    return records, (max(finished) if finished else time.perf_counter()) - started

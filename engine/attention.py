@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 
 @dataclass
@@ -27,11 +28,14 @@ class AttentionMetadata:
     seq_lens: list[int]  # [B] context length of each sequence after this step
     block_tables: list[list[int]]  # [B] block ids of each sequence, in order
     block_size: int
-    # Decode-only steps (one query token per sequence) also carry padded tensors, so attention
-    # runs as one batched call instead of a loop over sequences.
-    block_table_tensor: torch.Tensor | None = None  # [B, max_blocks], padded
-    seq_lens_tensor: torch.Tensor | None = None  # [B]
+    # Sequences with one query token this step also carry padded tensors, so their attention
+    # runs as one batched call instead of a loop: every sequence of a decode-only step, or
+    # the decoding sequences of a step that also prefills (then listed in ``decode_seqs``).
+    block_table_tensor: torch.Tensor | None = None  # [D, max_blocks], padded
+    seq_lens_tensor: torch.Tensor | None = None  # [D]
     decode_splits: int = 1  # CUDA kernel: how many parts each sequence's context is split in
+    decode_seqs: frozenset[int] | None = None  # mixed steps: the batched sequences ...
+    decode_rows: torch.Tensor | None = None  # ... and their token rows, in the same order
 
     @property
     def num_seqs(self) -> int:
@@ -77,16 +81,18 @@ def paged_attention(
     sequence whose whole context is new this step attends to them directly, without
     gathering pages.
     """
-    if meta.block_table_tensor is not None:
-        if q.is_cuda:
-            from engine.cuda.decode_attention import paged_decode_attention
-
-            return paged_decode_attention(q, k_cache, v_cache, meta.block_table_tensor,
-                                          meta.seq_lens_tensor, scale, meta.decode_splits)
-        return _batched_decode_attention(q, k_cache, v_cache, meta, scale)
+    if meta.block_table_tensor is not None and meta.decode_seqs is None:  # decode-only step
+        return _decode_attention(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)
+    batched = frozenset()
+    if meta.decode_seqs is not None:  # the decoding sequences of a mixed step, in one call
+        rows = meta.decode_rows
+        out[rows] = _decode_attention(q.index_select(0, rows), k_cache, v_cache, meta, scale)
+        batched = meta.decode_seqs
     loc = meta.query_start_loc
     for b in range(meta.num_seqs):
+        if b in batched:
+            continue
         start, end = loc[b], loc[b + 1]
         num_query = end - start
         seq_len = meta.seq_lens[b]
@@ -98,21 +104,35 @@ def paged_attention(
             kb = gather_kv(k_cache, blocks, seq_len).unsqueeze(0)
             vb = gather_kv(v_cache, blocks, seq_len).unsqueeze(0)
         qb = q[start:end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        gqa = kb.shape[1] != qb.shape[1]
         if num_query == 1:
             mask, causal = None, False
         elif num_query == seq_len:
             mask, causal = None, True
         else:
-            # Query i sits at position seq_len - num_query + i and sees keys up to it.
-            q_pos = torch.arange(seq_len - num_query, seq_len, device=q.device)
-            k_pos = torch.arange(seq_len, device=q.device)
-            mask, causal = k_pos[None, :] <= q_pos[:, None], False
-        o = F.scaled_dot_product_attention(
-            qb, kb, vb, attn_mask=mask, is_causal=causal, scale=scale,
-            enable_gqa=kb.shape[1] != qb.shape[1],
-        )
+            # A chunk after cached context: query i sits at position seq_len - num_query + i.
+            # The lower-right causal bias lets SDPA use its fused kernels (no [n, L] mask);
+            # it takes equal head counts, so grouped K/V heads are expanded here.
+            mask, causal = causal_lower_right(num_query, seq_len), False
+            if gqa:
+                group = qb.shape[1] // kb.shape[1]
+                kb, vb = kb.repeat_interleave(group, 1), vb.repeat_interleave(group, 1)
+                gqa = False
+        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, is_causal=causal,
+                                           scale=scale, enable_gqa=gqa)
         out[start:end] = o[0].transpose(0, 1)
     return out
+
+
+def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """One query token per sequence of ``meta.block_table_tensor``: q is [D, heads, dim]."""
+    if q.is_cuda:
+        from engine.cuda.decode_attention import paged_decode_attention
+
+        return paged_decode_attention(q, k_cache, v_cache, meta.block_table_tensor,
+                                      meta.seq_lens_tensor, scale, meta.decode_splits)
+    return _batched_decode_attention(q, k_cache, v_cache, meta, scale)
 
 
 def _batched_decode_attention(

@@ -224,21 +224,36 @@ class ModelRunner:
             block_size=self.layout.block_size,
         )
         if len(step.token_ids) == len(step.seq_lens):  # decode-only step: batched attention
-            max_blocks = max(len(t) for t in step.block_tables)
-            padded = [t + [0] * (max_blocks - len(t)) for t in step.block_tables]
-            meta.block_table_tensor = torch.tensor(padded, dtype=torch.int32, device=dev)
-            meta.seq_lens_tensor = torch.tensor(step.seq_lens, dtype=torch.int32, device=dev)
-            if dev.type == "cuda":
-                from engine.cuda.decode_attention import num_splits
-
-                meta.decode_splits = num_splits(len(step.seq_lens), self.layout.num_kv_heads,
-                                                self.num_sms)
+            self._batch_decode_rows(meta, list(range(len(step.seq_lens))), step)
+        else:  # a step that also prefills: its one-token sequences still attend in one call
+            loc = step.query_start_loc
+            decoding = [b for b in range(len(step.seq_lens)) if loc[b + 1] - loc[b] == 1]
+            if len(decoding) > 1:
+                self._batch_decode_rows(meta, decoding, step)
+                meta.decode_seqs = frozenset(decoding)
+                meta.decode_rows = torch.tensor([loc[b] for b in decoding], dtype=torch.long,
+                                                device=dev)
         input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=dev)
         positions = torch.tensor(step.positions, dtype=torch.long, device=dev)
         hidden = self.model(input_ids, positions, meta)
         rows = torch.tensor(step.logits_indices, dtype=torch.long, device=dev)
         logits = self.model.compute_logits(hidden.index_select(0, rows))
         return logits if self.rank == 0 else None
+
+    def _batch_decode_rows(self, meta: AttentionMetadata, seqs: list[int],
+                           step: StepInput) -> None:
+        """Padded block tables and lengths of these sequences, for batched decode attention."""
+        dev = self.device
+        tables = [step.block_tables[b] for b in seqs]
+        max_blocks = max(len(t) for t in tables)
+        padded = [t + [0] * (max_blocks - len(t)) for t in tables]
+        meta.block_table_tensor = torch.tensor(padded, dtype=torch.int32, device=dev)
+        meta.seq_lens_tensor = torch.tensor([step.seq_lens[b] for b in seqs], dtype=torch.int32,
+                                            device=dev)
+        if dev.type == "cuda":
+            from engine.cuda.decode_attention import num_splits
+
+            meta.decode_splits = num_splits(len(seqs), self.layout.num_kv_heads, self.num_sms)
 
     def sample(
         self, logits: torch.Tensor, rows: list[SamplingRow]
