@@ -34,13 +34,7 @@ def run_config(label: str, system: str, prefill: int, decode: int, workload, rat
                        worker_args=tuple(worker_args), router_args=tuple(router_args))
     cluster = LocalCluster(spec, log=lambda *a: None)
     try:
-        cluster.start_redis()
-        cluster.start_router()
-        for _ in range(prefill):
-            cluster.add_worker("prefill")
-        for _ in range(decode):
-            cluster.add_worker("decode")
-        cluster.wait_ready(prefill, decode, timeout_s=300)
+        cluster.start_all(timeout_s=300)
         url = f"http://127.0.0.1:{port}/v1"
         import httpx
 

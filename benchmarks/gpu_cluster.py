@@ -62,13 +62,7 @@ def running_cluster(args, label: str, prefill: int, decode: int, decode_tp: int 
     cluster = LocalCluster(spec, log=lambda *a: None)
     started = time.perf_counter()
     try:
-        cluster.start_redis()
-        cluster.start_router()
-        for _ in range(prefill):
-            cluster.add_worker("prefill")
-        for _ in range(decode):
-            cluster.add_worker("decode")
-        cluster.wait_ready(prefill, decode, timeout_s=args.ready_timeout)
+        cluster.start_all(args.ready_timeout)
         url = f"{cluster.router_url}/v1"
         model = httpx.get(f"{url}/models", timeout=10).json()["data"][0]["id"]
         print(f"[{label}] cluster up in {time.perf_counter() - started:.0f}s "

@@ -146,6 +146,15 @@ class LocalCluster:
                 time.sleep(0.1)
         raise RuntimeError(f"Redis at {self.redis_url} did not come up")
 
+    def start_all(self, timeout_s: float = 600.0, on_progress=None) -> None:
+        """Redis, the router and the spec's pools; returns once the router sees them all."""
+        self.start_redis()
+        self.start_router()
+        for role, count in (("prefill", self.spec.prefill), ("decode", self.spec.decode)):
+            for _ in range(count):
+                self.add_worker(role)
+        self.wait_ready(self.spec.prefill, self.spec.decode, timeout_s, on_progress)
+
     def start_router(self) -> None:
         cmd = [sys.executable, "-m", "deploy.cli", "router", "--model", self.spec.model,
                "--host", self.spec.router_host, "--port", str(self.spec.router_port),

@@ -84,8 +84,9 @@ class ModelRunner:
             torch.cuda.set_device(self.device)
         self.dtype = config.resolved_dtype()
         # Steps and transfer control go to the followers over gloo even on GPUs: an object
-        # collective on NCCL stages the pickle through device memory and syncs the host every
-        # step, which serializes scheduling with the GPU.
+        # collective on NCCL stages the pickle through device memory and makes every follower
+        # wait for its GPU before it may read the next step. (The batch-1 TP=2 step stays
+        # host-bound either way: benchmarks/results/README.md.)
         self.control_group = None
         if world > 1 and self.device.type == "cuda":
             self.control_group = dist.new_group(backend="gloo")
