@@ -294,7 +294,7 @@ def pair(args) -> dict:
                                   long_input=long_input, long_output=16,
                                   short_input=256, short_output=64 if args.quick else 256,
                                   vocab=prompt_vocab(args.model), seed=0)
-    rate = args.rate or 10.0
+    rate = args.rate or 8.0
     runs = []
     with running_cluster(args, "pair-1p1d", 1, 1) as (_, url, model):
         if "ttft" in args.steps:
@@ -367,7 +367,7 @@ def main() -> None:
     parser.add_argument("--steps", default="kv,correct,bench,ttft",
                         help="comma list of: kv (raw NIXL), correct, bench, ttft (pair only)")
     parser.add_argument("--rate", type=float, default=None, help="requests/s (Poisson)")
-    parser.add_argument("--duration", type=float, default=60.0,
+    parser.add_argument("--duration", type=float, default=30.0,
                         help="pair: seconds of load per system")
     parser.add_argument("--slo-ttft", type=float, default=1.0)
     parser.add_argument("--slo-tpot", type=float, default=0.04)
