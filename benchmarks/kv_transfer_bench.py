@@ -2,7 +2,7 @@
 
 For the KV of one 4k-token request (256 blocks of 16 tokens) of the demo model (fp32) and of the
 Llama-3.1-8B shape (bf16), an owner process holds the blocks and this process pulls them through
-``NixlConnector``, twice: with block ids scattered on both sides (the worst case: one
+``NixlConnector`` in three placements: with block ids scattered on both sides (the worst case: one
 descriptor per block; the cache is block-major, so a block of every layer is one run of bytes),
 with consecutive ids as a fresh pool hands them out (one descriptor per run), and as rank 0 of a
 TP=2 receiver reading its half of the heads from a TP=1 owner (the heterogeneous-TP path: one
