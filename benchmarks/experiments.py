@@ -20,7 +20,8 @@ from benchmarks import compare, workloads
 from benchmarks.load_driver import DriveSpec, drive
 from benchmarks.report import machine_info, save_json
 from benchmarks.serving_metrics import aggregate
-from deploy.local_cluster import ClusterSpec, LocalCluster, free_port
+from deploy.local_cluster import ClusterSpec, LocalCluster
+from deploy.redis_server import free_port
 
 
 def run_config(label: str, system: str, prefill: int, decode: int, workload, rate: float,

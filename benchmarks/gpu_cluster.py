@@ -35,7 +35,8 @@ from benchmarks import compare, workloads
 from benchmarks.load_driver import DriveSpec, drive
 from benchmarks.report import machine_info, print_table, save_json
 from benchmarks.serving_metrics import aggregate
-from deploy.local_cluster import ClusterSpec, LocalCluster, free_port
+from deploy.local_cluster import ClusterSpec, LocalCluster
+from deploy.redis_server import free_port
 
 
 def prompt_vocab(model: str) -> int:
@@ -70,20 +71,6 @@ def running_cluster(args, label: str, prefill: int, decode: int, decode_tp: int 
         yield cluster, url, model
     finally:
         cluster.stop()
-
-
-def restart_router(cluster: LocalCluster, policy: str, prefill: int, decode: int,
-                   timeout_s: float) -> None:
-    """Same workers, new router with another placement policy."""
-    import dataclasses
-
-    for child in [c for c in cluster.children if c.role == "router"]:
-        child.terminate()
-        child.process.wait(timeout=30)
-        cluster.children.remove(child)
-    cluster.spec = dataclasses.replace(cluster.spec, policy=policy)
-    cluster.start_router()
-    cluster.wait_ready(prefill, decode, timeout_s)
 
 
 # -- greedy tokens: through the router, and from one engine ------------------------------------
@@ -258,7 +245,7 @@ def hetero(args) -> dict:
                              prefill_args=prefill_kv) as (cluster, url, model):
             for i, policy in enumerate(("kv_aware", "round_robin")):
                 if i:
-                    restart_router(cluster, policy, 2, 1, args.ready_timeout)
+                    cluster.restart_router(policy, args.ready_timeout)
                 # A fresh draw of prompts per policy: nothing cached by the previous run helps.
                 wl = workloads.shared_prefix(num_groups=groups, users_per_group=users, turns=3,
                                              system_tokens=system, user_tokens=128,

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from benchmarks.report import machine_info, print_table, save_json
 from benchmarks.serving_metrics import percentile
+from deploy.redis_server import LocalRedis, free_port
 
 
 # -- 1. decision time ---------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def bench_overhead(redis_url: str, duration_s: float) -> dict:
             addrs[role] = addr
         if line.startswith("MOCKS_READY"):
             break
-    port = _free_port()
+    port = free_port()
     router = subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "router", "--redis", redis_url, "--redis-prefix",
          prefix, "--port", str(port), "--model", "random:tiny-llama", "--log-level", "warning",
@@ -179,37 +179,27 @@ def bench_overhead(redis_url: str, duration_s: float) -> dict:
         mocks.wait(timeout=10)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis", default=None,
-                        help="Redis URL (default: start a private redis-server)")
+                        help="Redis URL (default: a private redis-server, else fakeredis)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/router.json"))
     args = parser.parse_args()
     decision = bench_decision(num_workers=8, num_blocks=1_000_000, prompt_tokens=4096,
                               repeats=500)
-    redis_proc = None
+    local = None
     url = args.redis
     if url is None:
-        port = _free_port()
-        redis_proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port",
-                                       str(port), "--save", ""], stdout=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.5)
+        local = LocalRedis()
+        local.wait()
+        url = local.url
     try:
         overhead = bench_overhead(url, args.duration)
     finally:
-        if redis_proc is not None:
-            redis_proc.terminate()
+        if local is not None:
+            local.stop()
     table = print_table(["measure", "value"], [
         ["routing decision p50 (4k prompt, 8 workers, 1M blocks)", f"{decision['p50_ms']:.3f} ms"],
         ["routing decision p99", f"{decision['p99_ms']:.3f} ms"],

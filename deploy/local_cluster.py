@@ -12,17 +12,15 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cluster.schema import Keys
+from deploy.redis_server import LocalRedis
 
 _PR_SET_PDEATHSIG = 1
 
@@ -32,12 +30,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -102,8 +94,7 @@ class LocalCluster:
         self.log = log
         self.children: list[Child] = []
         self._counter = {"prefill": 0, "decode": 0}
-        self._redis_process: subprocess.Popen | None = None
-        self._fake_redis = None
+        self._redis: LocalRedis | None = None
         self.redis_url = spec.redis_url or ""
         self.redis_kind = "given"
         self.router_url = f"http://{spec.router_host}:{spec.router_port}"
@@ -117,34 +108,9 @@ class LocalCluster:
     def start_redis(self) -> None:
         if self.spec.redis_url:
             return
-        port = free_port()
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
-        binary = shutil.which("redis-server")
-        if binary:
-            self.redis_kind = "redis-server"
-            self._redis_process = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no"], stdout=self._log_file("redis"),
-                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        else:
-            from fakeredis import TcpFakeServer
-
-            self.redis_kind = "embedded (fakeredis)"
-            self._fake_redis = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-            threading.Thread(target=self._fake_redis.serve_forever, daemon=True).start()
-        self._wait_redis()
-
-    def _wait_redis(self) -> None:
-        import redis
-
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                redis.Redis.from_url(self.redis_url).ping()
-                return
-            except Exception:
-                time.sleep(0.1)
-        raise RuntimeError(f"Redis at {self.redis_url} did not come up")
+        self._redis = LocalRedis(log=self._log_file("redis"), preexec_fn=_die_with_parent)
+        self.redis_url, self.redis_kind = self._redis.url, self._redis.kind
+        self._redis.wait()
 
     def start_all(self, timeout_s: float = 600.0, on_progress=None) -> None:
         """Redis, the router and the spec's pools; returns once the router sees them all."""
@@ -163,6 +129,16 @@ class LocalCluster:
         if self.spec.cache_dir:
             cmd += ["--cache-dir", str(self.spec.cache_dir)]
         self._spawn("router", "router", cmd)
+
+    def restart_router(self, policy: str, timeout_s: float = 600.0) -> None:
+        """The same workers behind a new router with another placement policy."""
+        for child in [c for c in self.children if c.role == "router"]:
+            child.terminate()
+            child.process.wait(timeout=30)
+            self.children.remove(child)
+        self.spec = replace(self.spec, policy=policy)
+        self.start_router()
+        self.wait_ready(len(self.workers("prefill")), len(self.workers("decode")), timeout_s)
 
     def add_worker(self, role: str) -> Child:
         self._counter[role] += 1
@@ -290,12 +266,5 @@ class LocalCluster:
                 except subprocess.TimeoutExpired:
                     child.process.kill()
                     child.process.wait()
-        if self._redis_process is not None:
-            self._redis_process.terminate()
-            try:
-                self._redis_process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._redis_process.kill()
-        if self._fake_redis is not None:
-            self._fake_redis.shutdown()
-            self._fake_redis.server_close()
+        if self._redis is not None:
+            self._redis.stop()

@@ -13,15 +13,14 @@ All actors are detached and named in the ``pdserve`` namespace, so `pdserve ray 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import ray
+
+from deploy.redis_server import LocalRedis
 
 NAMESPACE = "pdserve"
 
@@ -35,40 +34,19 @@ def _node_ip() -> str:
     return ray.util.get_node_ip_address()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
-
-
 @ray.remote(num_cpus=0)
 class RedisActor:
-    """Redis for the cluster: redis-server if the node has it, else an embedded server."""
+    """Redis for the cluster, on every interface of its node (deploy.redis_server)."""
 
     def __init__(self):
-        self.port = _free_port()
-        self.process = None
-        self.fake = None
-        binary = shutil.which("redis-server")
-        if binary:
-            self.process = subprocess.Popen([binary, "--port", str(self.port), "--save", "",
-                                             "--appendonly", "no", "--protected-mode", "no"],
-                                            stdout=subprocess.DEVNULL)
-        else:
-            from fakeredis import TcpFakeServer
-
-            self.fake = TcpFakeServer(("0.0.0.0", self.port), server_type="redis")
-            threading.Thread(target=self.fake.serve_forever, daemon=True).start()
+        self.redis = LocalRedis(host="0.0.0.0")
+        self.redis.wait()
 
     def url(self, host: str | None = None) -> str:
-        return f"redis://{host or _node_ip()}:{self.port}/0"
+        return self.redis.url_for(host or _node_ip())
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        if self.fake is not None:
-            self.fake.shutdown()
+        self.redis.stop()
 
 
 @ray.remote(num_cpus=0)

@@ -3,68 +3,25 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from deploy.redis_server import LocalRedis, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
+class RedisServer(LocalRedis):
     """A real ``redis-server`` when installed (CI installs it); otherwise fakeredis's TCP
     server, which speaks the real protocol, so the code under test is the same."""
 
     def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-        self.fake = None
-        binary = shutil.which("redis-server")
-        if binary:
-            self.kind = "redis-server"
-            self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--save", "", "--appendonly", "no",
-                 "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        else:
-            from fakeredis import TcpFakeServer
-
-            self.kind = "fakeredis"
-            self.fake = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
-            threading.Thread(target=self.fake.serve_forever, daemon=True).start()
-        self._wait()
-
-    def _wait(self) -> None:
-        import redis
-
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return
-            except Exception:
-                time.sleep(0.05)
-        raise RuntimeError("redis did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-        if self.fake is not None:
-            self.fake.shutdown()
-            self.fake.server_close()
-            self.fake = None
+        super().__init__(port=port)
+        self.wait()
 
     def client(self):
         import redis
