@@ -35,7 +35,7 @@ def main() -> None:
     for batch in args.batch:
         g = torch.Generator().manual_seed(batch)
         prompts = torch.randint(100, vocab, (batch, args.context), generator=g).tolist()
-        params = SamplingParams(temperature=0, max_tokens=args.steps * 3 + 4, ignore_eos=True)
+        params = SamplingParams(temperature=0, max_tokens=args.steps * 4 + 4, ignore_eos=True)
         engine.pool.reset_prefix_cache()
         for p in prompts:
             engine.add_request(p, params)
@@ -57,7 +57,9 @@ def main() -> None:
             total.append(time.perf_counter() - t0)
             host.append(start.elapsed_time(end) / 1e3)
         print(f"batch {batch}: wall {1e3 * sorted(total)[len(total) // 2]:.2f} ms/step, "
-              f"events {1e3 * sorted(host)[len(host) // 2]:.2f} ms/step")
+              f"events {1e3 * sorted(host)[len(host) // 2]:.2f} ms/step, "
+              f"graph replay alone {graph_replay_ms(engine, batch):.2f} ms")
+        host_profile(engine, args.steps)
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -71,6 +73,35 @@ def main() -> None:
         for rid in list(engine.seqs):
             engine.abort_request(rid)
     engine.shutdown()
+
+
+def graph_replay_ms(engine: LLMEngine, batch: int, reps: int = 20) -> float:
+    """GPU time of the captured decode graph alone, replayed back to back: the step's floor
+    once host work is hidden."""
+    graphs = engine.runner.graphs
+    if graphs is None or batch not in graphs.graphs:
+        return float("nan")
+    graphs.graphs[batch].replay()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        graphs.graphs[batch].replay()
+    torch.cuda.synchronize()
+    return 1e3 * (time.perf_counter() - start) / reps
+
+
+def host_profile(engine: LLMEngine, steps: int) -> None:
+    """Which Python functions a step's host time goes to (cProfile, own time)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        engine.step()
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(18)
 
 
 def profile_prefill(engine: LLMEngine, length: int) -> None:

@@ -42,7 +42,10 @@ class EngineConfig:
     engine_id: str | None = None  # unique per engine instance; None: generated
     cuda_graphs: bool = True  # CUDA: replay captured decode steps (batch buckets up to ...)
     max_graph_batch: int = 128  # ... this many sequences; larger decode batches run eagerly
-    fused_kernels: bool = True  # CUDA: Triton add+RMSNorm and SiLU*mul (engine/cuda/fused_ops)
+    # Launch each decode step before the last one's tokens reach the host (engine/overlap.py).
+    # None: on for CUDA, where the host would otherwise leave the GPU idle between steps.
+    async_scheduling: bool | None = None
+    fused_kernels: bool = True  # CUDA: Triton add+RMSNorm, SiLU*mul, RoPE+KV write (engine/cuda)
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
@@ -56,6 +59,11 @@ class EngineConfig:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    def resolved_async_scheduling(self) -> bool:
+        if self.async_scheduling is None:
+            return self.resolved_device().type == "cuda"
+        return self.async_scheduling
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype == "auto":

@@ -20,6 +20,7 @@ from engine.model_config import ModelConfig
 from engine.model_runner import ModelRunner, StepInput
 from engine.model_source import ModelSource, load_config, load_tokenizer, resolve_model
 from engine.output_processor import TextOutput
+from engine.overlap import OverlappedDecode
 from engine.remote_kv import RemoteKV, TransferStats
 from engine.sampler import SamplingRow
 from engine.sampling_params import SamplingParams
@@ -98,6 +99,7 @@ class LLMEngine:
         if self.runner.connector is not None:
             self.remote = RemoteKV(self.runner.connector, self.runner.kv_compat(self.source),
                                    self.kv, self.scheduler, config.kv_lease_s)
+        self.overlap = OverlappedDecode(self) if config.resolved_async_scheduling() else None
         self.seqs: dict[str, Sequence] = {}
         self._text: dict[str, TextOutput] = {}
         self._generators: dict[str, torch.Generator] = {}
@@ -192,13 +194,16 @@ class LLMEngine:
         if seq.status == SequenceStatus.WAITING_FOR_KV:
             self.remote.abort(request_id)  # blocks freed once the transfer has stopped
         else:
-            self.scheduler.finish(seq, FinishReason.ABORT)
+            # Blocks a launched step still writes are freed once it is done.
+            later = self.overlap is not None and self.overlap.release_later(seq)
+            self.scheduler.finish(seq, FinishReason.ABORT, free_blocks=not later)
         self._forget(request_id)
         return True
 
     def has_unfinished(self) -> bool:
         pending = self.remote.num_waiting if self.remote is not None else 0
-        return self.scheduler.num_unfinished + pending > 0
+        in_flight = self.overlap is not None and self.overlap.in_flight is not None
+        return self.scheduler.num_unfinished + pending > 0 or in_flight
 
     @property
     def num_held_kv(self) -> int:
@@ -216,6 +221,11 @@ class LLMEngine:
                                                num_prompt_tokens=seq.num_prompt_tokens,
                                                error=seq.error))
                     self._forget(seq.request_id)
+        if self.overlap is not None:
+            if self.overlap.can_continue():
+                deltas.extend(self.overlap.step())
+                return deltas
+            deltas.extend(self.overlap.drain())
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return deltas
@@ -251,6 +261,12 @@ class LLMEngine:
 
     def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> RequestDelta:
         seq.append_token(token, logprob)
+        return self._emit(seq, token, logprob)
+
+    def _emit(self, seq: Sequence, token: int, logprob: TokenLogprob | None,
+              free_blocks: bool = True) -> RequestDelta:
+        """Stop rules, text and the delta for ``token``, the sequence's last. ``free_blocks``
+        False: a step still in flight writes the blocks; the caller frees them later."""
         reason = self.scheduler.check_token_stop(seq)
         text = self._text[seq.request_id]
         hide_token = reason == FinishReason.STOP and not seq.sampling_params.ignore_eos
@@ -267,7 +283,7 @@ class LLMEngine:
         )
         if reason is not None:
             hold = seq.hold_kv and reason == FinishReason.LENGTH
-            self.scheduler.finish(seq, reason, free_blocks=not hold)
+            self.scheduler.finish(seq, reason, free_blocks=free_blocks and not hold)
             if hold:
                 delta.kv_handle = self.remote.hold(seq)
             delta.finished, delta.finish_reason = True, reason

@@ -52,6 +52,7 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
         self.qkv_proj: nn.Linear | None = None  # set by fuse_projections (one GEMM, not three)
         self.rope = rope
+        self.fused_rope_kv = False  # CUDA: rotation and KV write in one kernel (use_fused_kernels)
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
@@ -69,9 +70,15 @@ class Attention(nn.Module):
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rope(positions, q, k)
         assert self.k_cache is not None, "bind_kv_cache() before the first forward"
-        write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping, meta.block_size)
+        if self.fused_rope_kv:
+            from engine.cuda.rope_kv import rope_and_write_kv
+
+            rope_and_write_kv(q, k, v, positions, self.rope.cos_table, self.rope.sin_table,
+                              self.k_cache, self.v_cache, meta.slot_mapping, meta.block_size)
+        else:
+            q, k = self.rope(positions, q, k)
+            write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping, meta.block_size)
         o = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(o.reshape(num_tokens, self.num_heads * self.head_dim))
 
@@ -136,9 +143,12 @@ class CausalLM(nn.Module):
 
     def use_fused_kernels(self) -> None:
         """Switch to the fused CUDA kernels (engine/cuda/fused_ops.py); same function."""
+        from engine.cuda.rope_kv import supports
+
         self.fused_kernels = True
         for layer in self.model.layers:
             layer.mlp.fused_kernels = True
+            layer.self_attn.fused_rope_kv = supports(layer.self_attn.head_dim)
 
     def bind_kv_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for layer, (k_cache, v_cache) in zip(self.model.layers, kv_caches, strict=True):

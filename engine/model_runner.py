@@ -6,7 +6,7 @@ broadcast it to the other tensor-parallel ranks), runs the model, and on rank 0 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -16,7 +16,7 @@ from engine.config import EngineConfig
 from engine.model import fuse_projections
 from engine.model_config import ModelConfig
 from engine.model_source import ModelSource, load_weights
-from engine.sampler import SamplingRow, sample
+from engine.sampler import SamplingRow, sample, sample_tokens
 from engine.sequence import TokenLogprob
 from engine.tensor_parallel import apply_tensor_parallel, check_tp_size
 from engine.tp_connector import ControlMessage, TensorParallelConnector
@@ -37,6 +37,12 @@ class StepInput:
     seq_lens: list[int]
     block_tables: list[list[int]]
     logits_indices: list[int]  # rows whose logits are needed (last token of sampling seqs)
+    # Overlapped decode (engine/overlap.py): the input tokens of rows ``feed_rows`` are rows
+    # ``feed_from`` of the previous step's sampled tokens, still on the device; their entries
+    # in ``token_ids`` are placeholders.
+    feed_rows: list[int] = field(default_factory=list)
+    feed_from: list[int] = field(default_factory=list)
+    share_sampled: bool = False  # rank 0 broadcasts this step's sampled tokens to followers
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ class ModelRunner:
         self.connector = None
         if config.kv_transfer == "nixl":
             self.connector = self._create_connector(source)
+        self._sampled: torch.Tensor | None = None  # the last overlapped step's tokens
+        self.num_forward_passes = 0
         self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                         if self.device.type == "cuda" else 0)
         self.graphs = None
@@ -211,10 +219,12 @@ class ModelRunner:
         """Run one forward pass; return the selected rows' logits ([B, V]) on rank 0."""
         if self.world > 1 and self.rank == 0:
             dist.broadcast_object_list([step], src=0, group=self.control_group)
+        self.num_forward_passes += 1
+        feed = self._fed_tokens(step)
         if self.graphs is not None and self.graphs.can_run(
                 len(step.seq_lens), len(step.token_ids), max(len(t) for t in step.block_tables)):
             logits = self.graphs.run(step.token_ids, step.positions, step.slot_mapping,
-                                     step.block_tables, step.seq_lens)
+                                     step.block_tables, step.seq_lens, feed)
             return logits if self.rank == 0 else None
         dev = self.device
         meta = AttentionMetadata(
@@ -235,11 +245,35 @@ class ModelRunner:
                 meta.decode_rows = torch.tensor([loc[b] for b in decoding], dtype=torch.long,
                                                 device=dev)
         input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=dev)
+        if feed is not None:
+            input_ids.index_copy_(0, *feed)
         positions = torch.tensor(step.positions, dtype=torch.long, device=dev)
         hidden = self.model(input_ids, positions, meta)
         rows = torch.tensor(step.logits_indices, dtype=torch.long, device=dev)
         logits = self.model.compute_logits(hidden.index_select(0, rows))
         return logits if self.rank == 0 else None
+
+    def _fed_tokens(self, step: StepInput) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows, their input tokens) taken from the previous step's samples on the device."""
+        if not step.feed_rows:
+            return None
+        assert self._sampled is not None, "a step fed from samples follows an overlapped step"
+        index = torch.tensor([step.feed_rows, step.feed_from], dtype=torch.long)
+        if self.device.type == "cuda":
+            index = index.pin_memory().to(self.device, non_blocking=True)
+        return index[0], self._sampled.index_select(0, index[1])
+
+    def publish_sampled(self, tokens: torch.Tensor) -> None:
+        """Rank 0, after sampling an overlapped step: keep its tokens (on the device) to feed
+        the next step, and give every follower the same."""
+        if self.world > 1:
+            dist.broadcast(tokens, src=0)
+        self._sampled = tokens
+
+    def _receive_sampled(self, step: StepInput) -> None:
+        tokens = torch.empty(len(step.logits_indices), dtype=torch.long, device=self.device)
+        dist.broadcast(tokens, src=0)
+        self._sampled = tokens
 
     def _batch_decode_rows(self, meta: AttentionMetadata, seqs: list[int],
                            step: StepInput) -> None:
@@ -261,6 +295,10 @@ class ModelRunner:
     ) -> tuple[list[int], list[TokenLogprob | None]]:
         return sample(logits, rows)
 
+    def sample_tokens(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """Next tokens left on the device (overlapped decode): no wait for the GPU."""
+        return sample_tokens(logits, rows)
+
     def follow(self) -> None:
         """Loop of ranks > 0: run whatever rank 0 broadcasts (steps, transfer control) until
         it sends None."""
@@ -276,6 +314,8 @@ class ModelRunner:
                     self._follow_control(box[0])
                 else:
                     self.execute(box[0])
+                    if box[0].share_sampled:
+                        self._receive_sampled(box[0])
         finally:
             if self.connector is not None:
                 self.connector.close()

@@ -29,14 +29,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> tuple[list[int], li
     logits = logits.float()
     want_logprobs = [r.params.logprobs is not None for r in rows]
     raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
-
-    logits = _apply_penalties(logits, rows)
-    greedy = torch.tensor([r.params.greedy for r in rows], device=logits.device)
-    tokens = logits.argmax(dim=-1)
-    if not bool(greedy.all()):
-        tokens = torch.where(greedy, tokens, _random_sample(logits, rows))
-
-    token_list = tokens.tolist()
+    token_list = sample_tokens(logits, rows).tolist()
     logprob_list: list[TokenLogprob | None] = [None] * len(rows)
     if raw_logprobs is not None:
         for i, row in enumerate(rows):
@@ -52,11 +45,39 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> tuple[list[int], li
     return token_list, logprob_list
 
 
+def samples_on_device(params: SamplingParams) -> bool:
+    """Whether a row's next token needs nothing from the host but its logits (no penalty
+    over its output ids, no logprobs to report): such rows can be sampled ahead."""
+    return not params.has_penalties and params.logprobs is None
+
+
+def sample_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """The next token of every row, as a device tensor [B]; no host sync unless a row has
+    penalties (their output ids are copied up)."""
+    logits = _apply_penalties(logits.float(), rows)
+    tokens = logits.argmax(dim=-1)
+    if all(r.params.greedy for r in rows):
+        return tokens
+    greedy = _to_device([r.params.greedy for r in rows], torch.bool, logits.device)
+    return torch.where(greedy, tokens, _random_sample(logits, rows))
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list on the device without waiting for the GPU (pinned, non-blocking)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    copied = False
     for i, row in enumerate(rows):
         p = row.params
         if not p.has_penalties or not row.output_token_ids:
             continue
+        if not copied:  # leave the caller's logits (a graph's output buffer) as they are
+            logits, copied = logits.clone(), True
         ids = torch.tensor(row.output_token_ids, device=logits.device)
         counts = torch.bincount(ids, minlength=logits.shape[1]).to(logits.dtype)
         logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
@@ -65,7 +86,7 @@ def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Ten
 
 def _random_sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     device = logits.device
-    temps = torch.tensor([max(r.params.temperature, 1e-5) for r in rows], device=device)
+    temps = _to_device([max(r.params.temperature, 1e-5) for r in rows], torch.float32, device)
     logits = logits / temps[:, None]
     vocab = logits.shape[1]
     top_ks = [r.params.top_k if r.params.top_k > 0 else vocab for r in rows]
@@ -82,10 +103,10 @@ def _random_sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
 def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
     sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
     vocab = logits.shape[1]
-    k = torch.tensor(top_ks, device=logits.device)
+    k = _to_device(top_ks, torch.long, logits.device)
     positions = torch.arange(vocab, device=logits.device)[None, :]
     mask = positions >= k[:, None]
-    p = torch.tensor(top_ps, device=logits.device)
+    p = _to_device(top_ps, torch.float32, logits.device)
     probs = torch.softmax(sorted_logits.masked_fill(mask, float("-inf")), dim=-1)
     # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
     mass_before = probs.cumsum(dim=-1) - probs

@@ -79,12 +79,17 @@ class Scheduler:
         return len(self.waiting) + len(self.running)
 
     # -- one step ---------------------------------------------------------------------------
-    def schedule(self) -> ScheduledBatch:
+    def schedule(self, skip: frozenset[str] = frozenset()) -> ScheduledBatch:
+        """``skip``: request ids of running sequences to leave out of this step (overlapped
+        decode: those whose pending token surely ends them)."""
         batch = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.request_id in skip:
+                i += 1
+                continue
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.kv.allocate(seq, n):
                 victim = self.running.pop()

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from engine.sampling_params import SamplingParams
 from kv_transfer.block_hash import BlockHash
 
+# Overlapped decode (engine/overlap.py): a sampled token still on the device, not a token id.
+PENDING_TOKEN = -1
+
 
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
@@ -87,6 +90,17 @@ class Sequence:
         self.all_token_ids.append(token_id)
         if logprob is not None:
             self.output_logprobs.append(logprob)
+
+    @property
+    def has_pending_token(self) -> bool:
+        return self.all_token_ids[-1] == PENDING_TOKEN
+
+    def append_pending_token(self) -> None:
+        self.all_token_ids.append(PENDING_TOKEN)
+
+    def resolve_pending_token(self, token_id: int) -> None:
+        assert self.has_pending_token
+        self.all_token_ids[-1] = token_id
 
     def reset_for_recompute(self) -> None:
         """Preemption by recompute: forget computed KV; prompt + outputs are recomputed."""

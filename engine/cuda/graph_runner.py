@@ -82,8 +82,10 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def run(self, token_ids: list[int], positions: list[int], slots: list[int],
-            block_tables: list[list[int]], seq_lens: list[int]) -> torch.Tensor:
-        """Logits [B, V] of a decode step (one token per sequence)."""
+            block_tables: list[list[int]], seq_lens: list[int],
+            feed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits [B, V] of a decode step (one token per sequence). ``feed``: (rows, tokens)
+        on the device that replace those rows' placeholder input tokens."""
         num = len(token_ids)
         bs = self.buckets[bisect.bisect_left(self.buckets, num)]
         width = max(len(t) for t in block_tables)
@@ -100,6 +102,8 @@ class DecodeGraphs:
                                               non_blocking=True)
         self.seq_lens[:num].copy_(torch.tensor(seq_lens, dtype=torch.int32).pin_memory(),
                                   non_blocking=True)
+        if feed is not None:
+            self.input_ids.index_copy_(0, *feed)
         if num < bs:
             self._reset_padding(num)
         self.graphs[bs].replay()

@@ -69,3 +69,24 @@ def test_fused_kernels_match_eager_ops():
         logits = engine_prompt_logits(fused.engine, prompts[0]).cpu()
         assert (logits - plain_logits).abs().max().item() < 1e-4
         assert [o.token_ids for o in fused.generate(prompts, params)] == expected
+
+
+def test_overlapped_decode_matches_sync_loop():
+    """The overlapped loop on CUDA (graphs, pinned copies, events) against the synchronous one,
+    with requests that stop on a token mid-way (the step launched after it is dropped)."""
+    prompts = random_prompts(12, 512, 3, 200, seed=19)
+    kwargs = dict(device="cuda", dtype="bfloat16", seed=3, kv_cache_memory_bytes=64 << 20)
+    plain = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    with LLM("random:tiny-llama", async_scheduling=False, **kwargs) as sync:
+        reference = [o.token_ids for o in sync.generate(prompts, plain)]
+        params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True,
+                                 stop_token_ids=[t[len(t) // 2]]) for t in reference[:6]]
+        params += [plain] * 6
+        expected = [o.token_ids for o in sync.generate(prompts, params)]
+    with LLM("random:tiny-llama", **kwargs) as overlapped:
+        assert overlapped.engine.overlap is not None  # on by default on CUDA
+        got = [o.token_ids for o in overlapped.generate(prompts, params)]
+        assert overlapped.engine.overlap.num_steps > 0
+        pool = overlapped.engine.pool
+        assert pool.num_free_blocks == pool.num_blocks
+    assert got == expected

@@ -1,0 +1,150 @@
+"""Overlapped decode (async scheduling): the host readies step N+1 while the GPU runs step N.
+
+A synchronous step leaves the GPU idle while the host copies the sampled tokens back, appends
+them, checks stop rules, detokenizes, schedules and uploads the next step: on one H100 that was
+1.1 ms of an 8.6 ms batch-1 step and 3.3 ms of a 14.5 ms batch-64 step (Llama-3.1-8B shape).
+Here step N+1 is scheduled and launched before step N's tokens reach the host: each sequence's
+next input token is taken from step N's samples on the device, and its place in the sequence
+holds ``PENDING_TOKEN`` until the host has it. Only then does the host wait for step N, while
+the GPU already works on N+1.
+
+What this costs: a sequence that stops on step N's token (EOS, a stop string) has already been
+given step N+1, whose token is dropped; its blocks are returned only once step N+1 is done, so
+nothing (a new request, a KV pull over NIXL) can write them while the GPU still does. Sequences
+whose pending token surely ends them (max_tokens, the context limit) are left out of step N+1.
+
+Only plain decode steps overlap. A step that admits or prefills a request, a sequence that needs
+penalties or logprobs (host data), or a cache that cannot give every sequence its next block
+without preempting: the engine drains the pipeline and runs that step synchronously.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from engine.sampler import SamplingRow, samples_on_device
+from engine.scheduler import ScheduledBatch
+from engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine, RequestDelta
+
+
+@dataclass
+class _LaunchedStep:
+    seqs: list[Sequence]  # row i's sequence
+    tokens: torch.Tensor  # [B] sampled, on the device
+    host_tokens: torch.Tensor  # [B] their copy in host memory, complete once `done` is
+    done: torch.cuda.Event | None  # None on CPU: the copy is complete already
+    release_after: list[Sequence] = field(default_factory=list)  # blocks freed once done
+
+
+class OverlappedDecode:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self.in_flight: _LaunchedStep | None = None
+        self.num_steps = 0  # steps launched ahead of the previous one's tokens
+
+    # -- deciding ---------------------------------------------------------------------------
+    def can_continue(self) -> bool:
+        """Whether the next step may launch before the last one's tokens are on the host."""
+        eng = self.engine
+        sched = eng.scheduler
+        if sched.waiting or not sched.running:
+            return False
+        need_blocks = 0
+        runnable = 0
+        for seq in sched.running:
+            if seq.num_tokens - seq.num_computed_tokens != 1:
+                return False  # still prefilling
+            if not samples_on_device(seq.sampling_params):
+                return False
+            if self._surely_ends(seq):
+                continue
+            runnable += 1
+            need_blocks += max(eng.kv.blocks_needed(seq.num_tokens) - len(seq.block_ids), 0)
+        return (0 < runnable <= sched.config.max_num_batched_tokens
+                and need_blocks <= eng.pool.num_free_blocks)
+
+    def _surely_ends(self, seq: Sequence) -> bool:
+        """Its pending token is its last: it reaches max_tokens or the context limit."""
+        return (seq.has_pending_token
+                and (seq.num_output_tokens >= seq.sampling_params.max_tokens
+                     or seq.num_tokens >= self.engine.max_model_len))
+
+    # -- running ----------------------------------------------------------------------------
+    def step(self) -> list[RequestDelta]:
+        """Launch the next decode step, then process the previous one's tokens."""
+        eng = self.engine
+        previous = self.in_flight
+        skip = frozenset(s.request_id for s in eng.scheduler.running if self._surely_ends(s))
+        batch = eng.scheduler.schedule(skip)
+        assert batch.seqs and not batch.preempted and set(batch.num_new_tokens) == {1}
+        step_input = eng._build_step_input(batch)
+        if previous is not None:
+            row_of = {seq.request_id: i for i, seq in enumerate(previous.seqs)}
+            for row, seq in enumerate(batch.seqs):
+                if seq.has_pending_token:
+                    step_input.feed_rows.append(row)
+                    step_input.feed_from.append(row_of[seq.request_id])
+        step_input.share_sampled = True
+        logits = eng.runner.execute(step_input)
+        rows = [SamplingRow(s.sampling_params, [], eng._generators.get(s.request_id))
+                for s in batch.seqs]
+        tokens = eng.runner.sample_tokens(logits, rows)
+        eng.runner.publish_sampled(tokens)
+        launched = _LaunchedStep(batch.seqs, tokens, *_copy_to_host(tokens))
+        deltas = self._process(previous, successor=launched) if previous is not None else []
+        # Account the launched step for the sequences that are still running.
+        live = [s for s in batch.seqs if not s.is_finished]
+        eng.scheduler.update(ScheduledBatch(live, [1] * len(live)))
+        for seq in live:
+            seq.append_pending_token()
+        self.in_flight = launched
+        self.num_steps += 1
+        return deltas
+
+    def drain(self) -> list[RequestDelta]:
+        """Wait for the step in flight, if any, and process its tokens."""
+        step, self.in_flight = self.in_flight, None
+        return [] if step is None else self._process(step, successor=None)
+
+    def release_later(self, seq: Sequence) -> bool:
+        """A sequence ended from outside (abort): if the step in flight writes its blocks,
+        keep them until it is done. Returns whether it did."""
+        if self.in_flight is None or seq not in self.in_flight.seqs:
+            return False
+        self.in_flight.release_after.append(seq)
+        return True
+
+    def _process(self, step: _LaunchedStep, successor: _LaunchedStep | None) -> list[RequestDelta]:
+        eng = self.engine
+        if step.done is not None:
+            step.done.synchronize()
+        for seq in step.release_after:
+            eng.kv.free(seq)
+        in_successor = {s.request_id for s in successor.seqs} if successor is not None else ()
+        deltas = []
+        for seq, token in zip(step.seqs, step.host_tokens.tolist(), strict=True):
+            if seq.is_finished:  # aborted, or stopped, while this step ran
+                continue
+            seq.resolve_pending_token(token)
+            busy = seq.request_id in in_successor  # the next step still writes its blocks
+            delta = eng._emit(seq, token, None, free_blocks=not busy)
+            if busy and delta.finished and delta.kv_handle is None:  # held blocks stay held
+                successor.release_after.append(seq)
+            deltas.append(delta)
+        return deltas
+
+
+def _copy_to_host(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    if not tokens.is_cuda:
+        return tokens, None
+    host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+    host.copy_(tokens, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done

@@ -1,0 +1,50 @@
+"""The fused RoPE + KV-write kernel against the eager ops it replaces (CUDA only)."""
+
+import pytest
+import torch
+
+from engine.attention import write_kv
+from engine.model_config import ModelConfig, RopeScaling
+from engine.rope import RotaryEmbedding
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("num_tokens", [1, 7, 300])
+def test_rope_and_write_kv_is_bitwise_eager(dtype, num_tokens):
+    from engine.cuda.rope_kv import rope_and_write_kv
+
+    dev = torch.device("cuda")
+    hq, hkv, d, block, blocks = 8, 2, 128, 16, 64
+    config = ModelConfig(model_type="llama", vocab_size=100, hidden_size=hq * d, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=hq, num_key_value_heads=hkv,
+                         head_dim=d, rope_theta=500000.0,
+                         rope_scaling=RopeScaling())
+    rope = RotaryEmbedding(config, 4096).to(dev)
+    g = torch.Generator(device=dev).manual_seed(num_tokens)
+    # q, k, v as the fused projection leaves them: views into one [T, (Hq + 2 Hkv) * D] row.
+    qkv = torch.randn(num_tokens, (hq + 2 * hkv) * d, generator=g, device=dev).to(dtype)
+    positions = torch.randint(0, 4096, (num_tokens,), generator=g, device=dev)
+    slots = torch.randperm(blocks * block, generator=g, device=dev)[:num_tokens]
+    # The engine's buffer: [blocks, heads, layers, K/V, block, dim]; the caches are views.
+    buffer_shape = (blocks, hkv, 1, 2, block, d)
+
+    def split(t):
+        q, k, v = t.split([hq * d, hkv * d, hkv * d], dim=-1)
+        return (q.reshape(num_tokens, hq, d), k.reshape(num_tokens, hkv, d),
+                v.reshape(num_tokens, hkv, d))
+
+    eager_buf = torch.zeros(buffer_shape, dtype=dtype, device=dev)
+    q, k, v = split(qkv.clone())
+    q_ref, k_ref = rope(positions, q, k)
+    write_kv(eager_buf[:, :, 0, 0], eager_buf[:, :, 0, 1], k_ref, v, slots, block)
+
+    fused_buf = torch.zeros(buffer_shape, dtype=dtype, device=dev)
+    q, k, v = split(qkv.clone())
+    rope_and_write_kv(q, k, v, positions, rope.cos_table, rope.sin_table, fused_buf[:, :, 0, 0],
+                      fused_buf[:, :, 0, 1], slots, block)
+
+    assert torch.equal(q, q_ref)
+    assert torch.equal(k, k_ref)
+    assert torch.equal(fused_buf, eager_buf)
