@@ -216,6 +216,7 @@ def hetero(args) -> dict:
     if "kv" in args.steps:
         result["kv_transfer"] = raw_nixl(args, *(gpus[1:3] if gpus else (None, None)))
         save(args, result)
+    rates = args.rate or [6.0]
     n, max_tokens = (8, 8) if args.quick else (32, 32)
     drawn = workloads.random_lengths(n, input_mean=256, output_mean=1, spread=0.8,
                                      vocab=prompt_vocab(args.model), seed=7)
@@ -251,11 +252,11 @@ def hetero(args) -> dict:
                                              system_tokens=system, user_tokens=128,
                                              output_tokens=32, vocab=prompt_vocab(args.model), seed=100 + i)
                 before = worker_stats(url, "decode")
-                metrics, records = run_load(url, model, wl, args.rate or 6.0, None,
+                metrics, records = run_load(url, model, wl, rates[0], None,
                                             (args.slo_ttft, args.slo_tpot))
                 pulls = pull_delta(before, worker_stats(url, "decode"))
                 runs.append(run_record(f"hetero-{policy}", f"2P(TP1)+1D(TP2) {policy}", wl,
-                                       args.rate or 6.0, metrics, records, policy=policy,
+                                       rates[0], metrics, records, policy=policy,
                                        kv_pulls=pulls))
                 result["bench"] = runs
                 save(args, result)
@@ -277,28 +278,45 @@ def pair(args) -> dict:
                     "gpus": args.gpu_ids}
     slo = (args.slo_ttft, args.slo_tpot)
     long_input = 768 if args.quick else 4096
-    wl = workloads.long_short_mix(60 if args.quick else 2000, long_fraction=0.3,
-                                  long_input=long_input, long_output=16,
-                                  short_input=256, short_output=64 if args.quick else 256,
-                                  vocab=prompt_vocab(args.model), seed=0)
-    rate = args.rate or 8.0
+    rates = args.rate or [8.0]
+    # One draw per rate (both systems get the same one): a rate run after another on the same
+    # cluster must not find the earlier run's prompts in the prefix cache.
+    def mix(seed):
+        return workloads.long_short_mix(60 if args.quick else 2000, long_fraction=0.3,
+                                        long_input=long_input, long_output=16, short_input=256,
+                                        short_output=64 if args.quick else 256,
+                                        vocab=prompt_vocab(args.model), seed=seed)
+
+    mixes = [mix(i) for i in range(len(rates))]
+
+    def warm_up(url, model):
+        """Unrecorded load first: a fresh cluster compiles kernels for new shapes on its first
+        requests, which would land in whichever rate runs first."""
+        if args.warmup > 0:
+            run_load(url, model, mix(1000), rates[0], args.warmup, slo)
     runs = []
     with running_cluster(args, "pair-1p1d", 1, 1) as (_, url, model):
         if "ttft" in args.steps:
             result["ttft_4k"] = transfer_share_of_ttft(url, model, long_input, args)
             save(args, result)
         if "bench" in args.steps:
-            metrics, records = run_load(url, model, wl, rate, args.duration, slo)
-            runs.append(run_record("pair-1p1d", "1P+1D disaggregated", wl, rate, metrics,
-                                   records))
-            result["bench"] = runs
-            save(args, result)
+            warm_up(url, model)
+            for rate, wl in zip(rates, mixes, strict=True):
+                metrics, records = run_load(url, model, wl, rate, args.duration, slo)
+                runs.append(run_record("pair-1p1d", "1P+1D disaggregated", wl, rate, metrics,
+                                       records))
+                result["bench"] = runs
+                save(args, result)
     if "bench" in args.steps:
         with running_cluster(args, "pair-colocated", 0, 2,
                              extra_worker_args=("--role", "both")) as (_, url, model):
-            metrics, records = run_load(url, model, wl, rate, args.duration, slo)
-            runs.append(run_record("pair-colocated-2", "2 colocated", wl, rate, metrics,
-                                   records))
+            warm_up(url, model)
+            for rate, wl in zip(rates, mixes, strict=True):
+                metrics, records = run_load(url, model, wl, rate, args.duration, slo)
+                runs.append(run_record("pair-colocated-2", "2 colocated", wl, rate, metrics,
+                                       records))
+                result["bench"] = runs
+                save(args, result)
         result["bench"] = runs
         compare.table(runs)  # prints it
     return result
@@ -353,9 +371,13 @@ def main() -> None:
                         help="GPU ids handed out in order: prefill workers first ('' on CPU)")
     parser.add_argument("--steps", default="kv,correct,bench,ttft",
                         help="comma list of: kv (raw NIXL), correct, bench, ttft (pair only)")
-    parser.add_argument("--rate", type=float, default=None, help="requests/s (Poisson)")
+    parser.add_argument("--rate", type=float, nargs="+", default=None,
+                        help="requests/s (Poisson); pair runs each rate on both systems "
+                             "(default 8), hetero the first (default 6)")
     parser.add_argument("--duration", type=float, default=30.0,
                         help="pair: seconds of load per system")
+    parser.add_argument("--warmup", type=float, default=10.0,
+                        help="pair: seconds of unrecorded load on each fresh cluster first")
     parser.add_argument("--slo-ttft", type=float, default=1.0)
     parser.add_argument("--slo-tpot", type=float, default=0.04)
     parser.add_argument("--kv-repeats", type=int, default=5)

@@ -45,10 +45,14 @@ def test_rope_and_write_kv_matches_eager(dtype, num_tokens):
     rope_and_write_kv(q, k, v, positions, rope.cos_table, rope.sin_table, fused_buf[:, :, 0, 0],
                       fused_buf[:, :, 0, 1], slots, block)
 
-    # One rounding instead of eager's three: equal to the last bit of the dtype.
-    torch.testing.assert_close(q, q_ref)
-    torch.testing.assert_close(k, k_ref)
-    torch.testing.assert_close(fused_buf[:, :, :, 0], eager_buf[:, :, :, 0])
+    # One rounding instead of eager's three (each product, then the sum): they differ by a
+    # rounding step of the operands' scale, not of the result's (sums that cancel to 0 in
+    # eager come out as tiny values here), so the bound is absolute: 2 eps x the largest input.
+    atol = 2 * torch.finfo(dtype).eps * qkv.abs().max().item()
+    close = dict(atol=atol, rtol=0)
+    torch.testing.assert_close(q, q_ref, **close)
+    torch.testing.assert_close(k, k_ref, **close)
+    torch.testing.assert_close(fused_buf[:, :, :, 0], eager_buf[:, :, :, 0], **close)
     assert torch.equal(fused_buf[:, :, :, 1], eager_buf[:, :, :, 1])  # v: copied as is
     written = fused_buf[:, :, :, 0].flatten(1).abs().sum(1) > 0
     assert int(written.sum()) == len(set((slots // block).tolist()))  # and nothing else
