@@ -143,12 +143,17 @@ class CausalLM(nn.Module):
 
     def use_fused_kernels(self) -> None:
         """Switch to the fused CUDA kernels (engine/cuda/fused_ops.py); same function."""
+        from engine.cuda.gemv import use_for_decode
         from engine.cuda.rope_kv import supports
 
         self.fused_kernels = True
         for layer in self.model.layers:
-            layer.mlp.fused_kernels = True
-            layer.self_attn.fused_rope_kv = supports(layer.self_attn.head_dim)
+            attn, mlp = layer.self_attn, layer.mlp
+            mlp.fused_kernels = True
+            attn.fused_rope_kv = supports(attn.head_dim)
+            for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
+                if linear is not None:
+                    use_for_decode(linear)
 
     def bind_kv_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for layer, (k_cache, v_cache) in zip(self.model.layers, kv_caches, strict=True):

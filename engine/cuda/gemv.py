@@ -1,0 +1,59 @@
+"""Matrix-vector product for one-token decode steps (Triton), where cuBLAS leaves bandwidth.
+
+A batch-1 decode step is weight reads: each projection is a GEMV. On an H100, cuBLAS took
+23.4 us for a 4096 x 4096 bf16 projection (the attention output) that moves 33.5 MB, about
+half the copy bandwidth; this kernel took 20.3 (benchmarks/results/README.md has the table
+for the four projection shapes; it was 6-13% faster on each). Each program computes BLOCK_N
+outputs, streaming their weight rows in BLOCK_K-wide tiles and accumulating in fp32; the one
+sum per output is rounded to the activation dtype, as cuBLAS rounds it (the order of the
+additions differs, so results may differ from cuBLAS in the last bit).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+BLOCK_N = 8
+BLOCK_K = 512
+
+
+@triton.jit
+def _gemv(x_ptr, w_ptr, out_ptr, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        w = tl.load(w_ptr + n[:, None].to(tl.int64) * K + k[None, :])
+        x = tl.load(x_ptr + k)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    tl.store(out_ptr + n, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty))
+
+
+def applies(linear: nn.Linear) -> bool:
+    """Half-precision weights without bias whose shape tiles evenly."""
+    out_features, in_features = linear.weight.shape
+    return (linear.bias is None and linear.weight.dtype in (torch.bfloat16, torch.float16)
+            and linear.weight.is_contiguous() and out_features % BLOCK_N == 0
+            and in_features % BLOCK_K == 0)
+
+
+class DecodeLinear(nn.Linear):
+    """A Linear whose one-row inputs go through the GEMV kernel (CUDA, ``applies``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1 or x.dim() != 2:
+            return super().forward(x)
+        out = torch.empty(1, self.out_features, dtype=x.dtype, device=x.device)
+        _gemv[(self.out_features // BLOCK_N,)](x.contiguous(), self.weight, out,
+                                               self.in_features, BLOCK_N=BLOCK_N,
+                                               BLOCK_K=BLOCK_K, num_warps=4)
+        return out
+
+
+def use_for_decode(linear: nn.Linear) -> None:
+    """Switch one projection to DecodeLinear in place (same parameters) if the kernel applies."""
+    if applies(linear):
+        linear.__class__ = DecodeLinear
