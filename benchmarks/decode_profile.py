@@ -1,7 +1,7 @@
 """Where a decode step's (or a prefill's) time goes on the GPU: host vs device, top kernels.
 
     python -m benchmarks.decode_profile --batch 1 64 [--model random:llama-3.1-8b]
-    python -m benchmarks.decode_profile --prefill 4096
+    python -m benchmarks.decode_profile --prefill 4096 [--chunk 2048]
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ def main() -> None:
     parser.add_argument("--kv-gib", type=float, default=20.0)
     parser.add_argument("--prefill", type=int, default=None,
                         help="profile one prefill of this many tokens instead")
+    parser.add_argument("--chunk", type=int, default=8192,
+                        help="max_num_batched_tokens: a longer prefill runs in chunks of this")
     args = parser.parse_args()
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", dtype="bfloat16",
                                     kv_cache_memory_bytes=int(args.kv_gib * 2**30),
-                                    max_num_batched_tokens=8192))
+                                    max_num_batched_tokens=args.chunk))
     vocab = engine.model_config.vocab_size
     if args.prefill:
         profile_prefill(engine, args.prefill)

@@ -63,13 +63,20 @@ def main() -> None:
                     overlap) for overlap in (True, False) for tp in (1, 2)]
     base = {r["overlapped"]: r for r in runs if r["tp"] == 1}
     same = all(r["tokens"] == runs[0]["tokens"] for r in runs)
+    loops_agree = {tp: len({tuple(r["tokens"]) for r in runs if r["tp"] == tp}) == 1
+                   for tp in (1, 2)}
+    pairs = zip(runs[0]["tokens"], runs[1]["tokens"], strict=True)  # same prompt, same length
+    common = next((i for i, (a, b) in enumerate(pairs) if a != b), len(runs[0]["tokens"]))
     ratio = runs[1]["step_ms"] / runs[0]["step_ms"]
     table = print_table(["TP", "CUDA graphs", "overlapped loop", "batch-1 step ms", "vs TP=1"],
                         [[r["tp"], r["graphs"], r["overlapped"], r["step_ms"],
                           r["step_ms"] / base[r["overlapped"]]["step_ms"]] for r in runs])
-    print(f"greedy tokens identical across all runs: {same}")
+    print(f"greedy tokens identical across all runs: {same}; overlapped = synchronous loop "
+          f"at TP=1: {loops_agree[1]}, at TP=2: {loops_agree[2]}; TP=1 and TP=2 agree for the "
+          f"first {common} tokens")
     save_json(args.out, {"model": args.model, "context": args.context, "runs": runs,
-                         "tp2_over_tp1": ratio, "tokens_identical": same, "table": table,
+                         "tp2_over_tp1": ratio, "tokens_identical": same,
+                         "loops_agree_per_tp": loops_agree, "tp_agree_prefix": common, "table": table,
                          "machine": machine_info()})
 
 
