@@ -142,7 +142,8 @@ class CausalLM(nn.Module):
         self.fused_kernels = False  # CUDA: residual add + RMSNorm fused (use_fused_kernels)
 
     def use_fused_kernels(self) -> None:
-        """Switch to the fused CUDA kernels (engine/cuda/fused_ops.py); same function."""
+        """Switch to the CUDA kernels of engine/cuda/ (fused add+RMSNorm, SiLU*mul, RoPE+KV
+        write; the one-token GEMV); the same function up to rounding."""
         from engine.cuda.gemv import use_for_decode
         from engine.cuda.rope_kv import supports
 

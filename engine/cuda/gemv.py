@@ -1,13 +1,13 @@
 """Matrix-vector product for one-token decode steps (Triton), where cuBLAS leaves bandwidth.
 
-A batch-1 decode step is weight reads: each projection is a GEMV. On an H100, cuBLAS took
-23.4 us for a 4096 x 4096 bf16 projection (the attention output) that moves 33.5 MB, about
-half the copy bandwidth; this kernel took 20.3 (benchmarks/results/README.md has the table
-for the four projection shapes; it was 6-13% faster on each). Each program computes BLOCK_N
-outputs, streaming their weight rows in BLOCK_K-wide tiles and accumulating in fp32; the one
-sum per output is rounded to the activation dtype, as cuBLAS rounds it (the order of the
-additions differs, so results may differ from cuBLAS in the last bit).
-"""
+A batch-1 decode step is weight reads: each projection is a GEMV. On an H100 (gemv_bench,
+L2 flushed), cuBLAS took 23.2 us for the 4096 x 4096 bf16 attention output projection, which
+moves 33.5 MB: half the copy bandwidth. This kernel took 21.4, and was 4-9% faster on each of
+the four projection shapes; in the whole batch-1 step the change was 6.31 -> 5.91 ms. Each
+program computes BLOCK_N outputs, streaming their weight rows in BLOCK_K-wide tiles and
+accumulating in fp32; each output is rounded once to the activation dtype, as cuBLAS rounds it
+(the order of the additions differs, so results may differ from cuBLAS in the last bit).
+Inputs of more than one row keep cuBLAS."""
 
 from __future__ import annotations
 

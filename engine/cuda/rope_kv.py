@@ -6,8 +6,8 @@ two scatter writes): at batch 1 on an H100 that was about 1 ms of a 7.5 ms decod
 program rotates one head of one token in place, and for a KV head also stores the rotated k and
 the v at the token's slot. Numerics: cos and sin are rounded to the activation dtype as the
 eager path rounds them, but the rotation itself runs in fp32 and is rounded once (eager rounds
-each product and the sum), so a value may differ from eager by one unit in the last place;
-v is copied bit for bit.
+each product and the sum), so a value may differ from eager by a rounding step of its operands'
+scale; v is copied bit for bit.
 """
 
 from __future__ import annotations
