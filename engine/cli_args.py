@@ -32,9 +32,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="tokens per engine step; longer prompts are prefilled in chunks")
     g.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
-    g.add_argument("--no-async-scheduling", action="store_true",
-                   help="run every decode step synchronously (by default on CUDA the next step "
-                        "launches while the GPU runs the last; see engine/overlap.py)")
+    g.add_argument("--async-scheduling", choices=["auto", "on", "off"], default="auto",
+                   help="launch each decode step while the GPU still runs the last one "
+                        "(engine/overlap.py); auto: on for CUDA, off for CPU")
     g.add_argument("--hash-seed", default="pdserve-v1",
                    help="block-hash seed; every component of a cluster must share it")
     g.add_argument("--seed", type=int, default=0, help="seed for random weights")
@@ -58,7 +58,7 @@ def engine_config_from_args(args: argparse.Namespace):
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching,
-        async_scheduling=False if args.no_async_scheduling else None,
+        async_scheduling={"auto": None, "on": True, "off": False}[args.async_scheduling],
         hash_seed=args.hash_seed,
         seed=args.seed,
         cache_dir=args.cache_dir or default_cache_dir(),

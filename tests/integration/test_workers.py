@@ -31,7 +31,8 @@ def sampling(max_tokens=16) -> pb.SamplingParams:
 @pytest.fixture(scope="module")
 def workers(redis_server):
     prefill = WorkerProcess("prefill", MODEL_ARGS, redis_server.url, ["--kv-lease-s", "20"])
-    decode = WorkerProcess("decode", MODEL_ARGS, redis_server.url)
+    # The decode worker runs the overlapped loop, as it does by default on GPUs.
+    decode = WorkerProcess("decode", MODEL_ARGS, redis_server.url, ["--async-scheduling", "on"])
     yield prefill, decode
     for w in (prefill, decode):
         assert w.stop() == 0, "".join(w.log_lines[-20:])
