@@ -59,7 +59,8 @@ def running_cluster(args, label: str, prefill: int, decode: int, decode_tp: int 
     spec = ClusterSpec(model=args.model, prefill=prefill, decode=decode, decode_tp=decode_tp,
                        router_port=free_port(), policy=policy,
                        log_dir=args.out_dir / "logs" / label, worker_args=worker_args,
-                       prefill_args=prefill_args, gpus=args.gpu_ids)
+                       prefill_args=prefill_args, router_args=tuple(args.router_arg),
+                       gpus=args.gpu_ids)
     cluster = LocalCluster(spec, log=lambda *a: None)
     started = time.perf_counter()
     try:
@@ -387,6 +388,9 @@ def main() -> None:
     parser.add_argument("--kv-repeats", type=int, default=5)
     parser.add_argument("--prefill-kv-gib", type=float, default=3.0,
                         help="hetero bench: KV cache of each prefill worker (0: the default)")
+    parser.add_argument("--router-arg", action="append", default=[],
+                        help="extra router flag for every cluster, repeatable (e.g. "
+                             "--router-arg=--prefill-saturation-tokens --router-arg=16384)")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--quick", action="store_true", help="small counts for a rehearsal")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/gpu_cluster"))
