@@ -289,36 +289,28 @@ def pair(args) -> dict:
                                         vocab=prompt_vocab(args.model), seed=seed)
 
     mixes = [mix(i) for i in range(len(rates))]
-
-    def warm_up(url, model):
-        """Unrecorded load first: a fresh cluster compiles kernels for new shapes on its first
-        requests, which would land in whichever rate runs first."""
-        if args.warmup > 0:
-            run_load(url, model, mix(1000), rates[0], args.warmup, slo)
     runs = []
+
+    def sweep(url, model, label, system):
+        """Warm up, then every rate in turn on this cluster, saving after each."""
+        if args.warmup > 0:  # a fresh cluster compiles kernels for new shapes at first
+            run_load(url, model, mix(1000), rates[0], args.warmup, slo)
+        for rate, wl in zip(rates, mixes, strict=True):
+            metrics, records = run_load(url, model, wl, rate, args.duration, slo)
+            runs.append(run_record(label, system, wl, rate, metrics, records))
+            result["bench"] = runs
+            save(args, result)
+
     with running_cluster(args, "pair-1p1d", 1, 1) as (_, url, model):
         if "ttft" in args.steps:
             result["ttft_4k"] = transfer_share_of_ttft(url, model, long_input, args)
             save(args, result)
         if "bench" in args.steps:
-            warm_up(url, model)
-            for rate, wl in zip(rates, mixes, strict=True):
-                metrics, records = run_load(url, model, wl, rate, args.duration, slo)
-                runs.append(run_record("pair-1p1d", "1P+1D disaggregated", wl, rate, metrics,
-                                       records))
-                result["bench"] = runs
-                save(args, result)
+            sweep(url, model, "pair-1p1d", "1P+1D disaggregated")
     if "bench" in args.steps:
         with running_cluster(args, "pair-colocated", 0, 2,
                              extra_worker_args=("--role", "both")) as (_, url, model):
-            warm_up(url, model)
-            for rate, wl in zip(rates, mixes, strict=True):
-                metrics, records = run_load(url, model, wl, rate, args.duration, slo)
-                runs.append(run_record("pair-colocated-2", "2 colocated", wl, rate, metrics,
-                                       records))
-                result["bench"] = runs
-                save(args, result)
-        result["bench"] = runs
+            sweep(url, model, "pair-colocated-2", "2 colocated")
         compare.table(runs)  # prints it
     return result
 

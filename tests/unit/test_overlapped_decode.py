@@ -5,7 +5,6 @@ a GPU: placeholders, feeding sampled tokens into the next step, the step wasted 
 that stops, deferred block frees, and draining before any step that cannot overlap.
 """
 
-import pytest
 
 from engine import LLM, LLMEngine, SamplingParams
 from engine.config import EngineConfig
@@ -23,14 +22,20 @@ def generate(async_scheduling, prompts, params, model="random:tiny-llama", **kwa
         return [(o.token_ids, o.finish_reason, o.text) for o in outs], overlapped
 
 
+def assert_overlap_matches_sync(prompts, params, **kwargs):
+    """Same outputs with and without the overlap; returns them and the overlapped steps."""
+    expected, _ = generate(False, prompts, params, **kwargs)
+    got, overlapped = generate(True, prompts, params, **kwargs)
+    assert got == expected
+    return got, overlapped
+
+
 def test_greedy_mixed_lengths_match_sync():
     prompts = random_prompts(6, 512, 3, 40, seed=1)
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
               for n in (1, 2, 3, 5, 17, 30)]
-    expected, _ = generate(False, prompts, params)
-    got, overlapped = generate(True, prompts, params)
+    _, overlapped = assert_overlap_matches_sync(prompts, params)
     assert overlapped > 10
-    assert got == expected
 
 
 def test_stop_tokens_mid_sequence_match_sync():
@@ -42,10 +47,8 @@ def test_stop_tokens_mid_sequence_match_sync():
     params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True,
                              stop_token_ids=[tokens[len(tokens) // 2]])
               for tokens, _, _ in reference]
-    expected, _ = generate(False, prompts, params)
-    got, overlapped = generate(True, prompts, params)
+    got, overlapped = assert_overlap_matches_sync(prompts, params)
     assert overlapped > 0
-    assert got == expected
     assert all(len(tokens) < 24 for tokens, _, _ in got)
 
 
@@ -53,10 +56,8 @@ def test_seeded_sampling_matches_sync():
     prompts = random_prompts(4, 512, 5, 30, seed=3)
     params = [SamplingParams(temperature=0.9, top_p=0.9, top_k=20, seed=s, max_tokens=20,
                              ignore_eos=True) for s in range(4)]
-    expected, _ = generate(False, prompts, params)
-    got, overlapped = generate(True, prompts, params)
+    _, overlapped = assert_overlap_matches_sync(prompts, params)
     assert overlapped > 0
-    assert got == expected
 
 
 def test_rows_needing_host_data_fall_back_to_sync():
@@ -65,9 +66,9 @@ def test_rows_needing_host_data_fall_back_to_sync():
               SamplingParams(temperature=0, max_tokens=12, ignore_eos=True,
                              frequency_penalty=0.5),
               SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)]
-    expected, _ = generate(False, prompts, params)
-    got, _ = generate(True, prompts, params)
-    assert got == expected
+    # The third row alone could overlap, but the batch is not split: every step synchronous.
+    _, overlapped = assert_overlap_matches_sync(prompts, params)
+    assert overlapped == 0
 
 
 def test_preemption_under_a_small_cache_matches_sync():
@@ -76,17 +77,25 @@ def test_preemption_under_a_small_cache_matches_sync():
     prompts = random_prompts(8, 512, 20, 40, seed=5)
     params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
     results = []
-    for async_scheduling in (False, True):
-        engine = LLMEngine(EngineConfig(model="random:tiny-llama", async_scheduling=async_scheduling,
-                                        **dict(KWARGS, kv_cache_memory_bytes=24 * 8192)))
+    for engine in both_loops(kv_cache_memory_bytes=24 * 8192):
         assert engine.pool.num_blocks == 24
         results.append(run_to_completion(engine, prompts, params))
         assert engine.scheduler.num_preemptions > 0
-        assert engine.pool.num_free_blocks == engine.pool.num_blocks
-        if async_scheduling:
-            assert engine.overlap.num_steps > 0
-        engine.shutdown()
     assert results[1] == results[0]
+
+
+def both_loops(**config):
+    """A synchronous engine, then an overlapped one; after each use: no block leaked, and the
+    overlapped one did overlap."""
+    for async_scheduling in (False, True):
+        engine = LLMEngine(EngineConfig(model="random:tiny-llama",
+                                        async_scheduling=async_scheduling, **{**KWARGS, **config}))
+        try:
+            yield engine
+            assert engine.pool.num_free_blocks == engine.pool.num_blocks
+            assert async_scheduling is False or engine.overlap.num_steps > 0
+        finally:
+            engine.shutdown()
 
 
 def run_to_completion(engine, prompts, params, abort_after=None):
@@ -105,16 +114,8 @@ def run_to_completion(engine, prompts, params, abort_after=None):
 def test_abort_while_a_step_is_in_flight_frees_its_blocks():
     prompts = random_prompts(3, 512, 20, 40, seed=6)
     params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
-    results = []
-    for async_scheduling in (False, True):
-        engine = LLMEngine(EngineConfig(model="random:tiny-llama",
-                                        async_scheduling=async_scheduling, **KWARGS))
-        outs = run_to_completion(engine, prompts, params, abort_after=6)
-        if async_scheduling:
-            assert engine.overlap.num_steps > 0
-        assert engine.pool.num_free_blocks == engine.pool.num_blocks
-        results.append(outs)
-        engine.shutdown()
+    results = [run_to_completion(engine, prompts, params, abort_after=6)
+               for engine in both_loops()]
     # The aborted request got the tokens reported before the abort (one step later when
     # overlapped: its reports lag a step); the others are untouched.
     assert results[1][1:] == results[0][1:]
@@ -126,9 +127,7 @@ def test_requests_arriving_mid_decode_match_sync():
     prompts = random_prompts(4, 512, 5, 30, seed=7)
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     results = []
-    for async_scheduling in (False, True):
-        engine = LLMEngine(EngineConfig(model="random:tiny-llama",
-                                        async_scheduling=async_scheduling, **KWARGS))
+    for engine in both_loops():
         ids = [engine.add_request(prompts[0], params)]
         tokens = {}
         step = 0
@@ -138,18 +137,15 @@ def test_requests_arriving_mid_decode_match_sync():
             step += 1
             if step in (3, 5, 9):  # joins while the first request decodes
                 ids.append(engine.add_request(prompts[len(ids)], params))
-        assert engine.pool.num_free_blocks == engine.pool.num_blocks
         results.append([tokens[r] for r in ids])
-        engine.shutdown()
     assert results[1] == results[0]
 
 
-@pytest.mark.parametrize("async_scheduling", [True])
-def test_tp2_overlapped_matches_tp1(async_scheduling):
+def test_tp2_overlapped_matches_tp1():
     prompts = random_prompts(4, 512, 4, 60, seed=21)
     params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
     expected, _ = generate(False, prompts, params, model="random:tiny-llama-tp")
-    got, overlapped = generate(async_scheduling, prompts, params, model="random:tiny-llama-tp",
-                               tensor_parallel_size=2)
+    got, overlapped = generate(True, prompts, params, model="random:tiny-llama-tp",
+                               tensor_parallel_size=2)  # against TP=1, synchronous
     assert overlapped > 0
     assert got == expected
