@@ -46,7 +46,7 @@ class OverlappedDecode:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self.in_flight: _LaunchedStep | None = None
-        self.num_steps = 0  # steps launched ahead of the previous one's tokens
+        self.num_steps = 0  # decode steps this loop launched
 
     # -- deciding ---------------------------------------------------------------------------
     def can_continue(self) -> bool:
