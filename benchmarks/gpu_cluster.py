@@ -323,26 +323,25 @@ def transfer_share_of_ttft(url: str, model: str, prompt_len: int, args) -> dict:
     samples = []
     # One client, made before any timing: a new httpx client builds an SSL context (~40 ms
     # on these hosts), which session 3's first runs counted into the TTFT.
-    client = httpx.Client(timeout=600)
-    for i in range(4):  # the first warms up (and opens the connection) and is not kept
-        prompt = [rng.randrange(10, prompt_vocab(args.model)) for _ in range(prompt_len)]
-        before = worker_stats(url, "decode")
-        started = time.perf_counter()
-        first = None
-        with client.stream("POST", f"{url}/completions", json={
-                "model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0,
-                "ignore_eos": True, "stream": True}) as r:
-            if r.status_code != 200:
-                raise RuntimeError(f"HTTP {r.status_code}: {r.read()[:300]!r}")
-            for line in r.iter_lines():
-                if line.startswith("data: ") and first is None and '"choices"' in line:
-                    first = time.perf_counter() - started
-        pulls = pull_delta(before, worker_stats(url, "decode"))
-        if i:
-            samples.append({"ttft_s": first, "pull_s": pulls["seconds_pulling"],
-                            "pull_bytes": pulls["bytes_pulled"],
-                            "share": pulls["seconds_pulling"] / first if first else None})
-    client.close()
+    with httpx.Client(timeout=600) as client:
+        for i in range(4):  # the first warms up (and opens the connection) and is not kept
+            prompt = [rng.randrange(10, prompt_vocab(args.model)) for _ in range(prompt_len)]
+            before = worker_stats(url, "decode")
+            started = time.perf_counter()
+            first = None
+            with client.stream("POST", f"{url}/completions", json={
+                    "model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0,
+                    "ignore_eos": True, "stream": True}) as r:
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}: {r.read()[:300]!r}")
+                for line in r.iter_lines():
+                    if line.startswith("data: ") and first is None and '"choices"' in line:
+                        first = time.perf_counter() - started
+            pulls = pull_delta(before, worker_stats(url, "decode"))
+            if i:
+                samples.append({"ttft_s": first, "pull_s": pulls["seconds_pulling"],
+                                "pull_bytes": pulls["bytes_pulled"],
+                                "share": pulls["seconds_pulling"] / first if first else None})
     print_table(["prompt tokens", "TTFT ms", "KV pull ms", "MiB", "pull share of TTFT"],
                 [[prompt_len, 1e3 * s["ttft_s"], 1e3 * s["pull_s"], s["pull_bytes"] / 2**20,
                   s["share"]] for s in samples])

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from engine.host_copy import to_device
+
 
 @dataclass
 class AttentionMetadata:
@@ -54,9 +56,7 @@ class AttentionMetadata:
         index = self._block_index.get(b)
         if index is None:
             num_blocks = (self.seq_lens[b] + self.block_size - 1) // self.block_size
-            index = torch.tensor(self.block_tables[b][:num_blocks], dtype=torch.long)
-            if device.type == "cuda":
-                index = index.pin_memory().to(device, non_blocking=True)
+            index = to_device(self.block_tables[b][:num_blocks], torch.long, device)
             self._block_index[b] = index
         return index
 

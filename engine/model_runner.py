@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from engine.attention import AttentionMetadata
 from engine.config import EngineConfig
+from engine.host_copy import to_device
 from engine.model import fuse_projections
 from engine.model_config import ModelConfig
 from engine.model_source import ModelSource, load_weights
@@ -258,9 +259,7 @@ class ModelRunner:
         if not step.feed_rows:
             return None
         assert self._sampled is not None, "a step fed from samples follows an overlapped step"
-        index = torch.tensor([step.feed_rows, step.feed_from], dtype=torch.long)
-        if self.device.type == "cuda":
-            index = index.pin_memory().to(self.device, non_blocking=True)
+        index = to_device([step.feed_rows, step.feed_from], torch.long, self.device)
         return index[0], self._sampled.index_select(0, index[1])
 
     def publish_sampled(self, tokens: torch.Tensor) -> None:

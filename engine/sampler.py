@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.host_copy import to_device
 from engine.sampling_params import SamplingParams
 from engine.sequence import TokenLogprob
 
@@ -58,16 +59,8 @@ def sample_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor
     tokens = logits.argmax(dim=-1)
     if all(r.params.greedy for r in rows):
         return tokens
-    greedy = _to_device([r.params.greedy for r in rows], torch.bool, logits.device)
+    greedy = to_device([r.params.greedy for r in rows], torch.bool, logits.device)
     return torch.where(greedy, tokens, _random_sample(logits, rows))
-
-
-def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small host list on the device without waiting for the GPU (pinned, non-blocking)."""
-    host = torch.tensor(values, dtype=dtype)
-    if device.type != "cuda":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -86,7 +79,7 @@ def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Ten
 
 def _random_sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     device = logits.device
-    temps = _to_device([max(r.params.temperature, 1e-5) for r in rows], torch.float32, device)
+    temps = to_device([max(r.params.temperature, 1e-5) for r in rows], torch.float32, device)
     logits = logits / temps[:, None]
     vocab = logits.shape[1]
     top_ks = [r.params.top_k if r.params.top_k > 0 else vocab for r in rows]
@@ -103,10 +96,10 @@ def _random_sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
 def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
     sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
     vocab = logits.shape[1]
-    k = _to_device(top_ks, torch.long, logits.device)
+    k = to_device(top_ks, torch.long, logits.device)
     positions = torch.arange(vocab, device=logits.device)[None, :]
     mask = positions >= k[:, None]
-    p = _to_device(top_ps, torch.float32, logits.device)
+    p = to_device(top_ps, torch.float32, logits.device)
     probs = torch.softmax(sorted_logits.masked_fill(mask, float("-inf")), dim=-1)
     # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
     mass_before = probs.cumsum(dim=-1) - probs
