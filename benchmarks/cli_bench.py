@@ -2,11 +2,16 @@
 
     pdserve bench --workload shared-prefix --rate 2 --duration 60 --out results/kv.json
     pdserve bench --compare results/a.json results/b.json --plot-dir results/
+
+Each run draws its prompts from a fresh seed (printed, and saved in the JSON) so that a second
+run does not hit the prefix cache the first one filled; ``--seed N`` repeats a run's prompts.
+Plots need matplotlib (the ``bench`` extra); without it they are skipped, the JSON is not.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 from pathlib import Path
 
 WORKLOADS = ("random", "shared-prefix", "long-short", "trace")
@@ -42,61 +47,118 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-ttft", type=float, default=2.0, help="goodput SLO: TTFT seconds")
     parser.add_argument("--slo-tpot", type=float, default=0.1,
                         help="goodput SLO: seconds per output token")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the prompts and arrivals (default: a fresh one per run, "
+                             "printed; pass it to repeat a run)")
     parser.add_argument("--label", default=None, help="name of this run in tables and plots")
     parser.add_argument("--system", default=None,
                         help="system under test (groups runs at several rates in plots)")
     parser.add_argument("--out", type=Path, default=None, help="JSON result path")
     parser.add_argument("--plot-dir", type=Path, default=None,
-                        help="write PNG plots here (default: beside the JSON, '<name>-plots/')")
+                        help="write PNG plots here (default: '<name>-plots/' beside the JSON; "
+                             "with --compare: 'compare-plots/' beside the first JSON given)")
     parser.add_argument("--compare", type=Path, nargs="+", default=None,
-                        help="compare saved runs instead of running")
+                        help="compare saved runs instead of running: print their table and "
+                             "write the plots to --plot-dir (default: 'compare-plots/' in the "
+                             "folder of the first JSON given)")
 
 
-def build_workload(args: argparse.Namespace):
+def run_seed(seed: int | None) -> int:
+    """``--seed``, else a fresh one: the same prompts twice would measure the prefix cache
+    that the first run filled, not the workload."""
+    return seed if seed is not None else secrets.randbelow(2**31)
+
+
+def compare_plot_dir(paths: list[Path]) -> Path:
+    return paths[0].parent / "compare-plots"
+
+
+def build_workload(args: argparse.Namespace, seed: int):
     from benchmarks import workloads as w
 
     if args.workload == "random":
         return w.random_lengths(args.num_requests, args.input_len, args.output_len,
-                                vocab=args.vocab_size, seed=args.seed)
+                                vocab=args.vocab_size, seed=seed)
     if args.workload == "shared-prefix":
         users = max(1, args.num_requests // (args.groups * args.turns))
         return w.shared_prefix(args.groups, users, args.turns, args.system_len,
-                               vocab=args.vocab_size, seed=args.seed)
+                               vocab=args.vocab_size, seed=seed)
     if args.workload == "long-short":
         return w.long_short_mix(args.num_requests, args.long_fraction, vocab=args.vocab_size,
-                                seed=args.seed)
+                                seed=seed)
     if args.trace is None:
         raise ValueError("--workload trace needs --trace FILE")
-    return w.trace(args.trace, vocab=args.vocab_size, seed=args.seed)
+    return w.trace(args.trace, vocab=args.vocab_size, seed=seed)
+
+
+def save_and_plot(result: dict, out: Path, plot_dir: Path | None) -> list[Path]:
+    """Print the run's table, save its JSON, then the plots (skipped, saying so, without
+    matplotlib: the JSON never depends on them)."""
+    from benchmarks import compare
+    from benchmarks.report import save_json
+
+    compare.table([result])
+    save_json(out, result)
+    written = compare.plot([result], plot_dir or out.with_name(f"{out.stem}-plots"))
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+def plan(args: argparse.Namespace):
+    """The run's seed (printed, so it can be repeated) and its workload."""
+    seed = run_seed(args.seed)
+    print(f"[bench] seed {seed} (repeat these prompts with --seed {seed})", flush=True)
+    return seed, build_workload(args, seed)
+
+
+def make_result(args: argparse.Namespace, workload, model: str, seed: int, records,
+                elapsed_s: float) -> dict:
+    """What a run saves: its parameters, metrics, samples for the CDFs and the timeline."""
+    import time
+
+    from benchmarks.report import machine_info
+    from benchmarks.serving_metrics import aggregate, timeline
+
+    metrics = aggregate(records, elapsed_s, args.slo_ttft, args.slo_tpot)
+    return {
+        "label": args.label or f"{workload.name}-{args.rate or 'c' + str(args.concurrency)}",
+        "system": args.system, "workload": workload.name,
+        "workload_params": workload.params, "rate": args.rate,
+        "concurrency": None if args.rate else args.concurrency, "model": model, "url": args.url,
+        "seed": seed, "metrics": metrics, "machine": machine_info(), "finished_at": time.time(),
+        "samples": {
+            "ttft": [r.ttft for r in records if r.ok],
+            "tpot": [r.tpot for r in records if r.ok and r.tpot is not None],
+            "e2e": [r.e2e for r in records if r.ok],
+        },
+        "timeline": timeline(records),
+        "errors": [r.error for r in records if r.error][:20],
+    }
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import json
-    import time
 
     import httpx
     from tqdm import tqdm
 
     from benchmarks import compare
     from benchmarks.load_driver import DriveSpec, drive
-    from benchmarks.report import machine_info, save_json
-    from benchmarks.serving_metrics import aggregate
 
     if args.compare:
         runs = compare.load(args.compare)
         compare.table(runs)
-        plot_dir = args.plot_dir or args.compare[0].parent / "compare-plots"
-        for path in compare.plot(runs, plot_dir):
+        for path in compare.plot(runs, args.plot_dir or compare_plot_dir(args.compare)):
             print(f"wrote {path}")
         return 0
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     model = args.model or httpx.get(f"{args.url}/models", headers=headers,
                                     timeout=30).json()["data"][0]["id"]
-    workload = build_workload(args)
+    seed, workload = plan(args)
     spec = DriveSpec(url=args.url, model=model, rate=args.rate, concurrency=args.concurrency,
-                     duration_s=args.duration, num_requests=args.num_requests, seed=args.seed,
+                     duration_s=args.duration, num_requests=args.num_requests, seed=seed,
                      api_key=args.api_key)
     total = min(args.num_requests, workload.num_requests)
     bar = tqdm(total=total, desc=f"{workload.name} "
@@ -104,24 +166,9 @@ def run(args: argparse.Namespace) -> int:
                unit="req")
     records, elapsed = asyncio.run(drive(workload, spec, on_done=lambda r: bar.update(1)))
     bar.close()
-    metrics = aggregate(records, elapsed, args.slo_ttft, args.slo_tpot)
-    label = args.label or f"{workload.name}-{args.rate or 'c' + str(args.concurrency)}"
-    result = {
-        "label": label, "system": args.system, "workload": workload.name,
-        "workload_params": workload.params, "rate": args.rate,
-        "concurrency": None if args.rate else args.concurrency, "model": model, "url": args.url,
-        "metrics": metrics, "machine": machine_info(), "finished_at": time.time(),
-        "samples": {
-            "ttft": [r.ttft for r in records if r.ok],
-            "tpot": [r.tpot for r in records if r.ok and r.tpot is not None],
-            "e2e": [r.e2e for r in records if r.ok],
-        },
-        "errors": [r.error for r in records if r.error][:20],
-    }
-    compare.table([result])
-    out = args.out or Path("benchmarks/results") / f"bench-{label}.json"
-    save_json(out, result)
-    for path in compare.plot([result], args.plot_dir or out.with_name(f"{out.stem}-plots")):
-        print(f"wrote {path}")
+    result = make_result(args, workload, model, seed, records, elapsed)
+    out = args.out or Path("benchmarks/results") / f"bench-{result['label']}.json"
+    save_and_plot(result, out, args.plot_dir)
+    metrics = result["metrics"]
     print(json.dumps({k: metrics[k] for k in ("completed", "errors", "goodput")}))
     return 0 if metrics["errors"] == 0 else 1

@@ -88,3 +88,14 @@ def aggregate(records: list[RequestRecord], duration_s: float, slo_ttft_s: float
         "good_fraction": len(good) / len(ok) if ok else 0.0,
         "cached_token_share": sum(r.cached_tokens for r in ok) / prompt if prompt else 0.0,
     }
+
+
+def timeline(records: list[RequestRecord]) -> dict[str, list]:
+    """Per completed request, in sending order: when it was sent (seconds since the first
+    request), its TTFT and TPOT (None for a single-token output), for plots over time."""
+    if not records:
+        return {"sent_s": [], "ttft_s": [], "tpot_s": []}
+    start = min(r.sent_at for r in records)
+    ok = sorted((r for r in records if r.ok), key=lambda r: r.sent_at)
+    return {"sent_s": [r.sent_at - start for r in ok], "ttft_s": [r.ttft for r in ok],
+            "tpot_s": [r.tpot for r in ok]}

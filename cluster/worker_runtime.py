@@ -22,7 +22,7 @@ from cluster.schema import Keys, WorkerRecord
 from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
 from engine.llm_engine import EngineStats
-from proto import API_VERSION, pb, pb_grpc
+from proto import API_VERSION, keepalive, pb, pb_grpc
 from proto.convert import sampling_from_pb
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ async def run_worker(config: WorkerConfig, servicer_cls: type[BaseServicer]) -> 
     await engine.start()
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                                      ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES)])
+                                      ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                                      *keepalive.server_options()])  # the router's pings
     pb_grpc.add_WorkerServicer_to_server(servicer_cls(engine, state), server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()

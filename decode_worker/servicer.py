@@ -14,7 +14,11 @@ from proto.convert import handle_from_pb, logprob_from_pb, logprob_to_pb
 
 class DecodeServicer(BaseServicer):
     async def Decode(self, request, context):
-        params = await self.check_request(request, context)
+        try:
+            params = await self.check_request(request, context)
+        except BaseException:  # refused (draining, version, bad request): free the KV now
+            await self._release_handle(request)
+            raise
         prompt = list(request.prompt_token_ids)
         salt = tuple(request.cache_salt)
         if request.prefill_locally:
@@ -48,6 +52,17 @@ class DecodeServicer(BaseServicer):
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             except ValueError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    async def _release_handle(self, request) -> None:
+        """Tell the owner of a refused request's KV handle that nobody here will pull it."""
+        if request.prefill_locally or not request.HasField("kv_handle"):
+            return
+        try:
+            handle = handle_from_pb(request.kv_handle)
+        except Exception:  # a handle we cannot even read names no owner we could tell
+            return
+        await self.engine.call(
+            lambda e: e.remote.connector.release(handle) if e.remote is not None else None)
 
     async def Prefill(self, request, context):
         if self.role != "both":

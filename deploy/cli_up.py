@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra flag for decode workers only (repeat)")
     parser.add_argument("--router-arg", action="append", default=[],
                         help="extra flag passed to the router (repeat)")
-    parser.add_argument("--log-dir", type=Path, default=Path("pdserve-logs"),
-                        help="per-component logs go to a timestamped folder here")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="per-component logs go to a timestamped folder here "
+                             "(default: logs/ in the cache dir, ~/.cache/pdserve/logs)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="model cache (default: $PDSERVE_CACHE_DIR or ~/.cache/pdserve)")
     parser.add_argument("--gpus", default=None,
@@ -56,6 +57,14 @@ def state_file(cache_dir: Path | None) -> Path:
     return (cache_dir or default_cache_dir()) / "run" / "cluster.json"
 
 
+def log_root(args: argparse.Namespace) -> Path:
+    """Where the timestamped log folders go: --log-dir, else the cache dir (never the working
+    directory, which is often a git checkout)."""
+    from engine.paths import default_cache_dir
+
+    return args.log_dir or (args.cache_dir or default_cache_dir()) / "logs"
+
+
 def run(args: argparse.Namespace) -> int:
     from deploy.local_cluster import ClusterSpec, ClusterState, LocalCluster
 
@@ -71,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     spec = ClusterSpec(model=args.model, prefill=args.prefill, decode=args.decode,
                        decode_tp=args.decode_tp, router_host=args.host, router_port=args.port,
                        redis_url=args.redis, redis_prefix=args.redis_prefix, policy=args.policy,
-                       log_dir=args.log_dir, worker_args=tuple(worker_args),
+                       log_dir=log_root(args), worker_args=tuple(worker_args),
                        prefill_args=tuple(args.prefill_arg), decode_args=tuple(args.decode_arg),
                        router_args=tuple(args.router_arg), cache_dir=args.cache_dir,
                        gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else ())
@@ -86,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     state_path = state_file(args.cache_dir)
     try:
+        say(f"[pdserve] logs: {cluster.log_dir}/")
         cluster.start_redis()
         say(f"[pdserve] redis: {cluster.redis_url} ({cluster.redis_kind})")
         cluster.start_router()
@@ -98,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                      __import__("os").getpid(), str(cluster.log_dir), args.model
                      ).save(state_path)
         say(f"[pdserve] starting {args.prefill} prefill + {args.decode} decode worker(s) "
-            f"on {args.model}; logs in {cluster.log_dir}/")
+            f"on {args.model}")
         cluster.wait_ready(args.prefill, args.decode, args.ready_timeout,
                            on_progress=lambda p, d: say(
                                f"[pdserve] workers ready: prefill {p}/{args.prefill}, "
@@ -128,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         cluster.stop()
         if state_path.exists():
             state_path.unlink()
-        say("[pdserve] stopped")
+        say(f"[pdserve] stopped (logs: {cluster.log_dir}/)")
     return 0
 
 

@@ -122,10 +122,11 @@ class LocalCluster:
         self.wait_ready(self.spec.prefill, self.spec.decode, timeout_s, on_progress)
 
     def start_router(self) -> None:
+        # info: router.log gets one line per request (--router-arg=--log-level=warning: off).
         cmd = [sys.executable, "-m", "deploy.cli", "router", "--model", self.spec.model,
                "--host", self.spec.router_host, "--port", str(self.spec.router_port),
                "--redis", self.redis_url, "--redis-prefix", self.spec.redis_prefix,
-               "--policy", self.spec.policy, "--log-level", "warning", *self.spec.router_args]
+               "--policy", self.spec.policy, "--log-level", "info", *self.spec.router_args]
         if self.spec.cache_dir:
             cmd += ["--cache-dir", str(self.spec.cache_dir)]
         self._spawn("router", "router", cmd)
@@ -182,7 +183,8 @@ class LocalCluster:
     # -- readiness and pools ------------------------------------------------------------------
     def wait_ready(self, prefill: int, decode: int, timeout_s: float = 600.0,
                    on_progress=None) -> None:
-        """Until the router sees the pools at these sizes (workers load models meanwhile)."""
+        """Until the router sees the pools at these sizes (workers load models meanwhile) and,
+        with any decode worker asked for, says it is ready (``GET /ready``: 200)."""
         import httpx
 
         deadline = time.time() + timeout_s
@@ -195,7 +197,9 @@ class LocalCluster:
                 if state != last and on_progress:
                     on_progress(*state)
                 last = state
-                if state[0] >= prefill and state[1] >= decode:
+                if state[0] >= prefill and state[1] >= decode and (
+                        decode == 0 or
+                        httpx.get(f"{self.router_url}/ready", timeout=2).status_code == 200):
                     return
             except (httpx.HTTPError, ValueError):
                 pass

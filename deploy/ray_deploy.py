@@ -152,9 +152,11 @@ def wait_for_pools(url: str, prefill: int, decode: int, timeout_s: float, log) -
     def ready() -> bool:
         try:
             pools = httpx.get(f"{url}/v1/cluster", timeout=2).json()["pools"]
+            # With decode workers asked for, the router must also say it can serve (/ready).
+            serving = decode == 0 or httpx.get(f"{url}/ready", timeout=2).status_code == 200
         except (httpx.HTTPError, ValueError, KeyError):
             return False
-        return pools == {"prefill": prefill, "decode": decode}
+        return pools == {"prefill": prefill, "decode": decode} and serving
 
     log(f"[pdserve] waiting for prefill={prefill} decode={decode} at {url}")
     wait_until(ready, timeout_s, f"the pools to reach prefill={prefill} decode={decode}")

@@ -62,7 +62,15 @@ class AsyncEngine:
     def continue_prefilled(self, request_id: str, **kwargs: Any) -> AsyncIterator[RequestDelta]:
         """Run ``LLMEngine.add_prefilled_request``; stream its deltas."""
         def add(engine: LLMEngine) -> None:
-            done = engine.add_prefilled_request(request_id=request_id, **kwargs)
+            try:
+                done = engine.add_prefilled_request(request_id=request_id, **kwargs)
+            except Exception:
+                # Refused (bad input, an incompatible handle): nobody here will pull it, so
+                # the owner may free the blocks now rather than at the lease's end.
+                handle = kwargs.get("handle")
+                if engine.remote is not None and handle is not None:
+                    engine.remote.connector.release(handle)
+                raise
             if done is not None:
                 self._deliver(done)
         return self._stream(request_id, add)

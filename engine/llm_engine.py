@@ -151,6 +151,7 @@ class LLMEngine:
         """
         if self.remote is None:
             raise ValueError("this engine was started without kv_transfer")
+        handle.check_receivable(self.remote.compat)  # before anything is tracked for it
         if handle.num_tokens != len(prompt_token_ids):
             raise ValueError(f"KV handle covers {handle.num_tokens} tokens, the prompt has "
                              f"{len(prompt_token_ids)}")
@@ -161,10 +162,13 @@ class LLMEngine:
         self._track(seq)
         seq.append_token(first_token, first_logprob)
         self._text[seq.request_id].add_sent_tokens([first_token])
-        if self.scheduler.check_token_stop(seq) is not None:  # nothing left to decode
+        reason = self.scheduler.check_token_stop(seq)
+        if reason is not None:  # nothing left to decode (e.g. this worker's context is shorter)
             self.remote.connector.release(handle)
             self._forget(seq.request_id)
-            return None
+            # The first token reached the client through the prefill side: end with no tokens.
+            return RequestDelta(seq.request_id, [], finished=True, finish_reason=reason,
+                                num_prompt_tokens=seq.num_prompt_tokens)
         self.remote.receive(seq, handle)
         return None
 
@@ -287,7 +291,7 @@ class LLMEngine:
             if hold:
                 delta.kv_handle = self.remote.hold(seq)
             delta.finished, delta.finish_reason = True, reason
-        delta.text_delta = text.take_delta(delta.finished)
+        delta.text_delta = text.take_delta(delta.finished, handing_off=delta.kv_handle is not None)
         if delta.finished:
             self._forget(seq.request_id)
         return delta

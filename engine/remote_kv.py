@@ -30,6 +30,7 @@ class _Incoming:
     seq: Sequence
     handle: KVHandle
     aborted: bool = False
+    released: bool = False  # the owner has been told
 
 
 @dataclass
@@ -65,8 +66,10 @@ class RemoteKV:
         self.kv.pool.release(list(reversed(extra)))
         seq.block_ids = []
         self._held[seq.request_id] = keep
-        return self.connector.describe(seq.request_id, keep, seq.num_computed_tokens,
-                                       self.lease_s)
+        handle = self.connector.describe(seq.request_id, keep, seq.num_computed_tokens,
+                                         self.lease_s)
+        self._count()
+        return handle
 
     def drop_hold(self, request_id: str) -> bool:
         """The request was aborted on the owner: end its lease and free its blocks now."""
@@ -75,6 +78,7 @@ class RemoteKV:
             return False
         self.connector.revoke(request_id)
         self.kv.pool.release(list(reversed(blocks)))
+        self._count()  # no engine step may follow to refresh the counts (nothing else to do)
         return True
 
     # -- receiver -----------------------------------------------------------------------------
@@ -85,14 +89,21 @@ class RemoteKV:
         self._queued.append(_Incoming(seq, handle))
 
     def abort(self, request_id: str) -> bool:
+        """Drop a received request; its owner is told at once, so it frees the held blocks.
+
+        A pull in flight keeps its local blocks until the transfer has stopped writing into
+        them, but the owner need not wait for that: the read only reads its memory, and what
+        it reads into an aborted request's blocks is never used (nor cached).
+        """
         for item in self._queued:
             if item.seq.request_id == request_id:
                 self._queued.remove(item)
-                self.connector.release(item.handle)
+                self._release(item)
                 return True
         item = self._pulling.get(request_id)
         if item is not None:
             item.aborted = True  # its blocks are freed when the transfer has ended
+            self._release(item)
             return True
         return False
 
@@ -141,14 +152,23 @@ class RemoteKV:
                 self._ready(item)
                 continue
             self._fail(item, result.error, ended)
+        self._count()
+        return ended
+
+    def _count(self) -> None:
         self.stats.num_held = len(self._held)
         self.stats.num_pulling = len(self._pulling)
-        return ended
+
+    def _release(self, item: _Incoming) -> None:
+        """Tell the owner it may free the handle's blocks (once per received request)."""
+        if not item.released:
+            item.released = True
+            self.connector.release(item.handle)
 
     def _fail(self, item: _Incoming, error: str | None, ended: list[Sequence]) -> None:
         seq = item.seq
         self.kv.free(seq)
-        self.connector.release(item.handle)
+        self._release(item)
         seq.status = SequenceStatus.FINISHED
         if item.aborted:
             seq.finish_reason = FinishReason.ABORT
@@ -186,5 +206,5 @@ class RemoteKV:
         seq = item.seq
         seq.num_computed_tokens = item.handle.num_tokens
         self.kv.cache_full_blocks(seq)
-        self.connector.release(item.handle)
+        self._release(item)
         self.scheduler.admit_prefilled(seq)

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.schema import Keys
 from engine.sampling_params import SamplingParams
@@ -28,14 +29,17 @@ from router.dispatcher import (
     TokenEvent,
     UpstreamError,
 )
-from router.errors import APIError, bad_request, unavailable
+from router.errors import APIError, bad_request, http_error, unavailable
 from router.kv_event_consumer import KVEventConsumer
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
 from router.model_info import ModelInfo
 from router.openai_schema import ChatCompletionRequest, CompletionRequest
 from router.prefix_index import PrefixIndex
+from router.readiness import readiness
 from router.registry import RegistryView
+from router.request_validation import refuse_unsupported, validation_error
+from router.streaming import ClosingStreamingResponse
 from router.worker_clients import WorkerClients
 
 log = logging.getLogger(__name__)
@@ -100,15 +104,16 @@ def create_app(config: RouterConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return bad_request("the request body is not valid JSON").response()
-        first = errors[0] if errors else {}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
-            for e in errors[:5])
-        return bad_request(f"invalid request: {details}", param=param).response()
+        return validation_error(list(exc.errors())).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        """Unknown paths (404), wrong methods (405), unparseable bodies: OpenAI's shape, not
+        FastAPI's ``{"detail": ...}``."""
+        where = f"{request.method} {request.url.path}"
+        message = {404: f"Unknown request URL: {where}",
+                   405: f"Method not allowed: {where}"}.get(exc.status_code, str(exc.detail))
+        return http_error(exc.status_code, message, headers=exc.headers).response()
 
     def authorize(request: Request) -> None:
         if not config.requires_auth:
@@ -130,8 +135,9 @@ def create_app(config: RouterConfig) -> FastAPI:
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.model.check_name(body.model)
-        prompt = state.model.encode_chat([{"role": m.role, "content": m.text()}
-                                          for m in body.messages])
+        refuse_unsupported(body, config.lenient)
+        prompt = await state.model.encode_chat(
+            [{"role": m.role, "content": m.text()} for m in body.messages], _limit(state))
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = _sampling(body, state, len(prompt), max_tokens,
                            logprobs=(body.top_logprobs or 0) if body.logprobs else None)
@@ -144,7 +150,8 @@ def create_app(config: RouterConfig) -> FastAPI:
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, request: Request):
         state.model.check_name(body.model)
-        prompt = state.model.encode_prompt(body.prompt)
+        refuse_unsupported(body, config.lenient)
+        prompt = await state.model.encode_prompt(body.prompt, _limit(state))
         params = _sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
         req = GenerateRequest(f"cmpl-{uuid.uuid4().hex}", prompt, params,
                               (body.cache_salt,) if body.cache_salt else ())
@@ -155,10 +162,19 @@ def create_app(config: RouterConfig) -> FastAPI:
     # -- operator routes ----------------------------------------------------------------------
     @app.get("/health")
     async def health():
-        prefill, decode = state.registry.live("prefill"), state.registry.live("decode")
-        return {"status": "ok" if decode else "no_decode_workers",
-                "redis": bool(state.registry.redis_ok), "prefill_workers": len(prefill),
-                "decode_workers": len(decode)}
+        """Liveness: 200 while the process serves; whether it can answer is /ready."""
+        ready = readiness(state.registry, state.max_model_len())
+        return {"status": "ok", "ready": ready.ready, "redis": bool(state.registry.redis_ok),
+                "prefill_workers": ready.prefill_workers,
+                "decode_workers": ready.decode_workers}
+
+    @app.get("/ready")
+    async def ready():
+        """Readiness: 200 once a request would be served, else 503 saying why."""
+        r = readiness(state.registry, state.max_model_len())
+        if not r.ready:
+            return unavailable(r.reason, retry_after_s=2).response()
+        return r.body()
 
     @app.get("/metrics")
     async def metrics():
@@ -201,13 +217,20 @@ def create_app(config: RouterConfig) -> FastAPI:
     return app
 
 
-def _sampling(body, state: RouterState, prompt_len: int, max_tokens: int | None,
-              logprobs: int | None) -> SamplingParams:
+def _limit(state: RouterState) -> int:
     limit = state.max_model_len()
     if limit is None:
         raise unavailable("no decode worker is available", retry_after_s=2)
-    if max_tokens is None:
+    return limit
+
+
+def _sampling(body, state: RouterState, prompt_len: int, max_tokens: int | None,
+              logprobs: int | None) -> SamplingParams:
+    limit = _limit(state)
+    if max_tokens is None:  # the rest of the context, capped by --max-tokens-default
         max_tokens = limit - prompt_len
+        if state.config.max_tokens_default > 0:
+            max_tokens = min(max_tokens, state.config.max_tokens_default)
     if prompt_len + max_tokens > limit or max_tokens < 1:
         raise bad_request(
             f"This model's maximum context length is {limit} tokens. However, you requested "
@@ -248,8 +271,8 @@ async def _respond(state: RouterState, request: Request, req: GenerateRequest, m
     text_of = state.model.token_text
     if stream:
         body = _stream(agen, first, req, model, kind, include_usage, want_logprobs, text_of)
-        return StreamingResponse(body, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return ClosingStreamingResponse(body, media_type="text/event-stream",
+                                        headers={"Cache-Control": "no-cache"})
     task = asyncio.create_task(_collect(agen, first))
     while True:  # watch for a client that gives up, and cancel the work if it does
         done, _ = await asyncio.wait({task}, timeout=0.5)

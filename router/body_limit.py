@@ -1,12 +1,13 @@
-"""Refuse request bodies over a size limit with 413, before anything parses them."""
+"""Refuse request bodies over a size limit with 413, before anything parses them.
+
+The body is read here, up to the limit, and handed on whole: an error raised from inside the
+app's ``receive`` would be caught by FastAPI's body parsing and become a 400, so a chunked body
+(no Content-Length) over the limit must be refused before the app runs. The app reads the whole
+body anyway, so buffering it here costs no extra memory."""
 
 from __future__ import annotations
 
 import json
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class BodyLimitMiddleware:
@@ -21,29 +22,30 @@ class BodyLimitMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(send)
+        chunks: list[bytes] = []
         received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client left mid-body
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                return await self._reject(send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: http.disconnect, when the client leaves
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, replay, send)
 
     async def _reject(self, send) -> None:
         body = json.dumps({"error": {
@@ -51,5 +53,6 @@ class BodyLimitMiddleware:
             "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

@@ -40,7 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="file with one accepted API key per line")
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="context limit (default: the smallest among decode workers)")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--max-tokens-default", type=int, default=1024,
+                        help="output cap when a request omits max_tokens (then: the smaller of "
+                             "this and the rest of the context); 0: the rest of the context")
+    parser.add_argument("--lenient", action="store_true",
+                        help="ignore request fields pdserve does not implement (tools, "
+                             "response_format, logit_bias, unknown fields...) with a warning, "
+                             "instead of refusing them with 400")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error", "critical"],
+                        help="info logs one line per request (router.requests); warning "
+                             "silences those")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -60,6 +70,7 @@ def config_from_args(args: argparse.Namespace):
         prefill_saturation_tokens=args.prefill_saturation_tokens, block_size=args.block_size,
         hash_seed=args.hash_seed, max_body_bytes=args.max_body_bytes,
         api_keys=frozenset(keys), max_model_len=args.max_model_len,
+        max_tokens_default=args.max_tokens_default, lenient=args.lenient,
     )
 
 

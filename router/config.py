@@ -30,6 +30,10 @@ class RouterConfig:
     max_body_bytes: int = 8 << 20
     api_keys: frozenset[str] = frozenset()  # empty: no authentication
     max_model_len: int | None = None  # default: the smallest among decode workers
+    # When a request omits max_tokens: at most this many tokens (0: the rest of the context,
+    # vLLM's default), so a chat request cannot run to the context limit by accident.
+    max_tokens_default: int = 1024
+    lenient: bool = False  # ignore (with a warning) request fields we do not implement
     cache_dir: str | None = None
 
     @property

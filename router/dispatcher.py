@@ -10,6 +10,7 @@ client that goes away cancels the gRPC calls, which aborts the request on the wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -29,14 +30,17 @@ from router.config import RouterConfig
 from router.index_accuracy import IndexAccuracy
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
-from router.policies import Candidate, choose_decode, choose_prefill, should_prefill_locally
+from router.policies import Candidate, choose_decode, choose_prefill, local_prefill_reason
 from router.prefix_index import PrefixIndex
 from router.registry import RegistryView
+from router.request_record import CANCELLED, ERROR, REJECTED, RequestRecord
 from router.worker_clients import WorkerClients
 
 log = logging.getLogger(__name__)
 
 _CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE)
+_ABORT_TIMEOUT_S = 1.0  # a held lease must end within about a second of its request
+_BACKGROUND: set[asyncio.Task] = set()  # fire-and-forget aborts still running
 
 
 class NoWorkersError(RuntimeError):
@@ -114,7 +118,10 @@ class Dispatcher:
         prompt_len = len(req.prompt_token_ids)
         bs = self.config.block_size
         hashes = self.hasher.hash_prompt(req.prompt_token_ids[: prompt_len - 1], req.cache_salt)
-        overlaps = self.index.overlap(hashes, [r.worker_id for r in prefills])
+        # Decode workers publish KV events too: the index knows what the chosen one holds.
+        overlaps = self.index.overlap(hashes, [r.worker_id for r in prefills]
+                                      + [decode.worker_id])
+        cached_here = overlaps[decode.worker_id] * bs
         candidates = [Candidate(r.worker_id, cached_tokens=overlaps[r.worker_id] * bs,
                                 queued_tokens=self.load.prefill_tokens[r.worker_id])
                       for r in prefills]
@@ -126,31 +133,30 @@ class Dispatcher:
             predicted = chosen.cached_tokens
         saturated = bool(candidates) and all(
             c.queued_tokens >= self.config.prefill_saturation_tokens for c in candidates)
-        local_reason = None
-        if should_prefill_locally(prompt_len - predicted,
-                                  self.config.local_prefill_threshold_tokens,
-                                  len(candidates), saturated):
-            local_reason = ("no_prefill_workers" if not candidates else
-                            "saturated" if saturated else "short_uncached")
+        local_reason = local_prefill_reason(prompt_len, cached_here, predicted,
+                                            self.config.local_prefill_threshold_tokens,
+                                            len(candidates), saturated, self.config.weights)
+        if local_reason:
+            predicted = cached_here
         self.metrics.routing_seconds.observe(time.perf_counter() - started)
         return RoutePlan(decode, None if local_reason else chosen, candidates, predicted,
                          local_reason)
 
     # -- one request --------------------------------------------------------------------------
     async def generate(self, req: GenerateRequest) -> AsyncIterator[TokenEvent]:
-        plan = self.plan(req)
-        started = time.perf_counter()
-        outcome = "error"
-        last_token_at = None
+        # Every event goes through record.on_event before its yield, so the outcome and the
+        # latencies are settled before a consumer that stops at the finish reason closes us.
+        record = RequestRecord(req.request_id, len(req.prompt_token_ids))
         try:
+            plan = self.plan(req)
+            record.decode_worker = plan.decode.worker_id
             first = None
             if plan.prefill is not None:
                 first = await self._prefill(req, plan)
             else:
                 self.metrics.local_prefills.labels(plan.local_reason).inc()
             if first is not None:
-                last_token_at = time.perf_counter()
-                self.metrics.ttft.observe(last_token_at - started)
+                record.prefill_worker = plan.prefill.worker_id
                 event = TokenEvent([first.first_token], first.text,
                                    [logprob_from_pb(first.first_logprob)]
                                    if first.HasField("first_logprob") else [],
@@ -158,9 +164,10 @@ class Dispatcher:
                                    first.num_cached_tokens)
                 handed_over = False
                 try:
+                    record.on_event(self.metrics, event.token_ids, event.num_cached_tokens,
+                                    event.finish_reason)
                     yield event
                     if first.finish_reason:
-                        outcome = "ok"
                         return
                     decode_stream = self._decode(req, plan, first)
                     handed_over = True
@@ -170,28 +177,24 @@ class Dispatcher:
                         self._abort_prefill(plan, req.request_id)
             else:
                 decode_stream = self._decode(req, plan, None)
-            async for event in decode_stream:
-                now = time.perf_counter()
-                if last_token_at is None:
-                    self.metrics.ttft.observe(now - started)
-                elif event.token_ids:
-                    self.metrics.itl.observe((now - last_token_at) / len(event.token_ids))
-                last_token_at = now
-                yield event
-                if event.finish_reason:
-                    outcome = "ok"
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except GeneratorExit:
-            outcome = "cancelled"
+            # Closed explicitly: a client that leaves mid-stream must end the gRPC call and
+            # the decode-load count now, not when the garbage collector gets to the generator.
+            async with contextlib.aclosing(decode_stream):
+                async for event in decode_stream:
+                    record.on_event(self.metrics, event.token_ids, event.num_cached_tokens,
+                                    event.finish_reason)
+                    yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            record.interrupted(CANCELLED)
             raise
         except (BadRequestError, NoWorkersError):
-            outcome = "rejected"
+            record.interrupted(REJECTED)
+            raise
+        except BaseException:
+            record.interrupted(ERROR)
             raise
         finally:
-            self.metrics.e2e.observe(time.perf_counter() - started)
-            self.metrics.requests.labels(self.config.policy, outcome).inc()
+            record.close(self.metrics, self.config.policy)
 
     async def _prefill(self, req: GenerateRequest, plan: RoutePlan) -> pb.PrefillResponse | None:
         """Remote prefill with retries; None means fall back to prefilling on the decode side."""
@@ -217,9 +220,16 @@ class Dispatcher:
                     self._count_prompt(len(req.prompt_token_ids), response.num_cached_tokens)
                     plan.prefill = chosen
                     return response
+                except asyncio.CancelledError:
+                    # The client left mid-prefill. The worker aborts a cancelled call itself,
+                    # but a response already on its way would leave the KV held: drop it.
+                    self._abort_later([record], req.request_id)
+                    raise
                 except grpc.aio.AioRpcError as e:
                     if e.code() in _CLIENT_ERRORS:
                         raise BadRequestError(e.details()) from None
+                    # A timeout can fire after the worker took the lease: nobody will pull it.
+                    self._abort_later([record], req.request_id)
                     log.warning("prefill on %s failed (%s: %s); retrying elsewhere",
                                 chosen.worker_id, e.code().name, e.details())
                     self.registry.fence(chosen.worker_id, self.config.fence_s)
@@ -232,6 +242,7 @@ class Dispatcher:
             chosen = choose_prefill(self.config.policy, remaining, len(req.prompt_token_ids),
                                     self.config.weights, n, self._rng)
         self.metrics.local_prefills.labels("prefill_failed").inc()
+        plan.prefill = None  # no prefill worker holds anything for this request
         return None
 
     def _account_cache(self, predicted: int, response: pb.PrefillResponse) -> None:
@@ -241,13 +252,32 @@ class Dispatcher:
         self.accuracy.record(predicted, realised)
         self.metrics.index_accuracy.set(self.accuracy.exact_share)
 
-    def _abort_prefill(self, plan: RoutePlan, request_id: str) -> None:
-        record = self.registry.workers.get(plan.prefill.worker_id) if plan.prefill else None
-        if record is not None:
-            stub = self.clients.stub(record.address)
-            task = asyncio.ensure_future(stub.Abort(pb.AbortRequest(request_id=request_id),
-                                                    timeout=5))
-            task.add_done_callback(lambda t: t.exception())  # best effort
+    def _abort_prefill(self, plan: RoutePlan, request_id: str,
+                       decode_first: WorkerRecord | None = None) -> None:
+        """Free the KV the prefill worker holds for ``request_id``: nobody will pull it.
+
+        With ``decode_first``, that decode worker is told to drop the request before the owner
+        frees the blocks, so a pull it may still have in flight is discarded there rather than
+        reading blocks the owner is already reusing. Abort is idempotent on both sides.
+        """
+        owner = self.registry.workers.get(plan.prefill.worker_id) if plan.prefill else None
+        if owner is not None:
+            self._abort_later([r for r in (decode_first, owner) if r is not None], request_id)
+
+    def _abort_later(self, records: list[WorkerRecord], request_id: str) -> None:
+        """Abort ``request_id`` on each worker in order, in the background (the caller may be
+        a cancelled task or a closing generator, which cannot wait)."""
+        async def run():
+            for record in records:
+                try:
+                    await self.clients.stub(record.address).Abort(
+                        pb.AbortRequest(request_id=request_id), timeout=_ABORT_TIMEOUT_S)
+                except Exception as e:  # best effort: a dead worker's lease dies with it
+                    log.info("abort of %s on %s failed: %s", request_id, record.worker_id, e)
+
+        task = asyncio.ensure_future(run())
+        _BACKGROUND.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(_BACKGROUND.discard)
 
     async def _decode(self, req: GenerateRequest, plan: RoutePlan,
                       first: pb.PrefillResponse | None) -> AsyncIterator[TokenEvent]:
@@ -275,6 +305,11 @@ class Dispatcher:
                 request.prefill_locally = True
                 request.prompt_token_ids.extend(req.prompt_token_ids + generated)
                 request.sampling.max_tokens = remaining_tokens
+            # Until a token comes back, the prefill worker still holds the prompt KV for this
+            # attempt; any way out of it before then (a refusal, an error, a dead worker, the
+            # client leaving) must free that KV, or it stays held to the lease's end.
+            handoff_open = remote
+            decode_ended_it = False  # an error chunk: the worker already dropped the request
             try:
                 with self.load.decoding(decode.worker_id):
                     call = self.clients.stub(decode.address).Decode(
@@ -282,6 +317,7 @@ class Dispatcher:
                     async for chunk in call:
                         if chunk.finish_reason == "error":
                             raise _DecodeFailed(chunk.error)
+                        handoff_open = False  # a token means the pull is complete
                         generated.extend(chunk.token_ids)
                         event = TokenEvent(list(chunk.token_ids), chunk.text,
                                            [logprob_from_pb(lp) for lp in chunk.logprobs],
@@ -303,6 +339,7 @@ class Dispatcher:
                 # The worker answered: it is alive, only this request failed there (typically
                 # its KV pull: the owner died, or the lease ran out while the worker was
                 # backlogged). Continue on the same worker by prefilling there.
+                decode_ended_it = True  # (and the retry there reuses the request id)
                 migrations += 1
                 if migrations > self.config.max_migrations:
                     raise UpstreamError(f"decode failed {migrations} times: {e}") from None
@@ -311,6 +348,10 @@ class Dispatcher:
                 self.metrics.local_prefills.labels("transfer_failed").inc()
                 first = None  # every later attempt prefills locally
                 continue
+            finally:
+                if handoff_open:
+                    self._abort_prefill(plan, req.request_id,
+                                        None if decode_ended_it else decode)
             failed.add(decode.worker_id)
             self.registry.fence(decode.worker_id, self.config.fence_s)
             migrations += 1

@@ -18,11 +18,24 @@ class APIError(Exception):
         self.headers = headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+        return {"error": {"message": _utf8(self.message), "type": self.type,
+                          "param": None if self.param is None else _utf8(self.param),
                           "code": self.code}}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def _utf8(text: str) -> str:
+    """Client text echoed in a message may hold lone surrogates, which would make encoding the
+    response fail (a 500): escape them instead."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def http_error(status: int, message: str, headers: dict[str, str] | None = None) -> APIError:
+    """404 (unknown path), 405 (wrong method) and the like, in OpenAI's shape."""
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return APIError(status, message, code=codes.get(status), headers=headers)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

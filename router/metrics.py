@@ -15,8 +15,11 @@ class RouterMetrics:
                               registry=r, buckets=_LATENCY_BUCKETS)
         self.itl = Histogram("pdserve_router_itl_seconds", "Inter-token latency",
                              registry=r, buckets=_ITL_BUCKETS)
-        self.e2e = Histogram("pdserve_router_e2e_seconds", "End-to-end request latency",
+        self.e2e = Histogram("pdserve_router_e2e_seconds",
+                             "End-to-end latency of requests answered in full (outcome ok)",
                              registry=r, buckets=_LATENCY_BUCKETS)
+        # outcome: ok (the finish reason reached the client), cancelled (the client left
+        # before it), rejected (bad request, no workers), error (every attempt failed).
         self.requests = Counter("pdserve_router_requests", "Requests by policy and outcome",
                                 ["policy", "outcome"], registry=r)
         self.routing_seconds = Histogram(

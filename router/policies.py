@@ -9,6 +9,10 @@ Overlap wins until the other worker's queue is so much shorter that computing mo
 still cheaper — the trade-off ``load_weight`` sets. Ties are broken by a rotating counter, so
 equal workers share load fairly. Fenced (unhealthy, draining) workers are never candidates:
 callers pass only live ones.
+
+Where to prefill (``local_prefill_reason``): on the decode worker itself, or remotely with a
+KV pull. The decode worker's own cached prefix decides what local prefill costs; the prefill
+worker's, what the remote path costs (see that function).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ class PolicyWeights:
     load_weight: float = 1.0  # kv_aware: queued prefill tokens vs. tokens saved by the cache
     decode_kv_weight: float = 8.0  # decode: how much KV pressure counts against a worker
     decode_kv_limit: float = 0.95  # decode: avoid workers above this KV usage when possible
+    # Local vs. remote prefill, in prefill-worker token computes. A token computed on the
+    # decode worker costs more than one computed on a prefill worker: it stalls every stream
+    # running there (a judgement, to be tuned with the benchmarks).
+    local_compute_weight: float = 4.0
+    # Pulling a token's KV vs. computing it: NIXL moves a Llama-8B token's 128 KiB at ~390 GB/s
+    # on H200s (~3M tokens/s) where prefill computes ~10-50k tokens/s; ~0.05 is generous.
+    transfer_weight: float = 0.05
 
 
 def choose_prefill(policy: str, candidates: Sequence[Candidate], prompt_tokens: int,
@@ -66,14 +77,41 @@ def choose_decode(candidates: Sequence[Candidate], weights: PolicyWeights, count
     return _argmin(roomy, lambda c: c.running + weights.decode_kv_weight * c.kv_usage, counter)
 
 
-def should_prefill_locally(uncached_tokens: int, threshold_tokens: int, num_prefill_workers: int,
-                           prefill_saturated: bool) -> bool:
-    """Conditional disaggregation: skip the remote prefill when it cannot pay off.
+LOCAL_REASONS = ("no_prefill_workers", "saturated", "short_uncached", "cached_here")
 
-    Short uncached work costs less on the decode worker than a KV transfer; with no prefill
-    worker, or every one saturated, local prefill is the only way forward.
+
+def local_prefill_reason(prompt_tokens: int, cached_here_tokens: int, cached_there_tokens: int,
+                         threshold_tokens: int, num_prefill_workers: int,
+                         prefill_saturated: bool, weights: PolicyWeights) -> str | None:
+    """Conditional disaggregation: why to prefill on the decode worker, or None for remote.
+
+    ``cached_here_tokens``: the decode worker's own cached prefix of the prompt (what it would
+    not compute locally, and not pull either: a pull reuses local hits). ``cached_there``: the
+    chosen prefill worker's. The local path computes ``uncached_here`` on the decode worker;
+    the remote path computes ``uncached_there`` on the prefill worker and pulls
+    ``uncached_here`` tokens of KV. So a prompt cached on either side is served from that
+    cache, never recomputed where it is missing. In order:
+
+    - no prefill worker: local is the only way ("no_prefill_workers");
+    - every prefill worker saturated: local rather than queue ("saturated");
+    - ``uncached_here`` at or below the threshold: cheaper here than the remote hop
+      ("short_uncached");
+    - local compute costs no more than the remote path ("cached_here": the decode worker
+      holds most of what the prefill worker would have to compute).
     """
-    return num_prefill_workers == 0 or prefill_saturated or uncached_tokens <= threshold_tokens
+    if num_prefill_workers == 0:
+        return "no_prefill_workers"
+    if prefill_saturated:
+        return "saturated"
+    uncached_here = max(prompt_tokens - cached_here_tokens, 0)
+    uncached_there = max(prompt_tokens - cached_there_tokens, 0)
+    if uncached_here <= threshold_tokens:
+        return "short_uncached"
+    local_cost = weights.local_compute_weight * uncached_here
+    remote_cost = uncached_there + weights.transfer_weight * uncached_here
+    if local_cost <= remote_cost:
+        return "cached_here"
+    return None
 
 
 def _argmin(candidates: Sequence[Candidate], key, counter: int) -> Candidate:

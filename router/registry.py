@@ -1,9 +1,21 @@
 """The router's view of the workers, refreshed from the Redis registry in the background.
 
-Routing reads only this in-memory view. A worker whose record disappears or stops
-heartbeating leaves the view at once (``on_leave`` drops its index entries); a worker that
-failed an RPC is fenced locally for a while. When Redis is away the last known view stays in
-use (load-only routing goes on), and freshness checks pause until it is back.
+Routing reads only this in-memory view. A worker that failed an RPC is fenced locally for a
+while. When Redis is away the last known view stays in use (load-only routing goes on).
+
+Liveness is judged by Redis's clock, not the router's: a worker is live while its record
+exists, and the record's TTL (set at every heartbeat) is counted by Redis from the moment it
+stored that heartbeat. No clock of the router or of a worker takes part, so skew between hosts
+evicts nobody. A worker whose record expired (or that deregistered) leaves the view at once
+(``on_leave`` drops its index entries).
+
+Across a Redis outage (a stall, a restart) that rule alone would be wrong: nobody could
+heartbeat, so every record expires, or vanishes with a restarted Redis, at the same moment,
+and no worker is to blame. So absence is only evidence once Redis has been serving for a whole
+TTL: for ``ttl_s`` after the router reads Redis again, workers it knew stay in the view even
+without a record (workers re-register within a heartbeat or two), and only then are the ones
+still missing evicted. An "outage" is any read that failed, or a gap of more than a TTL
+between two successful reads (e.g. one read blocked that long).
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ class RegistryView:
         self._fenced_until: dict[str, float] = {}
         self.redis_ok: bool | None = None
         self.last_refresh = 0.0
+        self._last_read_at: float | None = None  # monotonic time of the last successful read
+        self._grace_until = 0.0  # monotonic: until then, missing records evict nobody
 
     async def run(self) -> None:
         while True:
@@ -48,40 +62,44 @@ class RegistryView:
                             e, len(self.workers))
             self.redis_ok = False
             return
-        if self.redis_ok is False:
-            log.info("Redis is back: registry refreshed")
+        now = time.monotonic()
+        outage = self.redis_ok is False or (
+            self._last_read_at is not None and now - self._last_read_at > self.ttl_s)
+        if outage:
+            self._grace_until = now + self.ttl_s
+            log.info("Redis is back: keeping the %d known workers for %.1fs while they "
+                     "heartbeat again", len(self.workers), self.ttl_s)
         self.redis_ok = True
-        now = time.time()
+        self._last_read_at = now
         fresh: dict[str, WorkerRecord] = {}
         for worker_id, blob in zip(ids, raw, strict=True):
-            if blob is None:
-                continue  # TTL ran out: the worker is gone
-            record = WorkerRecord.from_json(blob)
-            if now - record.heartbeat_at > self.ttl_s:
-                continue
-            fresh[worker_id] = record
+            if blob is not None:  # None: the TTL ran out on Redis's clock, or it deregistered
+                fresh[worker_id] = WorkerRecord.from_json(blob)
+        if now < self._grace_until:
+            for worker_id, record in self.workers.items():
+                fresh.setdefault(worker_id, record)
         changed = set(fresh) != set(self.workers)
         for gone in set(self.workers) - set(fresh):
-            log.warning("worker %s left the registry (%s); fenced",
+            log.warning("worker %s left the registry (%s)",
                         gone, self.workers[gone].address)
             self.on_leave(gone)
         for joined in set(fresh) - set(self.workers):
             log.info("worker %s joined: %s at %s", joined, fresh[joined].role,
                      fresh[joined].address)
         self.workers = fresh
-        self.last_refresh = now
+        self.last_refresh = time.time()
         if changed:
             self.on_change()
 
     def fence(self, worker_id: str, seconds: float) -> None:
         """Keep a worker out of rotation for a while (it just failed a call)."""
-        self._fenced_until[worker_id] = time.time() + seconds
+        self._fenced_until[worker_id] = time.monotonic() + seconds
 
     def is_fenced(self, worker_id: str) -> bool:
         until = self._fenced_until.get(worker_id)
         if until is None:
             return False
-        if time.time() >= until:
+        if time.monotonic() >= until:
             del self._fenced_until[worker_id]
             return False
         return True

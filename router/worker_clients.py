@@ -4,28 +4,35 @@ from __future__ import annotations
 
 import grpc
 
-from proto import pb_grpc
+from proto import keepalive, pb_grpc
 
-_OPTIONS = [
+_MESSAGE_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
 ]
 
 
 class WorkerClients:
-    def __init__(self) -> None:
+    def __init__(self, keepalive_time_ms: int = keepalive.KEEPALIVE_TIME_MS) -> None:
+        """``keepalive_time_ms``: how often each connection is pinged; the workers' servers
+        accept the default (``proto/keepalive.py``), tests shorten both sides."""
+        self._options = _MESSAGE_OPTIONS + keepalive.channel_options(keepalive_time_ms)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pb_grpc.WorkerStub] = {}
 
     def stub(self, address: str) -> pb_grpc.WorkerStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
-            self._channels[address] = channel
-            stub = self._stubs[address] = pb_grpc.WorkerStub(channel)
+            stub = self._stubs[address] = pb_grpc.WorkerStub(self.channel(address))
         return stub
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The one channel to ``address`` (its connectivity state shows a dropped connection)."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(
+                address, options=self._options)
+        return channel
 
     async def drop(self, address: str) -> None:
         self._stubs.pop(address, None)

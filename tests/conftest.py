@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
         import torch
 
         has_cuda = torch.cuda.is_available()
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (run through the device tool)")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)

@@ -1,4 +1,4 @@
-"""The engine on CUDA (run through the device tool; skipped on CPU)."""
+"""The engine on CUDA (skipped without a CUDA GPU)."""
 
 import pytest
 import torch
@@ -34,7 +34,7 @@ def test_cuda_bf16_batching_and_prefix_cache_consistent():
         assert llm.engine.pool.num_free_blocks == llm.engine.pool.num_blocks
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_nccl_tp2_matches_tp1():
     prompts = random_prompts(4, 512, 4, 60, seed=21)
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)

@@ -157,3 +157,18 @@ def test_tp2_receiver_fed_by_tp1_owner_gives_single_engine_tokens():
     finally:
         receiver.shutdown()
         peer.stop()
+
+
+def test_first_token_that_ends_the_request_finishes_it_and_releases_the_lease(owner, receiver):
+    """A first token that already stops the request here (max_tokens 1 on this side) must end
+    the stream with a finished delta, not leave it open, and free the owner's blocks."""
+    prompt = random_prompts(1, 512, 40, 40, seed=81)[0]
+    (first, handle_json, _), = owner.call("prefill", [prompt])
+    one = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    done = receiver.add_prefilled_request(prompt, first, KVHandle.from_json(handle_json), one,
+                                          request_id="ends-at-first")
+    assert done is not None and done.finished and done.finish_reason == FinishReason.LENGTH
+    assert done.new_token_ids == []
+    assert not receiver.has_unfinished() and blocks_all_free(receiver)
+    held, _, _, _ = owner.call("wait_free", 10.0)
+    assert held == 0

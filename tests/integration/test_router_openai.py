@@ -199,3 +199,152 @@ def test_pdserve_bench_against_the_cluster_and_compare(cluster, tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert compare.returncode == 0, compare.stderr
     assert "shared-prefix" in compare.stdout and (tmp_path / "cmp" / "latency_cdf.png").exists()
+
+
+# -- the API boundary under hostile input (issue 14, items 2, 3, 9, 10, 15) -------------------
+HOSTILE = [
+    ("seed", {"messages": QUESTION, "seed": 2**63}),
+    ("seed", {"messages": QUESTION, "seed": -(2**63) - 1}),
+    ("top_k", {"messages": QUESTION, "top_k": 2**31}),
+    ("prompt", {"prompt": [-1]}), ("prompt", {"prompt": [4294967296]}),
+    ("prompt", {"prompt": [[-1]]}), ("prompt", {"prompt": [10**6]}),  # beyond the vocabulary
+    ("messages.0.content", {"messages": [{"role": "user", "content": "\ud800"}]}),
+    ("prompt", {"prompt": "a\ud800b"}), ("stop", {"messages": QUESTION, "stop": ["\udfff"]}),
+    ("cache_salt", {"messages": QUESTION, "cache_salt": "\ud800"}),
+    ("model", {"model": "\ud800", "messages": QUESTION}),
+    ("user", {"messages": QUESTION, "user": "\ud800"}),
+    ("tools", {"messages": QUESTION, "tools": [{"type": "function",
+                                                "function": {"name": "f"}}]}),
+    ("response_format", {"messages": QUESTION, "response_format": {"type": "json_object"}}),
+    ("logit_bias", {"messages": QUESTION, "logit_bias": {"5": 10}}),
+    ("stream_options.continuous_usage_stats", {"messages": QUESTION, "stream": True,
+                                               "stream_options": {"continuous_usage_stats": True}}),
+    ("messages.1.tool_call_id", {"messages": [*QUESTION, {"role": "tool", "content": "Paris",
+                                                          "tool_call_id": "call_1"}]}),
+    ("frobnicate", {"messages": QUESTION, "frobnicate": True}),
+]
+
+
+def _post(http, url: str, body: dict):
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    # json.dumps escapes lone surrogates as \ud800, as a hostile client's JSON would carry them.
+    return http.post(url + path, content=json.dumps(body).encode(),
+                     headers={"content-type": "application/json"}, timeout=60)
+
+
+@pytest.mark.parametrize("param,body", HOSTILE, ids=[f"{i}-{h[0]}" for i, h in enumerate(HOSTILE)])
+def test_hostile_input_gets_400_naming_the_param_and_keeps_the_connection(cluster, client,
+                                                                          param, body):
+    url = cluster[0].url
+    with httpx.Client() as http:
+        r = _post(http, url, {"model": model_name(client), "max_tokens": 2, **body})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error", error
+        stream = r.extensions["network_stream"]
+        ok = _post(http, url, {"model": model_name(client), "messages": QUESTION,
+                               "max_tokens": 2})
+        assert ok.status_code == 200, ok.text
+        assert ok.extensions["network_stream"] is stream  # the same keep-alive connection
+
+
+def test_defaults_of_unimplemented_fields_are_accepted(cluster, client):
+    r = _post(httpx, cluster[0].url, {
+        "model": model_name(client), "messages": [*QUESTION, {
+            "role": "assistant", "content": "Paris.", "tool_calls": [], "refusal": None},
+            *QUESTION],
+        "max_tokens": 2, "tools": [], "tool_choice": "none", "parallel_tool_calls": True,
+        "response_format": {"type": "text"}, "logit_bias": None, "n": 1,
+        "stream_options": None, "functions": None})
+    assert r.status_code == 200, r.text
+
+
+def test_unknown_paths_and_methods_get_openai_errors(cluster):
+    url = cluster[0].url
+    for method, path, status in [("GET", "/v1/nope", 404), ("POST", "/v2/chat", 404),
+                                 ("GET", "/v1/chat/completions", 405),
+                                 ("DELETE", "/v1/models", 405)]:
+        r = httpx.request(method, url + path)
+        assert r.status_code == status, (method, path, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert "POST" in httpx.get(url + "/v1/completions").headers["allow"]
+
+
+def test_chunked_body_over_the_limit_gets_413(cluster):
+    def chunks():  # no Content-Length: the size is only known while reading
+        yield b'{"model": "x", "prompt": "'
+        for _ in range(9):
+            yield b"x" * (1 << 20)
+        yield b'"}'
+
+    r = httpx.post(f"{cluster[0].url}/v1/completions", content=chunks(),
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "request_too_large"
+
+
+def test_tiny_top_p_means_only_the_top_token(client):
+    name = model_name(client)
+    greedy = client.completions.create(model=name, prompt=LONG_PROMPT, temperature=0,
+                                       max_tokens=8).choices[0].text
+    tiny = client.completions.create(model=name, prompt=LONG_PROMPT, temperature=1.0,
+                                     top_p=5e-324, max_tokens=8, seed=3).choices[0].text
+    assert tiny == greedy  # refused before as "top_p must be in (0, 1], got 0.0"
+
+
+def test_huge_prompt_is_refused_by_length_without_tokenizing(cluster, client):
+    r = _post(httpx, cluster[0].url, {"model": model_name(client), "prompt": "x" * (7 << 20)})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert "characters" in r.json()["error"]["message"]
+
+
+def test_tokenizing_a_big_prompt_leaves_the_event_loop_free(redis_server, demo_model_dir):
+    """A 6 MB prompt under a (fake) huge context is tokenized (seconds): /health must answer
+    while that request is still in flight."""
+    import threading
+
+    router = RouterProcess(redis_server.url, ["--model", str(demo_model_dir),
+                                              "--max-model-len", "100000000"], wait_for=(0, 0))
+    try:
+        uploaded = threading.Event()
+
+        def body():
+            yield json.dumps({"model": demo_model_dir.name, "max_tokens": 10**9,
+                              "prompt": "hello world, " * 500_000}).encode()
+            uploaded.set()
+
+        result = {}
+
+        def big():
+            result["r"] = httpx.post(f"{router.url}/v1/completions", content=body(),
+                                     headers={"content-type": "application/json"}, timeout=300)
+
+        thread = threading.Thread(target=big)
+        thread.start()
+        assert uploaded.wait(60)
+        thread.join(0.5)  # let the router parse the JSON and start tokenizing
+        with httpx.Client() as http:
+            for _ in range(5):
+                assert http.get(f"{router.url}/health", timeout=300).status_code == 200
+        assert thread.is_alive(), "the big request finished before /health could answer"
+        thread.join(300)
+        assert result["r"].status_code == 400
+        assert result["r"].json()["error"]["code"] == "context_length_exceeded"
+    finally:
+        router.stop()
+
+
+def test_max_tokens_default_and_lenient(cluster, redis_server, demo_model_dir):
+    router = RouterProcess(redis_server.url, ["--model", str(demo_model_dir), "--lenient",
+                                              "--max-tokens-default", "3"], wait_for=(1, 1))
+    try:
+        lenient = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+        for _ in range(2):
+            r = lenient.chat.completions.create(
+                model=demo_model_dir.name, messages=QUESTION, extra_body={"ignore_eos": True},
+                tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+            assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
+        warnings = [line for line in router.log_lines if "ignoring request field 'tools'" in line]
+        assert len(warnings) == 1, router.log_lines[-20:]
+    finally:
+        router.stop()

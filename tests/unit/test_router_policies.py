@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+import pytest
+
 from cluster.schema import Keys, WorkerRecord
 from router.index_accuracy import IndexAccuracy
 from router.policies import (
@@ -9,8 +11,8 @@ from router.policies import (
     PolicyWeights,
     choose_decode,
     choose_prefill,
+    local_prefill_reason,
     prefill_cost,
-    should_prefill_locally,
 )
 from router.prefix_index import PrefixIndex
 from router.registry import RegistryView
@@ -56,11 +58,41 @@ def test_decode_placement_by_load_and_headroom():
     assert choose_decode([full], W, 0).worker_id == "full"
 
 
-def test_conditional_disaggregation():
-    assert should_prefill_locally(10, 32, 2, False)  # short uncached part
-    assert not should_prefill_locally(500, 32, 2, False)
-    assert should_prefill_locally(500, 32, 0, False)  # no prefill pool
-    assert should_prefill_locally(500, 32, 2, True)  # pool saturated
+# prompt, cached on the decode worker, cached on the chosen prefill worker, prefill workers,
+# saturated -> where to prefill (None: remotely, pulling the KV). Threshold 32 tokens.
+WHERE_TO_PREFILL = [
+    ((10, 0, 0, 2, False), "short_uncached"),  # short and cached nowhere: a hop costs more
+    ((500, 0, 0, 2, False), None),  # long and fresh: disaggregate
+    ((500, 0, 0, 0, False), "no_prefill_workers"),
+    ((500, 0, 496, 2, True), "saturated"),  # the pool is backed up: do not queue behind it
+    # The prefill worker holds the whole prompt, the decode worker none of it: pull it. (The
+    # old rule compared the *prefill* worker's hit with the threshold, called this "short
+    # uncached" and recomputed all 500 tokens on the decode worker.)
+    ((500, 0, 496, 2, False), None),
+    ((100, 0, 96, 2, False), None),  # ... also for a prompt just over the threshold
+    ((500, 496, 0, 2, False), "short_uncached"),  # the decode worker holds it: stay there
+    ((500, 496, 496, 2, False), "short_uncached"),  # both hold it: no transfer needed
+    ((2000, 1900, 0, 2, False), "cached_here"),  # 100 left here vs 2000 to compute there
+    ((2000, 1900, 1984, 2, False), None),  # ... unless the prefill worker holds even more
+    ((1000, 800, 0, 2, False), "cached_here"),  # 200 x 4 here vs 1000 + transfer there
+    ((1000, 480, 0, 2, False), None),  # 520 x 4 here: too much decode time, go remote
+]
+
+
+@pytest.mark.parametrize("case, reason", WHERE_TO_PREFILL)
+def test_where_to_prefill(case, reason):
+    prompt, here, there, num_prefill, saturated = case
+    assert local_prefill_reason(prompt, here, there, 32, num_prefill, saturated, W) == reason
+
+
+def test_where_to_prefill_weights():
+    # Without the extra weight on decode-side compute, only a strictly smaller amount of work
+    # stays local; a costlier transfer makes local prefill win sooner.
+    even = PolicyWeights(local_compute_weight=1.0, transfer_weight=0.0)
+    assert local_prefill_reason(1000, 0, 0, 32, 2, False, even) == "cached_here"  # a tie
+    assert local_prefill_reason(1000, 0, 10, 32, 2, False, even) is None
+    costly = PolicyWeights(transfer_weight=4.0)
+    assert local_prefill_reason(1000, 0, 0, 32, 2, False, costly) == "cached_here"
 
 
 def test_fenced_and_draining_workers_are_never_candidates():

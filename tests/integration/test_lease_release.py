@@ -1,0 +1,141 @@
+"""A prefill worker's held KV (its lease) must end as soon as nobody will pull it: when the
+client goes away around the handoff, or the decode side fails before pulling. Real processes:
+router, prefill and decode workers over gRPC, NIXL on CPU, real Redis.
+
+Leases are set to 60 s, so expiry cannot explain a release: the tests poll the prefill worker's
+``num_held_leases`` until a short deadline and assert it reached 0 and nothing expired.
+"""
+
+import asyncio
+import json
+import time
+
+import grpc
+import httpx
+import pytest
+
+from proto import API_VERSION, pb, pb_grpc
+from tests.cluster_helpers import RouterProcess, WorkerProcess
+from tests.helpers import random_prompts
+
+pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
+
+LEASE_ARGS = ["--kv-lease-s", "60"]
+STORY = ("Once upon a time, in a harbour town famous for its bakeries, a young apprentice "
+         "named Mira discovered a map hidden inside a loaf of bread. The map showed")
+
+
+async def _stats(addr: str) -> pb.StatsResponse:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        return await pb_grpc.WorkerStub(ch).Stats(pb.StatsRequest())
+
+
+def held_leases_after(addr: str, deadline_s: float) -> pb.StatsResponse:
+    """Poll the prefill worker until no lease is held or the deadline passes; the last stats."""
+    async def poll():
+        deadline = time.time() + deadline_s
+        while True:
+            s = await _stats(addr)
+            if s.num_held_leases == 0 or time.time() > deadline:
+                return s
+            await asyncio.sleep(0.05)
+    return asyncio.run(poll())
+
+
+async def _cut_after_first_token(url: str, model: str, i: int) -> bool:
+    """Stream a completion and hang up as soon as the first token arrives."""
+    body = {"model": model, "prompt": f"{i}: {STORY}", "max_tokens": 200, "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    async with httpx.AsyncClient(timeout=120) as client:
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+            assert r.status_code == 200, await r.aread()
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    if chunk["choices"] and chunk["choices"][0]["text"]:
+                        return True  # leaving the block closes the connection
+    return False
+
+
+def test_abort_storm_releases_every_lease(redis_server, demo_model_dir):
+    model = ["--model", str(demo_model_dir)]
+    prefill = WorkerProcess("prefill", model + LEASE_ARGS, redis_server.url)
+    decode = WorkerProcess("decode", model, redis_server.url)
+    router = RouterProcess(redis_server.url, model + ["--local-prefill-threshold", "8"],
+                           wait_for=(1, 1))
+    try:
+        async def storm():
+            return await asyncio.gather(*(_cut_after_first_token(router.url,
+                                                                 demo_model_dir.name, i)
+                                          for i in range(50)))
+
+        assert all(asyncio.run(storm()))
+        s = held_leases_after(prefill.address, 2.0)
+        d = asyncio.run(_stats(decode.address))
+        assert s.num_held_leases == 0, (s, d)
+        assert s.leases_expired == 0
+        assert s.num_blocks_in_use == 0, s
+    finally:
+        router.stop()
+        prefill.stop()
+        decode.stop()
+
+
+def test_decode_failure_before_the_pull_releases_the_lease(redis_server, demo_model_dir):
+    model = ["--model", str(demo_model_dir)]
+    prefill = WorkerProcess("prefill", model + LEASE_ARGS, redis_server.url)
+    decodes = [WorkerProcess("decode", model, redis_server.url) for _ in range(2)]
+    router = RouterProcess(redis_server.url, model + ["--local-prefill-threshold", "8"],
+                           wait_for=(1, 2))
+    try:
+        # Killed, it stays in the registry until its record's TTL runs out: the router still
+        # hands prefilled requests to it, the Decode call fails, and the request moves on.
+        decodes[0].kill()
+        client = httpx.Client(base_url=router.url, timeout=120)
+        for i in range(4):
+            r = client.post("/v1/completions", json={
+                "model": demo_model_dir.name, "prompt": f"{i}: {STORY}", "max_tokens": 8,
+                "temperature": 0, "ignore_eos": True})
+            assert r.status_code == 200, r.text
+        metrics = client.get("/metrics").text
+        assert "pdserve_router_decode_migrations_total 1.0" in metrics  # the path ran once
+        s = held_leases_after(prefill.address, 2.0)
+        assert s.num_held_leases == 0, s
+        assert s.leases_expired == 0
+    finally:
+        router.stop()
+        prefill.stop()
+        decodes[1].stop()
+
+
+def test_decode_worker_refusing_a_handle_releases_it(redis_server):
+    """The decode worker's own side: a handle it refuses (here the handle does not match the
+    prompt) is released to its owner, without waiting for the router."""
+    args = ["--model", "random:tiny-llama", "--device", "cpu", "--seed", "3",
+            "--kv-cache-gib", "0.02"]
+    prefill = WorkerProcess("prefill", args + LEASE_ARGS, redis_server.url)
+    decode = WorkerProcess("decode", args, redis_server.url)
+    prompt = random_prompts(1, 512, 60, 60, seed=7)[0]
+    sampling = pb.SamplingParams(max_tokens=16, temperature=0.0, top_p=1.0, ignore_eos=True)
+    try:
+        async def main():
+            async with grpc.aio.insecure_channel(prefill.address) as pch, \
+                    grpc.aio.insecure_channel(decode.address) as dch:
+                first = await pb_grpc.WorkerStub(pch).Prefill(pb.PrefillRequest(
+                    api_version=API_VERSION, request_id="refused", prompt_token_ids=prompt,
+                    sampling=sampling))
+                assert first.kv_handle.block_ids
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in pb_grpc.WorkerStub(dch).Decode(pb.DecodeRequest(
+                            api_version=API_VERSION, request_id="refused",
+                            prompt_token_ids=prompt[:-1], sampling=sampling,
+                            first_token=first.first_token, kv_handle=first.kv_handle)):
+                        pass
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        asyncio.run(main())
+        s = held_leases_after(prefill.address, 2.0)
+        assert s.num_held_leases == 0 and s.leases_released == 1, s
+    finally:
+        prefill.stop()
+        decode.stop()
