@@ -1,4 +1,4 @@
-"""One-token projections: cuBLAS (F.linear) against the decode GEMV kernel (engine/cuda/gemv.py)
+"""One-token projections: cuBLAS (F.linear) against the decode GEMV kernel (engine/kernels/gemv.py)
 on the Llama-3.1-8B projection shapes, bf16, with the HBM copy ceiling measured in the same run.
 
     python -m benchmarks.gemv_bench [--out benchmarks/results/gemv_h100.json]
@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     from triton.testing import do_bench  # flushes L2 between runs: weights stream from HBM
 
-    from engine.cuda.gemv import DecodeLinear
+    from engine.kernels.gemv import DecodeLinear
 
     dev = torch.device("cuda")
     buffers = [torch.empty(1 << 30, dtype=torch.uint8, device=dev) for _ in range(2)]

@@ -42,7 +42,7 @@ from deploy.redis_server import free_port
 def prompt_vocab(model: str) -> int:
     """Prompt token ids are drawn below this: 32000, or a random shape's smaller vocabulary."""
     if model.startswith("random:"):
-        from engine.named_models import named_model
+        from engine.model.named_shapes import named_model
 
         return min(32000, named_model(model.split(":", 1)[1]).vocab_size)
     return 32000

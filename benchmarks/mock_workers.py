@@ -15,9 +15,9 @@ import time
 
 import grpc
 
-from cluster.schema import Keys, WorkerRecord
-from cluster.worker_presence import WorkerPresence
+from common.redis_schema import Keys, WorkerRecord
 from proto import API_VERSION, pb, pb_grpc
+from worker.presence import WorkerPresence
 
 
 class MockServicer(pb_grpc.WorkerServicer):

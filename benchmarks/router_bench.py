@@ -28,8 +28,8 @@ from deploy.redis_server import LocalRedis, free_port
 
 # -- 1. decision time ---------------------------------------------------------------------------
 def bench_decision(num_workers: int, num_blocks: int, prompt_tokens: int, repeats: int) -> dict:
-    from cluster.schema import Keys, WorkerRecord
-    from engine.sampling_params import SamplingParams
+    from common.redis_schema import Keys, WorkerRecord
+    from common.sampling_params import SamplingParams
     from router.config import RouterConfig
     from router.dispatcher import Dispatcher, GenerateRequest
     from router.load_tracker import LoadTracker

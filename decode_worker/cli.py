@@ -6,7 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cluster.worker_cli import add_worker_arguments
+    from worker.cli_args import add_worker_arguments
 
     add_worker_arguments(parser, role="decode")
     parser.add_argument("--role", dest="worker_role", choices=["decode", "both"],
@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.worker_cli import worker_config_from_args
-    from cluster.worker_runtime import main_for_role
     from decode_worker.servicer import DecodeServicer
+    from worker.cli_args import worker_config_from_args
+    from worker.runtime import main_for_role
 
     return main_for_role(worker_config_from_args(args, args.worker_role), DecodeServicer)

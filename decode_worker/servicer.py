@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 
-from cluster.worker_runtime import BaseServicer, InFlight
-from engine.sequence import FinishReason
+from engine.core.sequence import FinishReason
 from kv_transfer.handle import IncompatibleKVError
 from prefill_worker.servicer import PrefillServicer
 from proto import pb
 from proto.convert import handle_from_pb, logprob_from_pb, logprob_to_pb
+from worker.runtime import BaseServicer, InFlight
 
 
 class DecodeServicer(BaseServicer):

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import httpx
     import redis
 
-    from cluster.schema import Keys
+    from common.redis_schema import Keys
     from deploy.cli_status import find_cluster
 
     sizes = parse_sizes(args.sizes)

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def state_file(cache_dir: Path | None) -> Path:
-    from engine.paths import default_cache_dir
+    from common.paths import default_cache_dir
 
     return (cache_dir or default_cache_dir()) / "run" / "cluster.json"
 
@@ -60,7 +60,7 @@ def state_file(cache_dir: Path | None) -> Path:
 def log_root(args: argparse.Namespace) -> Path:
     """Where the timestamped log folders go: --log-dir, else the cache dir (never the working
     directory, which is often a git checkout)."""
-    from engine.paths import default_cache_dir
+    from common.paths import default_cache_dir
 
     return args.log_dir or (args.cache_dir or default_cache_dir()) / "logs"
 
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     if args.model == "demo":
-        from engine.demo_model import prepare_demo_model
-        from engine.paths import default_cache_dir
+        from common.paths import default_cache_dir
+        from engine.model.loaders.demo_model import prepare_demo_model
 
         prepare_demo_model(args.cache_dir or default_cache_dir())
     worker_args = list(args.worker_arg)

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from cluster.schema import Keys
+from common.redis_schema import Keys
 from deploy.redis_server import LocalRedis
 
 _PR_SET_PDEATHSIG = 1

@@ -89,8 +89,8 @@ def up(spec: RaySpec, prefill: int, decode: int, log=print, timeout_s: float = 6
 
 @ray.remote(num_cpus=0)
 def _prepare_demo() -> str:
-    from engine.demo_model import prepare_demo_model
-    from engine.paths import default_cache_dir
+    from common.paths import default_cache_dir
+    from engine.model.loaders.demo_model import prepare_demo_model
 
     return str(prepare_demo_model(default_cache_dir(), quiet=True))
 

@@ -9,7 +9,8 @@ RUN pip install -r router-requirements.txt
 COPY pyproject.toml README.md ./
 COPY engine engine
 COPY kv_transfer kv_transfer
-COPY cluster cluster
+COPY common common
+COPY worker worker
 COPY proto proto
 COPY router router
 COPY deploy deploy

@@ -18,7 +18,8 @@ RUN pip install torch==2.13.0 nixl-cu12==1.5.1
 COPY pyproject.toml README.md ./
 COPY engine engine
 COPY kv_transfer kv_transfer
-COPY cluster cluster
+COPY common common
+COPY worker worker
 COPY proto proto
 COPY prefill_worker prefill_worker
 COPY decode_worker decode_worker

@@ -13,7 +13,7 @@ _EXPORTS = {
     "RequestOutput": "engine.llm",
     "LLMEngine": "engine.llm_engine",
     "EngineConfig": "engine.config",
-    "SamplingParams": "engine.sampling_params",
+    "SamplingParams": "common.sampling_params",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.kv_events import KVEvent
+from engine.core.kv_events import KVEvent
+from engine.core.sequence import FinishReason
 from engine.llm_engine import EngineStats, LLMEngine, RequestDelta
-from engine.sequence import FinishReason
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from common.sampling_params import SamplingParams
     from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
 
     config = engine_config_from_args(args)
     started = time.perf_counter()
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[pdserve] loaded {engine.source.name} on {engine.runner.device} "
           f"({engine.runner.dtype}) in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     try:
-        tok = engine.tokenizer
+        tok = engine.text.tokenizer
         if tok is None:
             raise ValueError(f"{config.model} has no tokenizer; text prompts need one")
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,

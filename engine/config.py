@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from engine.paths import default_cache_dir
+from common.paths import default_cache_dir
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}

@@ -6,10 +6,10 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.sampling_params import SamplingParams
 from engine.config import EngineConfig
+from engine.core.sequence import FinishReason, TokenLogprob
 from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
-from engine.sequence import FinishReason, TokenLogprob
 
 
 @dataclass

@@ -12,21 +12,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.block_pool import BlockPool
+from common.sampling_params import SamplingParams
 from engine.config import EngineConfig
-from engine.kv_cache_manager import KVCacheManager
-from engine.kv_events import KVEvent
-from engine.model_config import ModelConfig
-from engine.model_runner import ModelRunner, StepInput
-from engine.model_source import ModelSource, load_config, load_tokenizer, resolve_model
-from engine.output_processor import TextOutput
+from engine.core.block_pool import BlockPool
+from engine.core.kv_cache_manager import KVCacheManager
+from engine.core.kv_events import KVEvent
+from engine.core.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from engine.core.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprob
+from engine.model.config import ModelConfig
+from engine.model.loaders.source import ModelSource, load_config, load_tokenizer, resolve_model
 from engine.overlap import OverlappedDecode
-from engine.remote_kv import RemoteKV, TransferStats
-from engine.sampler import SamplingRow
-from engine.sampling_params import SamplingParams
-from engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from engine.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprob
-from engine.tokenizer import Tokenizer
+from engine.pd.remote_kv import RemoteKV, TransferStats
+from engine.runner.model_runner import ModelRunner, StepInput
+from engine.runner.sampler import SamplingRow
+from engine.text.output_processor import TextOutput
+from engine.text.tokenizer import Tokenizer
 from kv_transfer.block_hash import BlockHasher
 from kv_transfer.handle import KVHandle
 
@@ -79,7 +79,7 @@ class LLMEngine:
         self.eos_token_ids = tuple(sorted(eos))
         self._tp_group = None
         if config.tensor_parallel_size > 1:
-            from engine.tp_group import TensorParallelGroup
+            from engine.runner.tp_group import TensorParallelGroup
 
             self._tp_group = TensorParallelGroup(config, self.source, self.model_config,
                                                  self.max_model_len)

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.sampler import SamplingRow, samples_on_device
-from engine.scheduler import ScheduledBatch
-from engine.sequence import Sequence
+from engine.core.scheduler import ScheduledBatch
+from engine.core.sequence import Sequence
+from engine.runner.sampler import SamplingRow, samples_on_device
 
 if TYPE_CHECKING:
     from engine.llm_engine import LLMEngine, RequestDelta

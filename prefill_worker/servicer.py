@@ -6,10 +6,10 @@ import dataclasses
 
 import grpc
 
-from cluster.worker_runtime import BaseServicer, InFlight
-from engine.sequence import FinishReason
+from engine.core.sequence import FinishReason
 from proto import pb
 from proto.convert import handle_to_pb, logprob_to_pb
+from worker.runtime import BaseServicer, InFlight
 
 
 class PrefillServicer(BaseServicer):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from engine.sampling_params import SamplingParams
-from engine.sequence import TokenLogprob
+from common.sampling_params import SamplingParams
+from engine.core.sequence import TokenLogprob
 from kv_transfer.handle import KVCompat, KVHandle, SourceRank
 from proto import pb
 

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.schema import Keys
-from engine.sampling_params import SamplingParams
+from common.redis_schema import Keys
+from common.sampling_params import SamplingParams
 from router import openai_format as fmt
 from router.body_limit import BodyLimitMiddleware
 from router.config import RouterConfig

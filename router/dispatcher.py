@@ -20,9 +20,9 @@ from itertools import count
 
 import grpc
 
-from cluster.schema import WorkerRecord
-from engine.sampling_params import SamplingParams
-from engine.sequence import TokenLogprob
+from common.redis_schema import WorkerRecord
+from common.sampling_params import SamplingParams
+from engine.core.sequence import TokenLogprob
 from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb
 from proto.convert import logprob_from_pb, sampling_to_pb

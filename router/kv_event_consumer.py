@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 
-from cluster.schema import CLEARED, REMOVED, STORED, Keys, KVEventEntry
+from common.redis_schema import CLEARED, REMOVED, STORED, Keys, KVEventEntry
 from router.prefix_index import PrefixIndex
 from router.registry import RegistryView
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from engine.tokenizer import ChatTemplateError, Tokenizer
+from engine.text.tokenizer import ChatTemplateError, Tokenizer
 from router.config import RouterConfig
 from router.errors import APIError, bad_request
 from router.prompt_bound import max_chars_per_token, max_prompt_chars
@@ -40,8 +40,8 @@ class ModelInfo:
         names: list[str] = []
         tokenizer_dir: Path | None = Path(config.tokenizer) if config.tokenizer else None
         if spec == "demo":
-            from engine.demo_model import DEMO_NAME, demo_model_dir, is_prepared
-            from engine.paths import default_cache_dir
+            from common.paths import default_cache_dir
+            from engine.model.loaders.demo_model import DEMO_NAME, demo_model_dir, is_prepared
 
             cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
             names = [DEMO_NAME, "demo"]
@@ -149,7 +149,7 @@ class ModelInfo:
 
 def _vocab_size(spec: str, model_dir: Path | None) -> int | None:
     if spec.startswith("random:"):
-        from engine.named_models import named_model
+        from engine.model.named_shapes import named_model
 
         try:
             return named_model(spec.removeprefix("random:")).vocab_size

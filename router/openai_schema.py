@@ -6,7 +6,7 @@ What is checked here, so nothing hostile reaches the tokenizer, the proto or the
   int32, ``seed`` int64, prompt token ids uint32 (the vocabulary is checked in
   ``router/model_info.py``, which knows it).
 - Floats are finite. ``temperature`` below ``GREEDY_TEMPERATURE`` (1e-5) is greedy: the sampler
-  never divides by less than 1e-5 (engine/sampler.py) and float32 on the wire turns anything
+  never divides by less than 1e-5 (engine/runner/sampler.py) and float32 on the wire turns anything
   under ~1e-45 into 0, so without this rule 1e-6 sampled at 1e-5 while 1e-300 was greedy.
   Greedy is the limit of sampling as the temperature goes to 0 (vLLM's threshold is the same).
   ``top_p`` is any value in (0, 1]; one that float32 rounds to 0 (e.g. 5e-324) is sent as the

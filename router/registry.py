@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from cluster.schema import Keys, WorkerRecord
+from common.redis_schema import Keys, WorkerRecord
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ def cache_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_model_dir(cache_dir: Path) -> Path:
     """The real demo model (SmolLM2-135M-Instruct), prepared once into the cache."""
-    from engine.demo_model import prepare_demo_model
+    from engine.model.loaders.demo_model import prepare_demo_model
 
     return prepare_demo_model(cache_dir)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.llm_engine import LLMEngine
-from engine.model_runner import StepInput
+from engine.runner.model_runner import StepInput
 
 
 def engine_prompt_logits(engine: LLMEngine, token_ids: list[int]) -> torch.Tensor:

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("shape", [(4096, 4096), (6144, 4096), (4096, 14336), (1024, 512)])
 def test_gemv_matches_linear(shape):
-    from engine.cuda.gemv import DecodeLinear, applies
+    from engine.kernels.gemv import DecodeLinear, applies
 
     n, k = shape
     torch.manual_seed(0)
@@ -26,7 +26,7 @@ def test_gemv_matches_linear(shape):
 
 
 def test_gemv_does_not_apply_to_fp32_or_biased_or_ragged():
-    from engine.cuda.gemv import applies
+    from engine.kernels.gemv import applies
 
     assert not applies(torch.nn.Linear(512, 64, bias=False, dtype=torch.float32))
     assert not applies(torch.nn.Linear(512, 64, bias=True, dtype=torch.bfloat16))

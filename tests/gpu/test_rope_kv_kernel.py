@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from engine.attention import write_kv
-from engine.model_config import ModelConfig, RopeScaling
-from engine.rope import RotaryEmbedding
+from engine.model.config import ModelConfig, RopeScaling
+from engine.model.layers.attention import write_kv
+from engine.model.layers.rope import RotaryEmbedding
 
 pytestmark = pytest.mark.gpu
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("num_tokens", [1, 7, 300])
 def test_rope_and_write_kv_matches_eager(dtype, num_tokens):
-    from engine.cuda.rope_kv import rope_and_write_kv
+    from engine.kernels.rope_kv import rope_and_write_kv
 
     dev = torch.device("cuda")
     hq, hkv, d, block, blocks = 8, 2, 128, 16, 64

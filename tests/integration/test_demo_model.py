@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from engine.demo_model import DEMO_GGUF_MEMBER, DEMO_WHEEL_FILE
+from engine.model.loaders.demo_model import DEMO_GGUF_MEMBER, DEMO_WHEEL_FILE
 from tests.helpers import engine_prompt_logits
 from tests.hf_reference import hf_greedy, hf_logits
 

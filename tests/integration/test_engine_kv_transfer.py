@@ -5,7 +5,7 @@ import time
 import pytest
 
 from engine import LLM, EngineConfig, LLMEngine, SamplingParams
-from engine.sequence import FinishReason
+from engine.core.sequence import FinishReason
 from kv_transfer.handle import KVHandle
 from tests.engine_peer import EnginePeer
 from tests.helpers import random_prompts

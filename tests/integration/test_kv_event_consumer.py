@@ -4,7 +4,7 @@ import asyncio
 import json
 import uuid
 
-from cluster.schema import CLEARED, REMOVED, STORED, Keys, KVEventEntry, WorkerRecord
+from common.redis_schema import CLEARED, REMOVED, STORED, Keys, KVEventEntry, WorkerRecord
 from router.kv_event_consumer import KVEventConsumer
 from router.prefix_index import PrefixIndex
 from router.registry import RegistryView

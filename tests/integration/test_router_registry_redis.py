@@ -25,10 +25,10 @@ from collections import deque
 import httpx
 import pytest
 
-from cluster.schema import Keys, WorkerRecord
-from cluster.worker_presence import WorkerPresence
+from common.redis_schema import Keys, WorkerRecord
 from router.registry import RegistryView
 from tests.cluster_helpers import RedisServer, RouterProcess, WorkerProcess
+from worker.presence import WorkerPresence
 
 
 class _PausableProxy:

@@ -8,7 +8,7 @@ import urllib.request
 import grpc
 import pytest
 
-from cluster.schema import Keys, KVEventEntry, WorkerRecord
+from common.redis_schema import Keys, KVEventEntry, WorkerRecord
 from engine import LLM, SamplingParams
 from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb, pb_grpc

@@ -5,7 +5,7 @@ that also prefills, batched into one call."""
 import torch
 import torch.nn.functional as F
 
-from engine.attention import AttentionMetadata, paged_attention, write_kv
+from engine.model.layers.attention import AttentionMetadata, paged_attention, write_kv
 
 HEADS, KV_HEADS, DIM, BLOCK = 4, 2, 8, 4
 

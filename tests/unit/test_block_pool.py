@@ -1,7 +1,7 @@
 import pytest
 
-from engine.block_pool import BlockPool, NoFreeBlocksError
-from engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
+from engine.core.block_pool import BlockPool, NoFreeBlocksError
+from engine.core.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
 
 
 def test_allocate_release_refcounts():

@@ -45,7 +45,7 @@ def test_dockerfile_copies_exist():
 
 def test_dashboard_and_scrape_config_use_real_metrics():
     exported = set()
-    for source in ("router/metrics.py", "cluster/worker_metrics.py"):
+    for source in ("router/metrics.py", "worker/metrics.py"):
         text = (ROOT / source).read_text()
         exported |= set(re.findall(r'"(pdserve_router_\w+)"', text))
         exported |= {f"pdserve_worker_{n}" for n in re.findall(r'(?:gauge|counter)\("(\w+)"',

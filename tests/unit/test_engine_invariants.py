@@ -3,7 +3,7 @@
 import pytest
 
 from engine import LLM, SamplingParams
-from engine.sequence import FinishReason
+from engine.core.sequence import FinishReason
 from tests.helpers import random_prompts
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)

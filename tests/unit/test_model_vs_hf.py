@@ -46,7 +46,7 @@ def test_logprobs_match_hf_distribution(pair):
 
 
 def test_fused_projections_change_nothing():
-    from engine.model import fuse_projections
+    from engine.model.llama import fuse_projections
 
     with LLM("random:tiny-qwen2", device="cpu", dtype="float32", seed=7,
              kv_cache_memory_bytes=16 << 20) as llm:

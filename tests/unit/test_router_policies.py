@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from cluster.schema import Keys, WorkerRecord
+from common.redis_schema import Keys, WorkerRecord
 from router.index_accuracy import IndexAccuracy
 from router.policies import (
     Candidate,

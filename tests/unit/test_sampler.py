@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from engine.sampler import SamplingRow, sample
-from engine.sampling_params import SamplingParams
+from common.sampling_params import SamplingParams
+from engine.runner.sampler import SamplingRow, sample
 
 
 def rows(params, n=1, outputs=None, gens=None):

@@ -1,11 +1,11 @@
 """The scheduler and cache bookkeeping alone, on CPU, with no model: each step's "sampled"
 token is a deterministic function of the sequence, so the test checks bookkeeping only."""
 
-from engine.block_pool import BlockPool
-from engine.kv_cache_manager import KVCacheManager
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerConfig
-from engine.sequence import FinishReason, Sequence
+from common.sampling_params import SamplingParams
+from engine.core.block_pool import BlockPool
+from engine.core.kv_cache_manager import KVCacheManager
+from engine.core.scheduler import Scheduler, SchedulerConfig
+from engine.core.sequence import FinishReason, Sequence
 from kv_transfer.block_hash import BlockHasher
 
 

@@ -3,9 +3,9 @@ equals the tokenizer's decode of the returned tokens (what HF and OpenAI return)
 
 import pytest
 
-from engine.output_processor import TextOutput
-from engine.sampling_params import SamplingParams
-from engine.tokenizer import Tokenizer
+from common.sampling_params import SamplingParams
+from engine.text.output_processor import TextOutput
+from engine.text.tokenizer import Tokenizer
 
 TEXT = "café 😀 日本語 ok 🎉🚀"
 

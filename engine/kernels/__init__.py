@@ -1,0 +1,1 @@
+"""Triton kernels for CUDA (paged decode attention, fused norms, RoPE+KV write, GEMV)."""

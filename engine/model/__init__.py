@@ -1,0 +1,1 @@
+"""The model: configs, one file per family, layers, tensor-parallel sharding, loaders."""

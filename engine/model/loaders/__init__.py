@@ -1,0 +1,1 @@
+"""Where weights come from: HF directories, GGUF files, the demo model, random shapes."""

@@ -1,0 +1,68 @@
+"""Named shapes of real models, for random-weight runs (``random:<name>``).
+
+Speed does not depend on weight values, so the GPU benchmarks run these shapes with random bf16
+weights. The tiny ones keep unit tests fast while covering each family's features.
+"""
+
+from __future__ import annotations
+
+from engine.model.config import ModelConfig, RopeScaling
+
+_LLAMA31_SCALING = RopeScaling(
+    factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+)
+
+NAMED_MODELS: dict[str, ModelConfig] = {
+    "llama-3.1-8b": ModelConfig(
+        model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+        rms_norm_eps=1e-5, rope_theta=500000.0, rope_scaling=_LLAMA31_SCALING,
+        max_position_embeddings=131072, bos_token_id=128000, eos_token_ids=(128001,),
+    ),
+    "qwen3-8b": ModelConfig(
+        model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+        num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=40960, qk_norm=True,
+        eos_token_ids=(151645,),
+    ),
+    # Tiny shapes for tests: GQA, qkv bias, q/k norm, rope scaling, tied embeddings.
+    "tiny-llama": ModelConfig(
+        model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        rope_theta=10000.0, rope_scaling=RopeScaling(
+            factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=64),
+        max_position_embeddings=1024, eos_token_ids=(2,),
+    ),
+    "tiny-llama-tp": ModelConfig(  # 4 KV heads: TP in {1, 2, 4}
+        model_type="llama", vocab_size=512, hidden_size=128, intermediate_size=256,
+        num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4, head_dim=16,
+        max_position_embeddings=1024, tie_word_embeddings=True, eos_token_ids=(2,),
+    ),
+    "tiny-qwen2": ModelConfig(
+        model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, attention_bias=True,
+        max_position_embeddings=1024, tie_word_embeddings=True, eos_token_ids=(2,),
+    ),
+    "tiny-qwen3": ModelConfig(
+        model_type="qwen3", vocab_size=512, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, qk_norm=True,
+        max_position_embeddings=1024, eos_token_ids=(2,),
+    ),
+    "tiny-mistral": ModelConfig(
+        model_type="mistral", vocab_size=512, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=1024, eos_token_ids=(2,),
+    ),
+}
+
+
+def named_model(name: str) -> ModelConfig:
+    try:
+        return NAMED_MODELS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown random model shape {name!r}; known: {', '.join(sorted(NAMED_MODELS))}"
+        ) from None

@@ -1,0 +1,77 @@
+"""Tensor parallelism applied from outside the model definition, as gpt-fast does.
+
+Column-parallel q/k/v and gate/up (each rank keeps its heads / its slice of the FFN),
+row-parallel o_proj and down_proj followed by an all-reduce, and a vocab-parallel LM head whose
+logits are all-gathered. The embedding stays replicated. Works with gloo (CPU) and NCCL.
+
+Head slices are contiguous, so a rank's KV cache holds heads
+``[rank * kv_heads / tp, (rank + 1) * kv_heads / tp)`` — the slice a decode rank pulls.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from engine.model.config import ModelConfig
+from engine.model.llama import CausalLM
+
+
+def check_tp_size(config: ModelConfig, tp_size: int) -> None:
+    problems = []
+    for name in ("num_key_value_heads", "num_attention_heads", "intermediate_size", "vocab_size"):
+        if getattr(config, name) % tp_size:
+            problems.append(f"{name}={getattr(config, name)}")
+    if problems:
+        raise ValueError(
+            f"tensor parallel size {tp_size} must divide {', '.join(problems)} "
+            f"(valid sizes divide num_key_value_heads={config.num_key_value_heads})"
+        )
+
+
+def _shard(linear: nn.Linear, dim: int, rank: int, world: int) -> None:
+    with torch.no_grad():
+        w = linear.weight.detach().chunk(world, dim=dim)[rank].clone()
+        linear.weight = nn.Parameter(w, requires_grad=False)
+        if linear.bias is not None and dim == 0:
+            b = linear.bias.detach().chunk(world)[rank].clone()
+            linear.bias = nn.Parameter(b, requires_grad=False)
+    if dim == 0:
+        linear.out_features //= world
+    else:
+        linear.in_features //= world
+
+
+def _all_reduce_hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(output)
+    return output
+
+
+def _all_gather_last_dim_hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(output) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, output.contiguous())
+    return torch.cat(parts, dim=-1)
+
+
+def apply_tensor_parallel(model: CausalLM, rank: int, world: int) -> None:
+    """Shard ``model`` in place for ``rank`` of ``world``; the process group must exist."""
+    if world == 1:
+        return
+    check_tp_size(model.config, world)
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            _shard(proj, 0, rank, world)
+        _shard(attn.o_proj, 1, rank, world)
+        attn.o_proj.register_forward_hook(_all_reduce_hook)
+        attn.num_heads //= world
+        attn.num_kv_heads //= world
+        mlp = layer.mlp
+        _shard(mlp.gate_proj, 0, rank, world)
+        _shard(mlp.up_proj, 0, rank, world)
+        _shard(mlp.down_proj, 1, rank, world)
+        mlp.down_proj.register_forward_hook(_all_reduce_hook)
+    # The head gets its own vocab slice (this also unties it from the replicated embedding).
+    _shard(model.lm_head, 0, rank, world)
+    model.lm_head.register_forward_hook(_all_gather_last_dim_hook)

@@ -1,0 +1,1 @@
+"""The engine's P/D roles: holding KV under a lease (prefill), pulling it (decode)."""

@@ -1,0 +1,1 @@
+"""One rank's weights and KV cache, running a scheduled step: CUDA graphs, TP group, sampling."""

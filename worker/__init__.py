@@ -1,0 +1,1 @@
+"""The worker process both roles run: gRPC server, Redis presence, metrics, draining."""

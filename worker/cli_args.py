@@ -1,0 +1,51 @@
+"""Flags shared by `pdserve prefill` and `pdserve decode` (service flags + engine flags)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, role: str) -> None:
+    from engine.cli_args import add_engine_arguments
+
+    g = parser.add_argument_group("service")
+    g.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
+    g.add_argument("--port", type=int, default=0, help="gRPC port; 0 picks a free one")
+    g.add_argument("--advertise-host", default=None,
+                   help="address other components dial (default: --host, or the hostname "
+                        "when binding all interfaces)")
+    g.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+                   help="Redis URL for the registry and KV events; 'none' to run without")
+    g.add_argument("--redis-prefix", default="pdserve:", help="key prefix (one per cluster)")
+    g.add_argument("--metrics-port", type=int, default=0,
+                   help="Prometheus /metrics port; 0 picks a free one, -1 disables")
+    g.add_argument("--worker-id", default=None, help="registry id (default: role-host-random)")
+    g.add_argument("--kv-transfer", choices=["nixl", "none"], default="nixl",
+                   help="KV transfer backend (none: this worker can only prefill and decode "
+                        "locally)")
+    g.add_argument("--kv-lease-s", type=float, default=30.0,
+                   help="prefill: seconds held blocks wait for a pull before they are freed")
+    g.add_argument("--kv-pull-timeout-s", type=float, default=30.0,
+                   help="decode: seconds before an unfinished KV pull fails")
+    g.add_argument("--drain-timeout-s", type=float, default=120.0,
+                   help="on SIGTERM, wait this long for requests in flight to finish")
+    add_engine_arguments(parser)
+    parser.set_defaults(_role=role)
+
+
+def worker_config_from_args(args: argparse.Namespace, role: str):
+    from engine.cli_args import engine_config_from_args
+    from worker.runtime import WorkerConfig
+
+    engine = dataclasses.replace(engine_config_from_args(args), kv_transfer=args.kv_transfer,
+                                 kv_lease_s=args.kv_lease_s,
+                                 kv_pull_timeout_s=args.kv_pull_timeout_s)
+    return WorkerConfig(
+        role=role, engine=engine, host=args.host, port=args.port,
+        advertise_host=args.advertise_host,
+        redis_url=None if args.redis.lower() == "none" else args.redis,
+        redis_prefix=args.redis_prefix,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        worker_id=args.worker_id, drain_timeout_s=args.drain_timeout_s,
+    )
