@@ -185,7 +185,7 @@ async def run_worker(config: WorkerConfig, servicer_cls: type[BaseServicer]) -> 
         from worker.presence import WorkerPresence
 
         presence = WorkerPresence(config.redis_url, Keys(config.redis_prefix),
-                                  lambda: _record(state, engine), engine.core.kv_events,
+                                  lambda: _record(state, engine), engine.kv_events,
                                   heartbeat_s=config.heartbeat_s)
         await presence.start()
 
