@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.report import machine_info, print_table, save_json
-from kv_transfer.handle import KVCompat, KVHandle
+from kv_transfer.handle import KVCompat
 from kv_transfer.layout import RegionLayout
 
 
@@ -87,7 +87,7 @@ def _owner(shape: Shape, device: str, q_in: mp.Queue, q_out: mp.Queue) -> None:
             conn.close()
             return
         request_id, blocks = cmd
-        q_out.put(conn.describe(request_id, blocks, PROMPT_TOKENS, 600.0).to_json())
+        q_out.put(conn.describe(request_id, blocks, PROMPT_TOKENS, 600.0))
 
 
 def _wait(agent, xfer) -> None:
@@ -123,7 +123,7 @@ def bench_shape(shape: Shape, device: str, owner_device: str, repeats: int, mode
         ours = []
         for i in range(repeats + 1):
             q_in.put((f"r{i}", src_blocks))
-            handle = KVHandle.from_json(q_out.get(timeout=60))
+            handle = q_out.get(timeout=60)
             started = time.perf_counter()
             conn.start_pull(f"pull{i}", handle, src_blocks, dst_blocks)
             done = []

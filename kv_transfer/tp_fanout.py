@@ -4,12 +4,16 @@ Each rank pulls its own head slice into its own KV memory with its own transfer 
 sends the followers ``pull`` and ``poll`` control messages on the step broadcast channel and
 gathers their results. A pull is complete only when every rank has finished its slice; it fails
 if any rank's slice failed.
+
+The messages are plain picklable objects (the handle travels as the frozen ``KVHandle``
+itself); the channel that carries them belongs to the engine's TP group
+(``engine/runner/tp_control.py``), and the followers' side is ``engine/runner/tp_follower.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from kv_transfer.connector import KVConnector, PullResult
 from kv_transfer.handle import KVHandle, SourceRank
@@ -21,19 +25,26 @@ class ControlMessage:
 
     kind: str  # "pull" | "poll"
     pull_id: str = ""
-    handle_json: str = ""
+    handle: KVHandle | None = None  # for "pull"
     src_block_ids: tuple[int, ...] = ()
     dst_block_ids: tuple[int, ...] = ()
 
 
+class ControlChannel(Protocol):
+    """Rank 0 to every rank of its TP group, and back: all ranks call each in the same order."""
+
+    def broadcast(self, message: object) -> None:
+        """Rank 0: send ``message`` to every follower."""
+
+    def all_gather(self, mine: object) -> list:
+        """Every rank: each rank's ``mine``, in rank order."""
+
+
 class TensorParallelConnector(KVConnector):
-    def __init__(self, local: KVConnector, world: int,
-                 broadcast: Callable[[ControlMessage], None],
-                 gather: Callable[[list[PullResult]], list[list[PullResult]]]):
+    def __init__(self, local: KVConnector, world: int, control: ControlChannel):
         self.local = local
         self.world = world
-        self._broadcast = broadcast
-        self._gather = gather
+        self._control = control
         self._partial: dict[str, list[PullResult]] = {}
 
     @property
@@ -56,17 +67,17 @@ class TensorParallelConnector(KVConnector):
     def start_pull(self, pull_id: str, handle: KVHandle, src_block_ids: list[int],
                    dst_block_ids: list[int]) -> None:
         handle.check_receivable(self.local.compat)  # refuse before any rank starts
-        self._broadcast(ControlMessage("pull", pull_id, handle.to_json(), tuple(src_block_ids),
-                                       tuple(dst_block_ids)))
+        self._control.broadcast(ControlMessage("pull", pull_id, handle, tuple(src_block_ids),
+                                               tuple(dst_block_ids)))
         self._partial[pull_id] = []
         self.local.start_pull(pull_id, handle, src_block_ids, dst_block_ids)
 
     def poll_pulls(self) -> list[PullResult]:
         if not self._partial:
             return []
-        self._broadcast(ControlMessage("poll"))
+        self._control.broadcast(ControlMessage("poll"))
         finished = []
-        for rank_results in self._gather(self.local.poll_pulls()):
+        for rank_results in self._control.all_gather(self.local.poll_pulls()):
             for result in rank_results:
                 parts = self._partial.get(result.pull_id)
                 if parts is None:

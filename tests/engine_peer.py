@@ -30,8 +30,8 @@ def _serve(commands: mp.Queue, results: mp.Queue, engine_kwargs: dict) -> None:
                 while len(out) < len(ids):
                     for d in engine.step():
                         if d.finished:
-                            out[d.request_id] = (d.new_token_ids[0], d.kv_handle.to_json()
-                                                 if d.kv_handle else None, d.num_cached_tokens)
+                            out[d.request_id] = (d.new_token_ids[0], d.kv_handle,
+                                                 d.num_cached_tokens)
                 results.put(("prefilled", [out[i] for i in ids]))
             elif cmd == "wait_free":  # step until no block is held, up to a timeout
                 deadline = time.time() + args

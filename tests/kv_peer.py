@@ -10,7 +10,7 @@ import traceback
 
 import torch
 
-from kv_transfer.handle import KVCompat, KVHandle
+from kv_transfer.handle import KVCompat
 from kv_transfer.layout import RegionLayout
 from tests.queue_process import QueueProcess
 
@@ -55,7 +55,7 @@ def _serve(commands: mp.Queue, results: mp.Queue, rank: int, tp: int, seed: int 
                 conn.set_group_sources(args)
                 results.put(("ok", None))
             elif cmd == "describe":
-                results.put(("handle", conn.describe(*args).to_json()))
+                results.put(("handle", conn.describe(*args)))
             elif cmd == "collect":
                 ended = []
                 deadline = time.time() + args
@@ -64,8 +64,8 @@ def _serve(commands: mp.Queue, results: mp.Queue, rank: int, tp: int, seed: int 
                     time.sleep(0.01)
                 results.put(("ended", ended))
             elif cmd == "pull":
-                handle_json, src, dst = args
-                conn.start_pull("pull", KVHandle.from_json(handle_json), src, dst)
+                handle, src, dst = args
+                conn.start_pull("pull", handle, src, dst)
                 started = time.time()
                 done = []
                 while not done:
@@ -73,7 +73,7 @@ def _serve(commands: mp.Queue, results: mp.Queue, rank: int, tp: int, seed: int 
                     time.sleep(0.001)
                 results.put(("pulled", (done[0], time.time() - started, buffer.clone())))
             elif cmd == "release":
-                conn.release(KVHandle.from_json(args))
+                conn.release(args)
                 results.put(("ok", None))
         except Exception as e:
             results.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))

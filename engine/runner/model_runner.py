@@ -2,6 +2,8 @@
 
 The runner makes no policy decisions: it receives a ``StepInput`` (plain lists, so rank 0 can
 broadcast it to the other tensor-parallel ranks), runs the model, and on rank 0 samples.
+Around it: the KV buffer's size and layout (kv_cache.py), the rank's KV connector
+(kv_transfer/factory.py), and the loop of ranks > 0 (tp_follower.py, over tp_control.py).
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ from engine.model.llama import fuse_projections
 from engine.model.loaders.source import ModelSource, load_weights
 from engine.model.tensor_parallel import apply_tensor_parallel, check_tp_size
 from engine.runner.host_copy import to_device
+from engine.runner.kv_cache import kv_compat, region_layout, size_kv_cache
 from engine.runner.sampler import SamplingRow, sample, sample_tokens
+from engine.runner.tp_control import TPControl
+from kv_transfer.factory import build_connector
 from kv_transfer.handle import KVCompat
-from kv_transfer.layout import RegionLayout
-from kv_transfer.tp_fanout import ControlMessage, TensorParallelConnector
-
-_CPU_DEFAULT_KV_BYTES = 512 << 20
 
 
 @dataclass
@@ -46,33 +47,6 @@ class StepInput:
     share_sampled: bool = False  # rank 0 broadcasts this step's sampled tokens to followers
 
 
-@dataclass(frozen=True)
-class KVCacheLayout:
-    """Shape of the one KV buffer: [blocks, local kv heads, layers, 2 (K, V), block, head_dim].
-
-    Block-major, then head-major: a block of every layer is one contiguous run for KV
-    transfer, and so is any range of its heads (what a receiver of another TP size reads).
-    Each layer's K or V is a strided [blocks, heads, block, head_dim] (HND) view.
-    """
-
-    num_layers: int
-    num_blocks: int
-    num_kv_heads: int  # on this rank
-    block_size: int
-    head_dim: int
-    dtype: torch.dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.num_blocks, self.num_kv_heads, self.num_layers, 2, self.block_size,
-                self.head_dim)
-
-    @property
-    def bytes_per_block(self) -> int:
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.num_kv_heads * self.block_size * self.head_dim * elem
-
-
 class ModelRunner:
     def __init__(
         self,
@@ -90,13 +64,8 @@ class ModelRunner:
             self.device = torch.device("cuda", rank)
             torch.cuda.set_device(self.device)
         self.dtype = config.resolved_dtype()
-        # Steps and transfer control go to the followers over gloo even on GPUs: an object
-        # collective on NCCL stages the pickle through device memory and makes every follower
-        # wait for its GPU before it may read the next step. (The batch-1 TP=2 step stays
-        # host-bound either way: benchmarks/results/README.md.)
-        self.control_group = None
-        if world > 1 and self.device.type == "cuda":
-            self.control_group = dist.new_group(backend="gloo")
+        # Rank 0's channel to the followers (steps, KV transfer control); see tp_control.py.
+        self.control = TPControl(world, self.device) if world > 1 else None
         self.model_config = model_config
         check_tp_size(model_config, world)
         self.model = load_weights(
@@ -107,7 +76,7 @@ class ModelRunner:
             fuse_projections(self.model)  # one GEMM for q/k/v and one for gate/up
             if config.fused_kernels:
                 self.model.use_fused_kernels()
-        self.layout = self._kv_layout()
+        self.layout = size_kv_cache(config, model_config, world, self.device, self.dtype)
         # One extra block past the pool's: a scratch block that padded rows of a captured
         # decode batch write to and read from.
         self.scratch_block = self.layout.num_blocks
@@ -117,9 +86,11 @@ class ModelRunner:
             [(self.kv_buffer[:, :, i, 0], self.kv_buffer[:, :, i, 1])
              for i in range(self.layout.num_layers)]
         )
-        self.connector = None
-        if config.kv_transfer == "nixl":
-            self.connector = self._create_connector(source)
+        self.connector = build_connector(
+            config.kv_transfer, engine_id=config.engine_id, rank=rank, world=world,
+            kv_buffer=self.kv_buffer, layout=region_layout(self.layout, self.kv_buffer),
+            compat=self.kv_compat(source), pull_timeout_s=config.kv_pull_timeout_s,
+            control=self.control)
         self._sampled: torch.Tensor | None = None  # the last overlapped step's tokens
         self.num_forward_passes = 0
         self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
@@ -136,90 +107,13 @@ class ModelRunner:
 
     def kv_compat(self, source: ModelSource) -> KVCompat:
         """What a peer's KV must match for its blocks to be usable here."""
-        mc = self.model_config
-        dtype = str(self.dtype).removeprefix("torch.")
-        return KVCompat(model=source.name, dtype=dtype, kv_dtype=dtype,
-                        num_layers=mc.num_hidden_layers, num_kv_heads=mc.num_key_value_heads,
-                        head_dim=mc.head_dim, block_size=self.config.block_size,
-                        hash_seed=self.config.hash_seed)
-
-    def _create_connector(self, source: ModelSource):
-        from kv_transfer.nixl_connector import NixlConnector, NixlSettings
-
-        lay = self.layout
-        region = RegionLayout(lay.num_layers, self.kv_buffer.shape[0], lay.num_kv_heads,
-                              lay.block_size, lay.head_dim, self.kv_buffer.element_size())
-        settings = NixlSettings.for_device(self.device,
-                                           pull_timeout_s=self.config.kv_pull_timeout_s)
-        assert self.config.engine_id, "the engine assigns an id before building runners"
-        connector = NixlConnector(self.config.engine_id, self.rank, self.world, self.kv_buffer,
-                                  region, self.kv_compat(source), settings)
-        if self.world == 1:
-            return connector
-        # Rank 0 advertises every rank's region in its handles, and drives the followers'
-        # pulls when it receives.
-        sources = [None] * self.world
-        dist.all_gather_object(sources, connector.source, group=self.control_group)
-        if self.rank > 0:
-            return connector
-        connector.set_group_sources(sources)
-        return TensorParallelConnector(connector, self.world, self._broadcast_control,
-                                       self._gather_pull_results)
-
-    def _broadcast_control(self, message: ControlMessage) -> None:
-        dist.broadcast_object_list([message], src=0, group=self.control_group)
-
-    def _gather_pull_results(self, mine: list) -> list:
-        gathered = [None] * self.world
-        dist.all_gather_object(gathered, mine, group=self.control_group)
-        return gathered
-
-    def _follow_control(self, message: ControlMessage) -> None:
-        from kv_transfer.connector import PullResult
-        from kv_transfer.handle import KVHandle
-
-        if message.kind == "pull":
-            try:
-                self.connector.start_pull(message.pull_id, KVHandle.from_json(message.handle_json),
-                                          list(message.src_block_ids),
-                                          list(message.dst_block_ids))
-            except Exception as e:  # reported at the next poll, like any failed pull
-                self._failed_pulls.append(PullResult(message.pull_id, False, str(e)))
-        elif message.kind == "poll":
-            results = self.connector.poll_pulls() + self._failed_pulls
-            self._failed_pulls = []
-            self._gather_pull_results(results)
-
-    def _kv_layout(self) -> KVCacheLayout:
-        mc = self.model_config
-        partial = KVCacheLayout(mc.num_hidden_layers, 1, mc.num_key_value_heads // self.world,
-                                self.config.block_size, mc.head_dim, self.dtype)
-        budget = self.config.kv_cache_memory_bytes
-        if budget is None:
-            if self.device.type == "cuda":
-                free, total = torch.cuda.mem_get_info(self.device)
-                budget = int(total * self.config.gpu_memory_utilization) - (total - free)
-            else:
-                budget = _CPU_DEFAULT_KV_BYTES
-        num_blocks = budget // partial.bytes_per_block
-        if self.world > 1:
-            # Rank 0 hands out block ids for every rank: all must hold the same count.
-            count = torch.tensor([num_blocks], device=self.device)
-            dist.all_reduce(count, op=dist.ReduceOp.MIN)
-            num_blocks = int(count.item())
-        if num_blocks < 1:
-            raise ValueError(
-                f"KV cache budget of {budget} bytes holds no block of "
-                f"{partial.bytes_per_block} bytes; raise kv_cache_memory_bytes"
-            )
-        return KVCacheLayout(mc.num_hidden_layers, int(num_blocks), partial.num_kv_heads,
-                             partial.block_size, partial.head_dim, self.dtype)
+        return kv_compat(self.config, self.model_config, source.name, self.dtype)
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor | None:
         """Run one forward pass; return the selected rows' logits ([B, V]) on rank 0."""
-        if self.world > 1 and self.rank == 0:
-            dist.broadcast_object_list([step], src=0, group=self.control_group)
+        if self.control is not None and self.rank == 0:
+            self.control.broadcast(step)
         self.num_forward_passes += 1
         feed = self._fed_tokens(step)
         if self.graphs is not None and self.graphs.can_run(
@@ -269,7 +163,8 @@ class ModelRunner:
             dist.broadcast(tokens, src=0)
         self._sampled = tokens
 
-    def _receive_sampled(self, step: StepInput) -> None:
+    def receive_sampled(self, step: StepInput) -> None:
+        """A follower, after an overlapped step: the tokens rank 0 sampled (publish_sampled)."""
         tokens = torch.empty(len(step.logits_indices), dtype=torch.long, device=self.device)
         dist.broadcast(tokens, src=0)
         self._sampled = tokens
@@ -298,27 +193,6 @@ class ModelRunner:
         """Next tokens left on the device (overlapped decode): no wait for the GPU."""
         return sample_tokens(logits, rows)
 
-    def follow(self) -> None:
-        """Loop of ranks > 0: run whatever rank 0 broadcasts (steps, transfer control) until
-        it sends None."""
-        assert self.rank > 0
-        self._failed_pulls = []
-        try:
-            while True:
-                box: list[StepInput | ControlMessage | None] = [None]
-                dist.broadcast_object_list(box, src=0, group=self.control_group)
-                if box[0] is None:
-                    return
-                if isinstance(box[0], ControlMessage):
-                    self._follow_control(box[0])
-                else:
-                    self.execute(box[0])
-                    if box[0].share_sampled:
-                        self._receive_sampled(box[0])
-        finally:
-            if self.connector is not None:
-                self.connector.close()
-
     def release_graphs(self) -> None:
         """Drop captured graphs (and the collectives inside them) before the process group."""
         if self.graphs is not None:
@@ -327,5 +201,5 @@ class ModelRunner:
             torch.cuda.empty_cache()
 
     def stop_followers(self) -> None:
-        if self.world > 1 and self.rank == 0:
-            dist.broadcast_object_list([None], src=0, group=self.control_group)
+        if self.control is not None and self.rank == 0:
+            self.control.broadcast(None)  # ends each follower's loop (tp_follower.py)

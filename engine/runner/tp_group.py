@@ -1,7 +1,9 @@
 """Start a tensor-parallel group: rank 0 in this process, ranks 1..N-1 as spawned followers.
 
-Rank 0 runs the scheduler and broadcasts each step; followers only execute (gloo on CPU,
-NCCL on CUDA). Followers are daemonic, so they cannot outlive a crashed rank 0.
+Rank 0 runs the scheduler and broadcasts each step; followers only execute (tp_follower.py).
+The default group is gloo on CPU, NCCL on CUDA; steps and KV transfer control travel on the
+group's control channel (tp_control.py, where pipeline parallelism adds its stage groups).
+Followers are daemonic, so they cannot outlive a crashed rank 0.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from engine.config import EngineConfig
 from engine.model.config import ModelConfig
 from engine.model.loaders.source import ModelSource
 from engine.runner.model_runner import ModelRunner
+from engine.runner.tp_follower import TPFollower
 
 
 def _free_port() -> int:
@@ -41,7 +44,7 @@ def _follower_main(config, source, model_config, rank, world, init_method, max_m
     runner = None
     try:
         runner = ModelRunner(config, source, model_config, rank, world, max_model_len)
-        runner.follow()
+        TPFollower(runner).run()
     finally:
         if runner is not None:
             runner.release_graphs()  # captured NCCL calls must go before the communicator

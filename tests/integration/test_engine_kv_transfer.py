@@ -6,7 +6,6 @@ import pytest
 
 from engine import LLM, EngineConfig, LLMEngine, SamplingParams
 from engine.core.sequence import FinishReason
-from kv_transfer.handle import KVHandle
 from tests.engine_peer import EnginePeer
 from tests.helpers import random_prompts
 
@@ -72,8 +71,7 @@ def test_disaggregated_tokens_equal_single_engine(owner, which, request):
     for wave in (range(0, 7), range(7, len(prompts))):
         ids = []
         for i in wave:
-            first, handle_json, _ = prefilled[i]
-            handle = KVHandle.from_json(handle_json)
+            first, handle, _ = prefilled[i]
             assert handle.num_tokens == len(prompts[i])
             receiver.add_prefilled_request(prompts[i], first, handle, GREEDY, request_id=f"p{i}")
             ids.append(f"p{i}")
@@ -107,12 +105,11 @@ def test_lease_expiry_frees_blocks_when_nobody_pulls():
 def test_killed_owner_fails_the_request_and_frees_receiver_blocks(receiver):
     peer = EnginePeer(kv_lease_s=20.0, **MODEL)
     prompt = random_prompts(1, 512, 60, 60, seed=51)[0]
-    (first, handle_json, _), = peer.call("prefill", [prompt])
+    (first, handle, _), = peer.call("prefill", [prompt])
     peer.process.kill()
     peer.process.join()
     started = time.time()
-    receiver.add_prefilled_request(prompt, first, KVHandle.from_json(handle_json), GREEDY,
-                                   request_id="orphan")
+    receiver.add_prefilled_request(prompt, first, handle, GREEDY, request_id="orphan")
     out, finish = run(receiver, ["orphan"])
     assert finish["orphan"][0] == FinishReason.ERROR
     assert "unreachable" in finish["orphan"][1] or "failed" in finish["orphan"][1]
@@ -122,9 +119,8 @@ def test_killed_owner_fails_the_request_and_frees_receiver_blocks(receiver):
 
 def test_abort_while_pulling_frees_blocks(owner, receiver):
     prompt = random_prompts(1, 512, 50, 50, seed=61)[0]
-    (first, handle_json, _), = owner.call("prefill", [prompt])
-    receiver.add_prefilled_request(prompt, first, KVHandle.from_json(handle_json), GREEDY,
-                                   request_id="to-abort")
+    (first, handle, _), = owner.call("prefill", [prompt])
+    receiver.add_prefilled_request(prompt, first, handle, GREEDY, request_id="to-abort")
     receiver.step()  # the pull starts
     assert receiver.abort_request("to-abort")
     deadline = time.time() + 10
@@ -145,10 +141,8 @@ def test_tp2_receiver_fed_by_tp1_owner_gives_single_engine_tokens():
     try:
         prefilled = peer.call("prefill", prompts)
         ids = []
-        for i, (prompt, (first, handle_json, _)) in enumerate(zip(prompts, prefilled,
-                                                                  strict=True)):
-            receiver.add_prefilled_request(prompt, first, KVHandle.from_json(handle_json),
-                                           GREEDY, request_id=f"tp{i}")
+        for i, (prompt, (first, handle, _)) in enumerate(zip(prompts, prefilled, strict=True)):
+            receiver.add_prefilled_request(prompt, first, handle, GREEDY, request_id=f"tp{i}")
             ids.append(f"tp{i}")
         out, _ = run(receiver, ids)
         assert [[p[0]] + out[i] for p, i in zip(prefilled, ids, strict=True)] == expected
@@ -163,9 +157,9 @@ def test_first_token_that_ends_the_request_finishes_it_and_releases_the_lease(ow
     """A first token that already stops the request here (max_tokens 1 on this side) must end
     the stream with a finished delta, not leave it open, and free the owner's blocks."""
     prompt = random_prompts(1, 512, 40, 40, seed=81)[0]
-    (first, handle_json, _), = owner.call("prefill", [prompt])
+    (first, handle, _), = owner.call("prefill", [prompt])
     one = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
-    done = receiver.add_prefilled_request(prompt, first, KVHandle.from_json(handle_json), one,
+    done = receiver.add_prefilled_request(prompt, first, handle, one,
                                           request_id="ends-at-first")
     assert done is not None and done.finished and done.finish_reason == FinishReason.LENGTH
     assert done.new_token_ids == []

@@ -20,7 +20,7 @@ def test_region_layout_matches_the_engine_buffer():
     """A block's head range is one run of bytes at the offsets the connector computes."""
     import torch
 
-    from engine.runner.model_runner import KVCacheLayout
+    from engine.runner.kv_cache import KVCacheLayout
 
     engine = KVCacheLayout(num_layers=2, num_blocks=5, num_kv_heads=4, block_size=4, head_dim=8,
                            dtype=torch.float16)
