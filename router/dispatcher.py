@@ -30,7 +30,14 @@ from router.config import RouterConfig
 from router.index_accuracy import IndexAccuracy
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
-from router.policies import Candidate, choose_decode, choose_prefill, local_prefill_reason
+from router.policies import (
+    Candidate,
+    choose_decode,
+    choose_migration_target,
+    choose_prefill,
+    local_prefill_reason,
+    prefill_saturated,
+)
 from router.prefix_index import PrefixIndex
 from router.registry import RegistryView
 from router.request_record import CANCELLED, ERROR, REJECTED, RequestRecord
@@ -109,9 +116,7 @@ class Dispatcher:
         decodes = self.registry.live("decode")
         if not decodes:
             raise NoWorkersError("no decode worker is available")
-        decode_candidates = [Candidate(r.worker_id, running=self.load.decode_streams[r.worker_id]
-                                       + r.num_waiting, kv_usage=r.kv_usage) for r in decodes]
-        chosen_decode = choose_decode(decode_candidates, self.config.weights, n)
+        chosen_decode = choose_decode(self._decode_candidates(decodes), self.config.weights, n)
         decode = next(r for r in decodes if r.worker_id == chosen_decode.worker_id)
         prefills = [r for r in self.registry.live("prefill")
                     if r.role == "prefill" and r.compat_digest == decode.compat_digest]
@@ -131,8 +136,7 @@ class Dispatcher:
             chosen = choose_prefill(self.config.policy, candidates, prompt_len,
                                     self.config.weights, n, self._rng)
             predicted = chosen.cached_tokens
-        saturated = bool(candidates) and all(
-            c.queued_tokens >= self.config.prefill_saturation_tokens for c in candidates)
+        saturated = prefill_saturated(candidates, self.config.prefill_saturation_tokens)
         local_reason = local_prefill_reason(prompt_len, cached_here, predicted,
                                             self.config.local_prefill_threshold_tokens,
                                             len(candidates), saturated, self.config.weights)
@@ -141,6 +145,11 @@ class Dispatcher:
         self.metrics.routing_seconds.observe(time.perf_counter() - started)
         return RoutePlan(decode, None if local_reason else chosen, candidates, predicted,
                          local_reason)
+
+    def _decode_candidates(self, records: list[WorkerRecord]) -> list[Candidate]:
+        # Streams this router has in flight there, plus the worker's own queue (heartbeat).
+        return [Candidate(r.worker_id, running=self.load.decode_streams[r.worker_id]
+                          + r.num_waiting, kv_usage=r.kv_usage) for r in records]
 
     # -- one request --------------------------------------------------------------------------
     async def generate(self, req: GenerateRequest) -> AsyncIterator[TokenEvent]:
@@ -356,16 +365,17 @@ class Dispatcher:
             self.registry.fence(decode.worker_id, self.config.fence_s)
             migrations += 1
             self.metrics.migrations.inc()
-            others = [r for r in self.registry.live("decode") if r.worker_id not in failed]
+            live = self.registry.live("decode")
+            target = choose_migration_target(self._decode_candidates(live), failed,
+                                             self.config.weights, next(self._counter))
             log.warning("decode of %s on %s failed after %d tokens (%s); continuing on %s",
                         req.request_id, decode.worker_id, len(generated), reason,
-                        others[0].worker_id if others else "no other worker")
+                        target.worker_id if target else "no other worker")
             if migrations > self.config.max_migrations:
                 raise UpstreamError(f"decode failed {migrations} times: {reason}")
-            if not others:
+            if target is None:
                 raise UpstreamError(f"decode failed and no other decode worker is left: {reason}")
-            decode = others[0] if len(others) == 1 else min(
-                others, key=lambda r: self.load.decode_streams[r.worker_id] + r.num_waiting)
+            decode = next(r for r in live if r.worker_id == target.worker_id)
 
     @property
     def prefix_hit_ratio(self) -> float:

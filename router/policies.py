@@ -10,6 +10,10 @@ still cheaper — the trade-off ``load_weight`` sets. Ties are broken by a rotat
 equal workers share load fairly. Fenced (unhealthy, draining) workers are never candidates:
 callers pass only live ones.
 
+Decode placement (``choose_decode``) weighs streams in flight against KV headroom; a stream
+whose decode worker died continues on the same score among the workers it has not failed on
+(``choose_migration_target``).
+
 Where to prefill (``local_prefill_reason``): on the decode worker itself, or remotely with a
 KV pull. The decode worker's own cached prefix decides what local prefill costs; the prefill
 worker's, what the remote path costs (see that function).
@@ -18,7 +22,7 @@ worker's, what the remote path costs (see that function).
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 POLICIES = ("kv_aware", "round_robin", "least_loaded", "random")
@@ -75,6 +79,21 @@ def choose_decode(candidates: Sequence[Candidate], weights: PolicyWeights, count
         raise ValueError("no decode candidates")
     roomy = [c for c in candidates if c.kv_usage < weights.decode_kv_limit] or list(candidates)
     return _argmin(roomy, lambda c: c.running + weights.decode_kv_weight * c.kv_usage, counter)
+
+
+def choose_migration_target(candidates: Sequence[Candidate], failed_ids: Collection[str],
+                            weights: PolicyWeights, counter: int) -> Candidate | None:
+    """Where a decode stream continues after its worker failed: the decode placement among
+    the workers this request has not failed on yet, or None when none is left."""
+    others = [c for c in candidates if c.worker_id not in failed_ids]
+    return choose_decode(others, weights, counter) if others else None
+
+
+def prefill_saturated(candidates: Sequence[Candidate], saturation_tokens: int) -> bool:
+    """Every prefill worker has at least ``saturation_tokens`` queued: queueing behind them
+    costs more than prefilling on the decode worker. False with no candidates (that case is
+    ``local_prefill_reason``'s "no_prefill_workers")."""
+    return bool(candidates) and all(c.queued_tokens >= saturation_tokens for c in candidates)
 
 
 LOCAL_REASONS = ("no_prefill_workers", "saturated", "short_uncached", "cached_here")

@@ -10,9 +10,11 @@ from router.policies import (
     Candidate,
     PolicyWeights,
     choose_decode,
+    choose_migration_target,
     choose_prefill,
     local_prefill_reason,
     prefill_cost,
+    prefill_saturated,
 )
 from router.prefix_index import PrefixIndex
 from router.registry import RegistryView
@@ -56,6 +58,39 @@ def test_decode_placement_by_load_and_headroom():
     assert choose_decode([full, busy, free], W, 0).worker_id == "free"
     assert choose_decode([full, busy], W, 0).worker_id == "busy"  # full only if all are
     assert choose_decode([full], W, 0).worker_id == "full"
+
+
+# Live decode workers as (id, streams in flight, KV usage), the ids this request already failed
+# on, the tie-break counter -> where the stream continues (None: nowhere left).
+MIGRATION = [
+    (([("a", 0, 0.1)], {"a"}, 0), None),  # the only worker is the one that failed
+    (([], set(), 0), None),  # nobody live
+    (([("a", 3, 0.1), ("b", 9, 0.1)], {"x"}, 0), "a"),  # the failed one has already gone
+    (([("a", 3, 0.1), ("b", 1, 0.1)], {"b"}, 0), "a"),  # the lighter one failed: not it again
+    (([("a", 3, 0.1), ("b", 1, 0.1), ("c", 2, 0.1)], {"b"}, 0), "c"),  # least loaded of the rest
+    # KV headroom counts as in choose_decode: 2 + 8 x 0.5 = 6 against 4 + 8 x 0.1 = 4.8 ...
+    (([("a", 2, 0.5), ("b", 4, 0.1)], set(), 0), "b"),
+    # ... and a worker over the KV limit is taken only if every one left is.
+    (([("a", 0, 0.97), ("b", 6, 0.2), ("c", 0, 0.1)], {"c"}, 0), "b"),
+    (([("a", 0, 0.97), ("b", 6, 0.2)], {"b"}, 0), "a"),
+    (([("a", 1, 0.0), ("b", 1, 0.0), ("c", 0, 0.0)], {"c"}, 0), "a"),  # a tie: the counter
+    (([("a", 1, 0.0), ("b", 1, 0.0), ("c", 0, 0.0)], {"c"}, 1), "b"),  # ... rotates it
+]
+
+
+@pytest.mark.parametrize("case, target", MIGRATION)
+def test_migration_target(case, target):
+    workers, failed, counter = case
+    candidates = [Candidate(w, running=running, kv_usage=kv) for w, running, kv in workers]
+    chosen = choose_migration_target(candidates, failed, W, counter)
+    assert (chosen.worker_id if chosen else None) == target
+
+
+def test_prefill_saturation():
+    assert not prefill_saturated([], 100)  # no workers is not "saturated" (another reason)
+    assert prefill_saturated([Candidate("a", queued_tokens=100)], 100)
+    assert not prefill_saturated([Candidate("a", queued_tokens=100),
+                                  Candidate("b", queued_tokens=99)], 100)  # one has room
 
 
 # prompt, cached on the decode worker, cached on the chosen prefill worker, prefill workers,
