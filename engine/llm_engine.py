@@ -8,45 +8,33 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import uuid
-from dataclasses import dataclass, field
-
-import torch
+from dataclasses import dataclass
 
 from common.sampling_params import SamplingParams
 from engine.config import EngineConfig
 from engine.core.block_pool import BlockPool
 from engine.core.kv_cache_manager import KVCacheManager
 from engine.core.kv_events import KVEvent
-from engine.core.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from engine.core.scheduler import Scheduler, SchedulerConfig
 from engine.core.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprob
+from engine.emitter import RequestDelta, TokenEmitter
 from engine.model.config import ModelConfig
 from engine.model.loaders.source import ModelSource, load_config, load_tokenizer, resolve_model
 from engine.overlap import OverlappedDecode
 from engine.pd.remote_kv import RemoteKV, TransferStats
-from engine.runner.model_runner import ModelRunner, StepInput
+from engine.request_table import RequestTable
+from engine.runner.model_runner import ModelRunner
 from engine.runner.sampler import SamplingRow
-from engine.text.output_processor import TextOutput
+from engine.step_builder import build_step_input
 from engine.text.tokenizer import Tokenizer
 from kv_transfer.block_hash import BlockHasher
+from kv_transfer.connector import KVConnector
 from kv_transfer.handle import KVHandle
 
 _DEFAULT_MAX_MODEL_LEN = 8192
 
 
-@dataclass
-class RequestDelta:
-    """What one step produced for one request."""
-
-    request_id: str
-    new_token_ids: list[int]
-    new_logprobs: list[TokenLogprob] = field(default_factory=list)
-    text_delta: str = ""
-    finished: bool = False
-    finish_reason: FinishReason | None = None
-    num_prompt_tokens: int = 0
-    num_cached_tokens: int = 0
-    kv_handle: KVHandle | None = None  # prefill role: where the receiver pulls the prompt KV
-    error: str | None = None  # set with FinishReason.ERROR
+__all__ = ["EngineStats", "LLMEngine", "RequestDelta"]  # RequestDelta: engine/emitter.py
 
 
 @dataclass(frozen=True)
@@ -95,15 +83,24 @@ class LLMEngine:
                             self.max_model_len),
             self.kv,
         )
+        self.requests = RequestTable(self.tokenizer, self.runner.device)
+        self.seqs = self.requests.seqs  # live requests by id (read-only for callers)
+        self.emitter = TokenEmitter(self.requests, self.scheduler)
         self.remote: RemoteKV | None = None
         if self.runner.connector is not None:
-            self.remote = RemoteKV(self.runner.connector, self.runner.kv_compat(self.source),
-                                   self.kv, self.scheduler, config.kv_lease_s)
-        self.overlap = OverlappedDecode(self) if config.resolved_async_scheduling() else None
-        self.seqs: dict[str, Sequence] = {}
-        self._text: dict[str, TextOutput] = {}
-        self._generators: dict[str, torch.Generator] = {}
+            self.attach_connector(self.runner.connector)
+        self.overlap = (OverlappedDecode(self.scheduler, self.runner, self.emitter)
+                        if config.resolved_async_scheduling() else None)
         self._ids = itertools.count()
+
+    def attach_connector(self, connector: KVConnector) -> None:
+        """Hand KV to peers and pull it from them through ``connector``: the runner's (from
+        ``config.kv_transfer``), or one built outside for an engine started without one (the
+        in-process reference connector of the P/D tests). Call before any request."""
+        assert self.remote is None and not self.seqs, "attach the connector once, at start"
+        self.remote = RemoteKV(connector, self.runner.kv_compat(self.source), self.kv,
+                               self.scheduler, self.config.kv_lease_s)
+        self.emitter.hold = self.remote.hold
 
     def _max_model_len(self) -> int:
         limit = self.model_config.max_position_embeddings
@@ -131,7 +128,7 @@ class LLMEngine:
         seq = self._new_sequence(prompt_token_ids, params, request_id, extra_keys)
         seq.hold_kv = hold_kv
         self.scheduler.add(seq)
-        self._track(seq)
+        self.requests.track(seq)
         return seq.request_id
 
     def add_prefilled_request(
@@ -159,13 +156,13 @@ class LLMEngine:
         if seq.num_tokens + 1 >= self.max_model_len:
             raise ValueError(f"prompt has {seq.num_tokens} tokens; the context limit is "
                              f"{self.max_model_len}")
-        self._track(seq)
+        self.requests.track(seq)
         seq.append_token(first_token, first_logprob)
-        self._text[seq.request_id].add_sent_tokens([first_token])
+        self.requests.text(seq.request_id).add_sent_tokens([first_token])
         reason = self.scheduler.check_token_stop(seq)
         if reason is not None:  # nothing left to decode (e.g. this worker's context is shorter)
             self.remote.connector.release(handle)
-            self._forget(seq.request_id)
+            self.requests.forget(seq.request_id)
             # The first token reached the client through the prefill side: end with no tokens.
             return RequestDelta(seq.request_id, [], finished=True, finish_reason=reason,
                                 num_prompt_tokens=seq.num_prompt_tokens)
@@ -181,13 +178,6 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         return Sequence(request_id, prompt_token_ids, params, extra_keys, self.eos_token_ids)
 
-    def _track(self, seq: Sequence) -> None:
-        self.seqs[seq.request_id] = seq
-        self._text[seq.request_id] = TextOutput(self.tokenizer, seq.sampling_params)
-        if seq.sampling_params.seed is not None:
-            gen = torch.Generator(device=self.runner.device)
-            self._generators[seq.request_id] = gen.manual_seed(seq.sampling_params.seed)
-
     def abort_request(self, request_id: str) -> bool:
         """Stop a request wherever it is: queued, running, pulling KV, or holding KV."""
         if self.remote is not None and self.remote.drop_hold(request_id):
@@ -201,7 +191,7 @@ class LLMEngine:
             # Blocks a launched step still writes are freed once it is done.
             later = self.overlap is not None and self.overlap.release_later(seq)
             self.scheduler.finish(seq, FinishReason.ABORT, free_blocks=not later)
-        self._forget(request_id)
+        self.requests.forget(request_id)
         return True
 
     def has_unfinished(self) -> bool:
@@ -219,12 +209,12 @@ class LLMEngine:
         deltas = []
         if self.remote is not None:
             for seq in self.remote.advance():
-                if seq.finish_reason == FinishReason.ERROR and seq.request_id in self.seqs:
+                if seq.finish_reason == FinishReason.ERROR and seq.request_id in self.requests:
                     deltas.append(RequestDelta(seq.request_id, [], finished=True,
                                                finish_reason=FinishReason.ERROR,
                                                num_prompt_tokens=seq.num_prompt_tokens,
                                                error=seq.error))
-                    self._forget(seq.request_id)
+                    self.requests.forget(seq.request_id)
         if self.overlap is not None:
             if self.overlap.can_continue():
                 deltas.extend(self.overlap.step())
@@ -233,73 +223,19 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return deltas
-        step_input = self._build_step_input(batch)
+        step_input = build_step_input(batch, self.config.block_size)
         logits = self.runner.execute(step_input)
         to_sample = self.scheduler.update(batch)
         if not to_sample:
             return deltas
         rows = [
-            SamplingRow(s.sampling_params, s.output_token_ids, self._generators.get(s.request_id))
+            SamplingRow(s.sampling_params, s.output_token_ids, self.requests.generator(s.request_id))
             for s in to_sample
         ]
         tokens, logprobs = self.runner.sample(logits, rows)
-        deltas.extend(self._append(seq, t, lp)
+        deltas.extend(self.emitter.append(seq, t, lp)
                       for seq, t, lp in zip(to_sample, tokens, logprobs, strict=True))
         return deltas
-
-    def _build_step_input(self, batch: ScheduledBatch) -> StepInput:
-        bs = self.config.block_size
-        token_ids, positions, slots, loc, seq_lens, tables, logits_rows = [], [], [], [0], [], [], []
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            start = seq.num_computed_tokens
-            end = start + n
-            token_ids.extend(seq.all_token_ids[start:end])
-            positions.extend(range(start, end))
-            slots.extend(seq.block_ids[p // bs] * bs + p % bs for p in range(start, end))
-            loc.append(loc[-1] + n)
-            seq_lens.append(end)
-            tables.append(seq.block_ids)
-            if end == seq.num_tokens:
-                logits_rows.append(loc[-1] - 1)
-        return StepInput(token_ids, positions, slots, loc, seq_lens, tables, logits_rows)
-
-    def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> RequestDelta:
-        seq.append_token(token, logprob)
-        return self._emit(seq, token, logprob)
-
-    def _emit(self, seq: Sequence, token: int, logprob: TokenLogprob | None,
-              free_blocks: bool = True) -> RequestDelta:
-        """Stop rules, text and the delta for ``token``, the sequence's last. ``free_blocks``
-        False: a step still in flight writes the blocks; the caller frees them later."""
-        reason = self.scheduler.check_token_stop(seq)
-        text = self._text[seq.request_id]
-        hide_token = reason == FinishReason.STOP and not seq.sampling_params.ignore_eos
-        if not hide_token and text.add_tokens([token]):
-            reason = FinishReason.STOP
-        elif hide_token and token not in seq.eos_token_ids:
-            text.add_tokens([token])  # stop token ids other than EOS stay visible in the text
-        delta = RequestDelta(
-            seq.request_id,
-            [token],
-            [logprob] if logprob is not None else [],
-            num_prompt_tokens=seq.num_prompt_tokens,
-            num_cached_tokens=seq.num_cached_tokens,
-        )
-        if reason is not None:
-            hold = seq.hold_kv and reason == FinishReason.LENGTH
-            self.scheduler.finish(seq, reason, free_blocks=free_blocks and not hold)
-            if hold:
-                delta.kv_handle = self.remote.hold(seq)
-            delta.finished, delta.finish_reason = True, reason
-        delta.text_delta = text.take_delta(delta.finished, handing_off=delta.kv_handle is not None)
-        if delta.finished:
-            self._forget(seq.request_id)
-        return delta
-
-    def _forget(self, request_id: str) -> None:
-        self.seqs.pop(request_id, None)
-        self._text.pop(request_id, None)
-        self._generators.pop(request_id, None)
 
     # -- introspection ----------------------------------------------------------------------
     def stats(self) -> EngineStats:
@@ -321,8 +257,8 @@ class LLMEngine:
         return self.pool.drain_events()
 
     def shutdown(self) -> None:
-        if self.runner.connector is not None:
-            self.runner.connector.close()
+        if self.remote is not None:
+            self.remote.connector.close()
         if self._tp_group is not None:
             self._tp_group.shutdown()
             self._tp_group = None

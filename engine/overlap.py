@@ -21,16 +21,30 @@ without preempting: the engine drains the pipeline and runs that step synchronou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from engine.core.scheduler import ScheduledBatch
+from engine.core.scheduler import ScheduledBatch, Scheduler
 from engine.core.sequence import Sequence
+from engine.emitter import RequestDelta, TokenEmitter
+from engine.runner.model_runner import StepInput
 from engine.runner.sampler import SamplingRow, samples_on_device
+from engine.step_builder import build_step_input
 
-if TYPE_CHECKING:
-    from engine.llm_engine import LLMEngine, RequestDelta
+
+class DecodeRunner(Protocol):
+    """What the overlapped loop needs of the model runner."""
+
+    def execute(self, step: StepInput) -> torch.Tensor | None: ...
+
+    def sample_tokens(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """Sampled tokens, left on the device."""
+        ...
+
+    def publish_sampled(self, tokens: torch.Tensor) -> None:
+        """Keep ``tokens`` where the next step's fed rows read them from."""
+        ...
 
 
 @dataclass
@@ -43,16 +57,22 @@ class _LaunchedStep:
 
 
 class OverlappedDecode:
-    def __init__(self, engine: LLMEngine):
-        self.engine = engine
+    """Driven by the engine's ``step``: ``can_continue`` says whether the next step may
+    overlap; if so ``step``, else ``drain`` and a synchronous step. It shares the engine's
+    scheduler (and its KV cache manager) and reports tokens through the engine's emitter."""
+
+    def __init__(self, scheduler: Scheduler, runner: DecodeRunner, emitter: TokenEmitter):
+        self.scheduler = scheduler
+        self.kv = scheduler.kv
+        self.runner = runner
+        self.emitter = emitter
         self.in_flight: _LaunchedStep | None = None
         self.num_steps = 0  # decode steps this loop launched
 
     # -- deciding ---------------------------------------------------------------------------
     def can_continue(self) -> bool:
         """Whether the next step may launch before the last one's tokens are on the host."""
-        eng = self.engine
-        sched = eng.scheduler
+        sched = self.scheduler
         if sched.waiting or not sched.running:
             return False
         need_blocks = 0
@@ -65,25 +85,24 @@ class OverlappedDecode:
             if self._surely_ends(seq):
                 continue
             runnable += 1
-            need_blocks += max(eng.kv.blocks_needed(seq.num_tokens) - len(seq.block_ids), 0)
+            need_blocks += max(self.kv.blocks_needed(seq.num_tokens) - len(seq.block_ids), 0)
         return (0 < runnable <= sched.config.max_num_batched_tokens
-                and need_blocks <= eng.pool.num_free_blocks)
+                and need_blocks <= self.kv.pool.num_free_blocks)
 
     def _surely_ends(self, seq: Sequence) -> bool:
         """Its pending token is its last: it reaches max_tokens or the context limit."""
         return (seq.has_pending_token
                 and (seq.num_output_tokens >= seq.sampling_params.max_tokens
-                     or seq.num_tokens >= self.engine.max_model_len))
+                     or seq.num_tokens >= self.scheduler.config.max_model_len))
 
     # -- running ----------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
         """Launch the next decode step, then process the previous one's tokens."""
-        eng = self.engine
         previous = self.in_flight
-        skip = frozenset(s.request_id for s in eng.scheduler.running if self._surely_ends(s))
-        batch = eng.scheduler.schedule(skip)
+        skip = frozenset(s.request_id for s in self.scheduler.running if self._surely_ends(s))
+        batch = self.scheduler.schedule(skip)
         assert batch.seqs and not batch.preempted and set(batch.num_new_tokens) == {1}
-        step_input = eng._build_step_input(batch)
+        step_input = build_step_input(batch, self.kv.block_size)
         if previous is not None:
             row_of = {seq.request_id: i for i, seq in enumerate(previous.seqs)}
             for row, seq in enumerate(batch.seqs):
@@ -91,16 +110,16 @@ class OverlappedDecode:
                     step_input.feed_rows.append(row)
                     step_input.feed_from.append(row_of[seq.request_id])
         step_input.share_sampled = True
-        logits = eng.runner.execute(step_input)
-        rows = [SamplingRow(s.sampling_params, [], eng._generators.get(s.request_id))
-                for s in batch.seqs]
-        tokens = eng.runner.sample_tokens(logits, rows)
-        eng.runner.publish_sampled(tokens)
+        logits = self.runner.execute(step_input)
+        generator = self.emitter.requests.generator
+        rows = [SamplingRow(s.sampling_params, [], generator(s.request_id)) for s in batch.seqs]
+        tokens = self.runner.sample_tokens(logits, rows)
+        self.runner.publish_sampled(tokens)
         launched = _LaunchedStep(batch.seqs, tokens, *_copy_to_host(tokens))
         deltas = self._process(previous, successor=launched) if previous is not None else []
         # Account the launched step for the sequences that are still running.
         live = [s for s in batch.seqs if not s.is_finished]
-        eng.scheduler.update(ScheduledBatch(live, [1] * len(live)))
+        self.scheduler.update(ScheduledBatch(live, [1] * len(live)))
         for seq in live:
             seq.append_pending_token()
         self.in_flight = launched
@@ -121,11 +140,10 @@ class OverlappedDecode:
         return True
 
     def _process(self, step: _LaunchedStep, successor: _LaunchedStep | None) -> list[RequestDelta]:
-        eng = self.engine
         if step.done is not None:
             step.done.synchronize()
         for seq in step.release_after:
-            eng.kv.free(seq)
+            self.kv.free(seq)
         in_successor = {s.request_id for s in successor.seqs} if successor is not None else ()
         deltas = []
         for seq, token in zip(step.seqs, step.host_tokens.tolist(), strict=True):
@@ -133,7 +151,7 @@ class OverlappedDecode:
                 continue
             seq.resolve_pending_token(token)
             busy = seq.request_id in in_successor  # the next step still writes its blocks
-            delta = eng._emit(seq, token, None, free_blocks=not busy)
+            delta = self.emitter.emit(seq, token, None, free_blocks=not busy)
             if busy and delta.finished and delta.kv_handle is None:  # held blocks stay held
                 successor.release_after.append(seq)
             deltas.append(delta)

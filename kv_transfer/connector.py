@@ -4,6 +4,10 @@ Split the way vLLM's connector is: the owner side only keeps books (describe a r
 as a handle, track its lease), the receiver side moves data (pull a handle's blocks into local
 blocks, asynchronously, and tell the owner when done). Engines call these from their step loop;
 nothing here blocks on the network.
+
+Implementations: ``NixlConnector`` (the real data plane), ``TensorParallelConnector`` (rank 0
+of a TP receiver fanning pulls out to its ranks) and ``InProcessConnector`` (a reference for
+engines in one process, used by the P/D state-machine tests; it says what it skips).
 """
 
 from __future__ import annotations

@@ -39,6 +39,30 @@ class KVCacheManager:
         seq.block_hashes = hashes[: len(hits)]
         return hits
 
+    def admit(self, seq: Sequence, num_tokens: int, max_new_tokens: int | None = None) -> int | None:
+        """Give a sequence that holds no blocks its cached prefix plus blocks for the rest of
+        its first ``num_tokens`` tokens (at most ``max_new_tokens`` of them: a prefill chunk).
+
+        Returns the number of cached tokens (now computed), or None, changing nothing, when
+        the pool cannot cover it. The one admission path: waiting sequences (the scheduler)
+        and sequences whose KV is pulled from a peer (engine/pd) both come through here, so
+        the prefix-cache counters and ``num_cached_tokens`` mean the same for both.
+        """
+        cached = self.find_cached_prefix(seq)
+        num_cached_tokens = len(cached) * self.block_size
+        num_new_tokens = num_tokens - num_cached_tokens
+        if max_new_tokens is not None:
+            num_new_tokens = min(num_new_tokens, max_new_tokens)
+        if not self.allocate(seq, num_new_tokens, cached):
+            seq.block_hashes = []
+            return None
+        if not seq.admitted_once:  # a preempted sequence keeps what its first admission hit
+            seq.num_cached_tokens = num_cached_tokens
+            seq.admitted_once = True
+        self.num_prefix_query_tokens += num_tokens
+        self.num_prefix_hit_tokens += num_cached_tokens
+        return num_cached_tokens
+
     def can_allocate(self, seq: Sequence, num_new_tokens: int, cached: list[int]) -> bool:
         need = self.blocks_needed(seq.num_computed_tokens + len(cached) * self.block_size
                                   + num_new_tokens) - len(seq.block_ids) - len(cached)

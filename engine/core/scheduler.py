@@ -111,19 +111,12 @@ class Scheduler:
             and len(self.running) < self.config.max_num_seqs
         ):
             seq = self.waiting[0]
-            cached = self.kv.find_cached_prefix(seq)
-            num_cached_tokens = len(cached) * self.kv.block_size
-            n = min(seq.num_tokens - num_cached_tokens, budget)
-            if not self.kv.allocate(seq, n, cached):
-                seq.block_hashes = []
+            num_cached_tokens = self.kv.admit(seq, seq.num_tokens, max_new_tokens=budget)
+            if num_cached_tokens is None:
                 break
+            n = min(seq.num_tokens - num_cached_tokens, budget)
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
-            if not seq.admitted_once:
-                seq.num_cached_tokens = num_cached_tokens
-                seq.admitted_once = True
-            self.kv.num_prefix_query_tokens += seq.num_tokens
-            self.kv.num_prefix_hit_tokens += num_cached_tokens
             self.running.append(seq)
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)

@@ -181,17 +181,12 @@ class RemoteKV:
     def _start(self, item: _Incoming) -> bool:
         """Allocate blocks and start the pull; False when blocks are short (try next step)."""
         seq, handle = item.seq, item.handle
-        prompt_len = handle.num_tokens
-        cached = self.kv.find_cached_prefix(seq)
-        num_hit = len(cached)
-        num_needed = self.kv.blocks_needed(prompt_len)
-        if not self.kv.allocate(seq, prompt_len - num_hit * self.kv.block_size, cached):
-            seq.block_hashes = []
+        # Blocks for the prompt only: the first token is computed here, by the next step.
+        num_cached_tokens = self.kv.admit(seq, handle.num_tokens)
+        if num_cached_tokens is None:
             return False
-        seq.num_cached_tokens = num_hit * self.kv.block_size
-        seq.admitted_once = True
-        self.kv.num_prefix_query_tokens += prompt_len
-        self.kv.num_prefix_hit_tokens += seq.num_cached_tokens
+        num_hit = num_cached_tokens // self.kv.block_size
+        num_needed = self.kv.blocks_needed(handle.num_tokens)
         src = list(handle.block_ids[num_hit:num_needed])
         dst = seq.block_ids[num_hit:num_needed]
         self._pulling[seq.request_id] = item
