@@ -29,7 +29,7 @@ def main() -> None:
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", dtype="bfloat16",
                                     kv_cache_memory_bytes=int(args.kv_gib * 2**30),
                                     max_num_batched_tokens=args.chunk))
-    vocab = engine.model.config.vocab_size
+    vocab = engine.model_config.vocab_size
     if args.prefill:
         profile_prefill(engine, args.prefill)
         engine.shutdown()
@@ -109,7 +109,7 @@ def host_profile(engine: LLMEngine, steps: int) -> None:
 def profile_prefill(engine: LLMEngine, length: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    prompt = torch.randint(100, engine.model.config.vocab_size, (length,),
+    prompt = torch.randint(100, engine.model_config.vocab_size, (length,),
                            generator=torch.Generator().manual_seed(0)).tolist()
 
     def once():

@@ -82,7 +82,7 @@ def hf_model_sharing_weights(engine: LLMEngine):
     """A transformers model that uses the engine's weight tensors (no second copy)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.for_model(**engine.model.config.to_hf_dict())
+    cfg = AutoConfig.for_model(**engine.model_config.to_hf_dict())
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=engine.runner.dtype,
                                                  attn_implementation="sdpa")
@@ -123,7 +123,7 @@ def hf_generate(model, prompts: list[list[int]], gen: int, device: torch.device)
 def bench_cpu(args) -> dict:
     engine = LLMEngine(EngineConfig(model=args.model, device="cpu", dtype="float32",
                                     max_num_seqs=64))
-    vocab = engine.model.config.vocab_size
+    vocab = engine.model_config.vocab_size
     results = {}
     hf = hf_model_sharing_weights(engine)
     for batch in (1, 32):
@@ -166,7 +166,7 @@ def bench_gpu(args) -> dict:
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", dtype="bfloat16",
                                     kv_cache_memory_bytes=int(args.kv_gib * 2**30),
                                     max_num_seqs=128, max_num_batched_tokens=8192))
-    mc = engine.model.config
+    mc = engine.model_config
     vocab = mc.vocab_size
     weight_bytes = 2 * (mc.num_params - mc.vocab_size * mc.hidden_size)  # embedding: rows only
     kv_bytes_per_token = 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 2

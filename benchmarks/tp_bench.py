@@ -24,7 +24,7 @@ def measure(model: str, tp: int, context: int, gen: int, kv_gib: float, graphs: 
                                     async_scheduling=overlap,
                                     kv_cache_memory_bytes=int(kv_gib * 2**30)))
     try:
-        prompt = torch.randint(100, engine.model.config.vocab_size, (context,),
+        prompt = torch.randint(100, engine.model_config.vocab_size, (context,),
                                generator=torch.Generator().manual_seed(0)).tolist()
         engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=gen,
                                                   ignore_eos=True))

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[pdserve] loaded {engine.source.name} on {engine.runner.device} "
           f"({engine.runner.dtype}) in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     try:
-        tok = engine.text.tokenizer
+        tok = engine.tokenizer
         if tok is None:
             raise ValueError(f"{config.model} has no tokenizer; text prompts need one")
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,

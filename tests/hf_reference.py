@@ -11,7 +11,7 @@ def hf_model_like(engine: LLMEngine):
     """A transformers model with the engine's architecture and exactly its weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg_dict = engine.model.config.to_hf_dict()
+    cfg_dict = engine.model_config.to_hf_dict()
     cfg = AutoConfig.for_model(**cfg_dict)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa")
     state = {k: v.detach().to(torch.float32).cpu() for k, v in engine.runner.model.hf_state_dict().items()}
