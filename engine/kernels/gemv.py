@@ -32,12 +32,21 @@ def _gemv(x_ptr, w_ptr, out_ptr, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
     tl.store(out_ptr + n, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty))
 
 
-def applies(linear: nn.Linear) -> bool:
+def applies(linear: nn.Module) -> bool:
     """Half-precision weights without bias whose shape tiles evenly."""
     out_features, in_features = linear.weight.shape
     return (linear.bias is None and linear.weight.dtype in (torch.bfloat16, torch.float16)
             and linear.weight.is_contiguous() and out_features % BLOCK_N == 0
             and in_features % BLOCK_K == 0)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x`` [1, K] times ``weight`` [N, K] transposed, as [1, N] (``applies`` must hold)."""
+    out_features, in_features = weight.shape
+    out = torch.empty(1, out_features, dtype=x.dtype, device=x.device)
+    _gemv[(out_features // BLOCK_N,)](x.contiguous(), weight, out, in_features,
+                                      BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4)
+    return out
 
 
 class DecodeLinear(nn.Linear):
@@ -46,14 +55,4 @@ class DecodeLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != 1 or x.dim() != 2:
             return super().forward(x)
-        out = torch.empty(1, self.out_features, dtype=x.dtype, device=x.device)
-        _gemv[(self.out_features // BLOCK_N,)](x.contiguous(), self.weight, out,
-                                               self.in_features, BLOCK_N=BLOCK_N,
-                                               BLOCK_K=BLOCK_K, num_warps=4)
-        return out
-
-
-def use_for_decode(linear: nn.Linear) -> None:
-    """Switch one projection to DecodeLinear in place (same parameters) if the kernel applies."""
-    if applies(linear):
-        linear.__class__ = DecodeLinear
+        return gemv(x, self.weight)

@@ -60,7 +60,12 @@ class ModelConfig:
 
     @property
     def architecture(self) -> str:
-        return {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}[self.model_type]
+        """The HF ``architectures`` name of this ``model_type``."""
+        for arch, model_type in SUPPORTED_ARCHITECTURES.items():
+            if model_type == self.model_type:
+                return arch
+        raise ValueError(f"unsupported model_type {self.model_type!r}; supported "
+                         f"architectures: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}")
 
     @property
     def num_params(self) -> int:

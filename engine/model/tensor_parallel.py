@@ -15,7 +15,8 @@ import torch.distributed as dist
 from torch import nn
 
 from engine.model.config import ModelConfig
-from engine.model.llama import CausalLM
+from engine.model.layers.linear import Linear
+from engine.model.llama import LlamaForCausalLM
 
 
 def check_tp_size(config: ModelConfig, tp_size: int) -> None:
@@ -30,7 +31,8 @@ def check_tp_size(config: ModelConfig, tp_size: int) -> None:
         )
 
 
-def _shard(linear: nn.Linear, dim: int, rank: int, world: int) -> None:
+def _shard(linear: Linear, dim: int, rank: int, world: int) -> None:
+    """Keep this rank's slice of an unquantized weight (a quantized method's scales too, later)."""
     with torch.no_grad():
         w = linear.weight.detach().chunk(world, dim=dim)[rank].clone()
         linear.weight = nn.Parameter(w, requires_grad=False)
@@ -54,7 +56,7 @@ def _all_gather_last_dim_hook(_module, _inputs, output: torch.Tensor) -> torch.T
     return torch.cat(parts, dim=-1)
 
 
-def apply_tensor_parallel(model: CausalLM, rank: int, world: int) -> None:
+def apply_tensor_parallel(model: LlamaForCausalLM, rank: int, world: int) -> None:
     """Shard ``model`` in place for ``rank`` of ``world``; the process group must exist."""
     if world == 1:
         return

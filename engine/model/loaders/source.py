@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from engine.model.config import ModelConfig
-from engine.model.llama import CausalLM
+from engine.model.registry import CausalLM
 from engine.text.tokenizer import Tokenizer
 
 
@@ -80,6 +80,7 @@ def load_weights(
     max_positions: int,
     seed: int = 0,
 ) -> CausalLM:
+    from engine.model.layers.linear import process_weights_after_loading
     from engine.model.loaders.weights import empty_model, init_random, iter_safetensors, load_state
 
     model = empty_model(config, dtype, device, max_positions)
@@ -91,4 +92,5 @@ def load_weights(
         load_state(model, GGUFModel(source.location).tensors())
     else:
         init_random(model, seed)
+    process_weights_after_loading(model)
     return model.eval()

@@ -1,4 +1,5 @@
-"""Build a ``CausalLM`` and fill its weights from a HF directory, a GGUF file or random values."""
+"""Build a model (``engine.model.registry`` picks the class) and fill its weights from a HF
+directory, a GGUF file or random values."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from pathlib import Path
 import torch
 
 from engine.model.config import ModelConfig
-from engine.model.llama import CausalLM
+from engine.model.registry import CausalLM, model_class
 
 
 def empty_model(
     config: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int
 ) -> CausalLM:
     """Allocate the model uninitialised on ``device`` (no wasted init of large weights)."""
+    cls = model_class(config)
     with torch.device("meta"):
-        model = CausalLM(config, max_positions)
+        model = cls(config, max_positions)
     # Cast on meta first (free), so the weights are allocated once, already in dtype.
     model = model.to(dtype).to_empty(device=device)
     if config.tie_word_embeddings:  # to_empty() unties shared parameters

@@ -1,0 +1,114 @@
+"""A linear layer whose weights are owned by a pluggable quantization method.
+
+``Linear`` holds only its shape; a ``LinearMethod`` creates its tensors, post-processes them once
+they are loaded, and computes ``x @ W.T (+ b)`` (vLLM's quant_method, reduced to what the engine
+uses). ``UnquantizedLinearMethod`` is the one implementation: a half- or full-precision weight
+``[out_features, in_features]`` under transformers' parameter names, so checkpoints load as is.
+
+FP8 plugs in here next, as a second ``LinearMethod``: ``create_weights`` registers the fp8
+weight and its scales (their checkpoint names, so ``load_state`` fills them), and
+``process_weights_after_loading`` repacks them for the kernel that ``apply`` calls. The family
+passes the method to each ``Linear`` it builds. Two places outside this file handle the
+unquantized tensors directly and would need the new ones too: ``concat_linears`` below (fused
+q/k/v and gate/up) and ``engine.model.tensor_parallel._shard``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LinearMethod:
+    """How a ``Linear`` stores its weight and multiplies by it."""
+
+    def create_weights(self, layer: Linear, bias: bool, device: torch.device | None,
+                       dtype: torch.dtype | None) -> None:
+        """Register the layer's parameters (shape from ``layer.in/out_features``)."""
+        raise NotImplementedError
+
+    def process_weights_after_loading(self, layer: Linear) -> None:
+        """Once the checkpoint's tensors are in: repack them for ``apply`` (default: as is)."""
+
+    def use_fused_kernels(self, layer: Linear) -> None:
+        """On CUDA, switch ``apply`` to this method's own kernels, if it has any."""
+
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class UnquantizedLinearMethod(LinearMethod):
+    """``weight`` [out, in] and an optional ``bias`` in the model dtype; ``F.linear``.
+
+    With fused kernels on, a one-row input (a batch-1 decode step) goes through the Triton
+    GEMV of engine/kernels/gemv.py, which reads the weight faster than cuBLAS does there.
+    """
+
+    def create_weights(self, layer: Linear, bias: bool, device: torch.device | None,
+                       dtype: torch.dtype | None) -> None:
+        shape = (layer.out_features, layer.in_features)
+        layer.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        if bias:
+            layer.bias = nn.Parameter(torch.empty(layer.out_features, device=device, dtype=dtype))
+        else:
+            layer.register_parameter("bias", None)
+
+    def use_fused_kernels(self, layer: Linear) -> None:
+        from engine.kernels.gemv import applies
+
+        # Decided once here, not per call: the decode step is host-bound at small batch.
+        layer.decode_gemv = applies(layer)
+
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        if layer.decode_gemv and x.shape[0] == 1 and x.dim() == 2:
+            from engine.kernels.gemv import gemv
+
+            return gemv(x, layer.weight)
+        return F.linear(x, layer.weight, layer.bias)
+
+
+class Linear(nn.Module):
+    """``y = x @ W.T (+ b)``; what W is, and how the product runs, is ``method``'s."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 method: LinearMethod | None = None, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.method = method or UnquantizedLinearMethod()
+        self.decode_gemv = False  # UnquantizedLinearMethod.use_fused_kernels sets it
+        self.method.create_weights(self, bias, device, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.apply(self, x)
+
+    def use_fused_kernels(self) -> None:
+        self.method.use_fused_kernels(self)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, method={type(self.method).__name__}")
+
+
+def concat_linears(parts: list[Linear]) -> Linear:
+    """One linear whose output is the parts' outputs side by side (one GEMM instead of several).
+
+    Concatenates the unquantized tensors: a method with scales must say how its own combine.
+    """
+    has_bias = parts[0].bias is not None
+    with torch.no_grad():
+        weight = torch.cat([p.weight for p in parts])
+        fused = Linear(weight.shape[1], weight.shape[0], bias=has_bias, method=parts[0].method,
+                       device=weight.device, dtype=weight.dtype)
+        fused.weight.copy_(weight)
+        if has_bias:
+            fused.bias.copy_(torch.cat([p.bias for p in parts]))
+    return fused
+
+
+def process_weights_after_loading(model: nn.Module) -> None:
+    """Let every linear's method repack its freshly loaded weights."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.method.process_weights_after_loading(module)

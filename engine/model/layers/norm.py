@@ -1,0 +1,37 @@
+"""RMSNorm, and the residual add folded into it (one fused kernel on CUDA)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        # CUDA: add_and_norm runs engine/kernels/fused_ops.rmsnorm, one read and one write of
+        # the activations instead of several passes (set by the model's use_fused_kernels).
+        self.fused = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(norm(x + residual), x + residual)``; without a residual, ``(norm(x), x)``.
+
+        The sum is the residual stream the next block adds to, so a decoder layer passes
+        (hidden, residual) along instead of adding before each norm.
+        """
+        if self.fused:
+            from engine.kernels.fused_ops import rmsnorm
+
+            return rmsnorm(x, self.weight, self.eps, residual)
+        if residual is not None:
+            x = residual + x
+        return self(x), x
