@@ -117,15 +117,18 @@ def test_incompatible_kv_is_refused_with_the_difference_named(peers):
 
 
 def test_handle_round_trip_and_version_check():
-    handle = KVHandle.from_dict({
-        "request_id": "r", "engine_id": "e", "block_ids": [1, 2], "num_tokens": 8, "tp_size": 1,
-        "sources": [{"tp_rank": 0, "agent_name": "a", "agent_metadata": "AAE=",
-                     "base_address": 4096, "num_blocks": 10}],
-        "compat": compat().__dict__, "compat_digest": compat().digest, "lease_deadline": 1.0,
-        "protocol_version": 99,
-    })
-    assert KVHandle.from_json(handle.to_json()) == handle
+    from kv_transfer.handle import SourceRank
+    from proto.convert import handle_from_bytes, handle_to_bytes
+
+    handle = KVHandle(
+        request_id="r", engine_id="e", block_ids=(1, 2), num_tokens=8, tp_size=1,
+        sources=(SourceRank(tp_rank=0, agent_name="a", agent_metadata=b"\x00\x01",
+                            base_address=4096, num_blocks=10),),
+        compat=compat(), compat_digest=compat().digest, lease_deadline=1.0,
+        protocol_version=99, extra={"note": [1, {"nested": True}]},
+    )
+    assert handle_from_bytes(handle_to_bytes(handle)) == handle
     with pytest.raises(IncompatibleKVError, match="protocol version 99"):
         handle.check_receivable(compat())
     with pytest.raises(IncompatibleKVError, match="malformed"):
-        KVHandle.from_json('{"request_id": 1}')
+        handle_from_bytes(b"\xff\xff\xff")
