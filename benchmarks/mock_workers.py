@@ -29,7 +29,7 @@ class MockServicer(pb_grpc.WorkerServicer):
                                   num_tokens=len(request.prompt_token_ids)))
 
     async def Decode(self, request, context):
-        produced = 0 if request.prefill_locally else 1
+        produced = 0 if request.WhichOneof("prompt_kv") == "prefill_here" else 1
         while produced < request.sampling.max_tokens:
             produced += 1
             last = produced == request.sampling.max_tokens

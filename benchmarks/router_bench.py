@@ -90,7 +90,8 @@ async def _direct_latency(prefill_addr: str, decode_addr: str, prompt: list[int]
                                                       prompt_token_ids=prompt, sampling=sp))
             async for _ in d.Decode(pb.DecodeRequest(
                     api_version=API_VERSION, request_id=f"d{i}", prompt_token_ids=prompt,
-                    sampling=sp, first_token=first.first_token, kv_handle=first.kv_handle)):
+                    sampling=sp, pull_kv=pb.PulledKV(first_token=first.first_token,
+                                                  kv_handle=first.kv_handle))):
                 pass
             out.append(time.perf_counter() - started)
     return out

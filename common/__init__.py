@@ -1,2 +1,4 @@
-"""The vocabulary every pdserve process shares, torch-free: sampling parameters, output types,
-the Redis schema, paths and the cluster-wide defaults. It imports nothing else of pdserve."""
+"""The vocabulary every pdserve process shares, torch-free: sampling parameters
+(sampling_params), output types (outputs), the cluster-wide defaults (defaults), what a
+``--model`` spec names (model_ref), the Redis schema (redis_schema), paths, and how one
+command-line command runs (cli_main). It imports nothing else of pdserve."""

@@ -1,6 +1,6 @@
 """Shared cluster state in Redis: key names, the worker record, KV-event stream entries.
 
-Torch-free: the router imports it. Layout (prefix ``pdserve:`` by default, configurable so
+Torch-free: the router imports it. Layout (prefix ``defaults.REDIS_KEY_PREFIX``, configurable so
 several clusters can share one Redis):
 
 - ``{p}workers``               set of worker ids (discovery; a missing record means gone)
@@ -16,12 +16,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-DEFAULT_PREFIX = "pdserve:"
+from common import defaults
 
 
 @dataclass(frozen=True)
 class Keys:
-    prefix: str = DEFAULT_PREFIX
+    prefix: str = defaults.REDIS_KEY_PREFIX
 
     @property
     def workers(self) -> str:

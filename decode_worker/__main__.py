@@ -1,5 +1,6 @@
+"""`python -m decode_worker`: the same command as `pdserve decode`."""
 import sys
 
-from deploy.cli import main
+from decode_worker.cli import main
 
-sys.exit(main(["decode", *sys.argv[1:]]))
+sys.exit(main())

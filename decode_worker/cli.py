@@ -1,8 +1,12 @@
-"""`pdserve decode`: a decode worker (tensor parallel with --tp; also prefills locally)."""
+"""`pdserve decode` (or `python -m decode_worker`): a decode worker (tensor parallel with
+--tp; also prefills locally)."""
 
 from __future__ import annotations
 
 import argparse
+
+COMMAND = "decode"
+HELP = "run a decode worker (gRPC, tensor parallel with --tp)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from decode_worker.servicer import DecodeServicer
     from worker.cli_args import worker_config_from_args
-    from worker.runtime import main_for_role
+    from worker.server import main_for_role
 
     return main_for_role(worker_config_from_args(args, args.worker_role), DecodeServicer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.cli_main import main_for_command
+
+    return main_for_command(COMMAND, HELP, add_arguments, run, argv)

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from common.cli_main import run_command
+
 # name -> (module with add_arguments(parser) and run(args), one-line help)
 SUBCOMMANDS = {
     "up": ("deploy.cli_up", "run the whole cluster on this machine (Redis, router, workers)"),
@@ -19,10 +21,10 @@ SUBCOMMANDS = {
     "ray": ("deploy.cli_ray", "deploy on a Ray cluster: ray up|scale|status|down"),
     "generate": ("engine.cli_generate", "generate text offline with the engine (no cluster)"),
     "prepare-demo": ("engine.cli_prepare", "download and convert the demo model once"),
-    "prefill": ("prefill_worker.cli", "run a prefill worker (gRPC)"),
-    "decode": ("decode_worker.cli", "run a decode worker (gRPC, tensor parallel with --tp)"),
-    "router": ("router.cli", "run the OpenAI-compatible router"),
 }
+# The cluster's processes: each package's cli.py names its subcommand (COMMAND, HELP) and also
+# runs on its own (``python -m prefill_worker``); here they are only listed.
+ROLE_CLIS = ("prefill_worker.cli", "decode_worker.cli", "router.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,11 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="pdserve: a disaggregated prefill/decode serving cluster for open-weight LLMs",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    commands = [(name, importlib.import_module(module), help_text)
+                for name, (module, help_text) in SUBCOMMANDS.items()]
+    commands += [(m.COMMAND, m, m.HELP) for m in map(importlib.import_module, ROLE_CLIS)]
+    for name, module, help_text in commands:
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module.__name__)
+        module.add_arguments(p)
     return parser
 
 
@@ -45,14 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(args._module)
-    try:
-        return module.run(args) or 0
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"pdserve {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    return run_command(args.command, importlib.import_module(args._module).run, args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+from common import defaults
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo",
@@ -21,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", default=None,
                         help="use this Redis (default: a private redis-server if installed, "
                              "else an embedded one)")
-    parser.add_argument("--redis-prefix", default="pdserve:", help="key prefix of this cluster")
+    parser.add_argument("--redis-prefix", default=defaults.REDIS_KEY_PREFIX,
+                        help="key prefix of this cluster")
     parser.add_argument("--policy", default="kv_aware",
                         choices=["kv_aware", "round_robin", "least_loaded", "random"],
                         help="router prefill placement policy")

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from common import defaults
 from common.redis_schema import Keys
 from deploy.redis_server import LocalRedis
 
@@ -41,7 +42,7 @@ class ClusterSpec:
     router_host: str = "127.0.0.1"
     router_port: int = 8000
     redis_url: str | None = None
-    redis_prefix: str = "pdserve:"
+    redis_prefix: str = defaults.REDIS_KEY_PREFIX
     policy: str = "kv_aware"
     log_dir: Path = Path("pdserve-logs")
     worker_args: tuple[str, ...] = ()  # extra flags for every worker (engine settings)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common import defaults
+
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
@@ -20,7 +22,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="'auto' (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16")
     g.add_argument("--tp", "--tensor-parallel-size", dest="tensor_parallel_size", type=int,
                    default=1, help="tensor-parallel ranks (must divide the KV head count)")
-    g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    g.add_argument("--block-size", type=int, default=defaults.BLOCK_SIZE_TOKENS, help="tokens per KV block")
     g.add_argument("--kv-cache-gib", type=float, default=None,
                    help="KV cache budget per rank in GiB (default: 0.5 on CPU, "
                         "--gpu-memory-utilization of the card on CUDA)")
@@ -35,7 +37,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--async-scheduling", choices=["auto", "on", "off"], default="auto",
                    help="launch each decode step while the GPU still runs the last one "
                         "(engine/overlap.py); auto: on for CUDA, off for CPU")
-    g.add_argument("--hash-seed", default="pdserve-v1",
+    g.add_argument("--hash-seed", default=defaults.HASH_SEED,
                    help="block-hash seed; every component of a cluster must share it")
     g.add_argument("--seed", type=int, default=0, help="seed for random weights")
     g.add_argument("--cache-dir", type=Path, default=None,

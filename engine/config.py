@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from common import defaults
 from common.paths import default_cache_dir
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -26,19 +27,19 @@ class EngineConfig:
     device: str = "auto"  # 'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N'
     dtype: str = "auto"  # 'auto' (bf16 on cuda, fp32 on cpu), 'float32', 'bfloat16', 'float16'
     tensor_parallel_size: int = 1
-    block_size: int = 16  # tokens per KV block
+    block_size: int = defaults.BLOCK_SIZE_TOKENS  # tokens per KV block
     kv_cache_memory_bytes: int | None = None  # KV budget; None: 512 MiB on CPU, see below
     gpu_memory_utilization: float = 0.85  # on CUDA with no explicit budget: share of the card
     max_model_len: int | None = None  # None: the model's limit, capped at 8192
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
-    hash_seed: str = "pdserve-v1"  # block-hash seed; must match across a cluster
+    hash_seed: str = defaults.HASH_SEED  # block-hash seed; must match across a cluster
     seed: int = 0  # random weights and unseeded sampling
     cache_dir: Path = field(default_factory=default_cache_dir)
     kv_transfer: str = "none"  # 'none' or 'nixl': hand KV blocks to / pull them from peers
-    kv_lease_s: float = 30.0  # how long an owner holds blocks for a receiver that never pulls
-    kv_pull_timeout_s: float = 30.0  # a pull not finished by then fails
+    kv_lease_s: float = defaults.KV_LEASE_S  # how long an owner holds blocks for a receiver that never pulls
+    kv_pull_timeout_s: float = defaults.KV_PULL_TIMEOUT_S  # a pull not finished by then fails
     engine_id: str | None = None  # unique per engine instance; None: generated
     cuda_graphs: bool = True  # CUDA: replay captured decode steps (batch buckets up to ...)
     max_graph_batch: int = 128  # ... this many sequences; larger decode batches run eagerly

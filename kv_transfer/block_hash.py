@@ -19,6 +19,8 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from common import defaults
+
 BlockHash = int  # unsigned 64-bit; fits protobuf uint64 and Redis stream fields.
 
 _TOKEN_STRUCT = struct.Struct("<I")
@@ -28,8 +30,8 @@ _TOKEN_STRUCT = struct.Struct("<I")
 class BlockHasher:
     """Computes chained block hashes; equal (seed, block_size) give equal hashes everywhere."""
 
-    block_size: int = 16
-    seed: str = "pdserve-v1"
+    block_size: int = defaults.BLOCK_SIZE_TOKENS
+    seed: str = defaults.HASH_SEED
 
     def __post_init__(self) -> None:
         if self.block_size <= 0:

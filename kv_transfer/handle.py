@@ -1,14 +1,14 @@
 """The KV handle: what a prefill engine tells a decode engine so it can pull a request's KV.
 
-A plain, versioned, JSON-serializable message. It names the owner's blocks, how its KV memory
-is laid out on each of its tensor-parallel ranks (with each rank's transfer-agent metadata, so
-a receiver needs no other lookup), a compatibility record, and the lease deadline after which
-the owner may reuse the blocks.
+A plain, versioned message; its one serialization is the wire's ``KVHandle`` (see
+``proto/convert.py``: ``handle_to_pb`` / ``handle_to_bytes`` and back). It names the owner's
+blocks, how its KV memory is laid out on each of its tensor-parallel ranks (with each rank's
+transfer-agent metadata, so a receiver needs no other lookup), a compatibility record, and the
+lease deadline after which the owner may reuse the blocks.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -92,46 +92,3 @@ class KVHandle:
             raise IncompatibleKVError(
                 f"KV handle lists {len(self.sources)} source ranks for TP size {self.tp_size}"
             )
-
-    # -- serialization ------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["sources"] = [
-            {**asdict(s), "agent_metadata": base64.b64encode(s.agent_metadata).decode()}
-            for s in self.sources
-        ]
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> KVHandle:
-        try:
-            sources = tuple(
-                SourceRank(**{**s, "agent_metadata": base64.b64decode(s["agent_metadata"])})
-                for s in d["sources"]
-            )
-            return cls(
-                request_id=d["request_id"],
-                engine_id=d["engine_id"],
-                block_ids=tuple(d["block_ids"]),
-                num_tokens=d["num_tokens"],
-                tp_size=d["tp_size"],
-                sources=sources,
-                compat=KVCompat(**d["compat"]),
-                compat_digest=d["compat_digest"],
-                lease_deadline=d["lease_deadline"],
-                memory_kind=d.get("memory_kind", "DRAM"),
-                protocol_version=d.get("protocol_version", 0),
-                extra=d.get("extra", {}),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise IncompatibleKVError(f"malformed KV handle: {e!r}") from e
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> KVHandle:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise IncompatibleKVError(f"malformed KV handle: {e}") from e

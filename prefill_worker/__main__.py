@@ -1,5 +1,6 @@
+"""`python -m prefill_worker`: the same command as `pdserve prefill`."""
 import sys
 
-from deploy.cli import main
+from prefill_worker.cli import main
 
-sys.exit(main(["prefill", *sys.argv[1:]]))
+sys.exit(main())

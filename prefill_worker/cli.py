@@ -1,8 +1,11 @@
-"""`pdserve prefill`: a prefill worker."""
+"""`pdserve prefill` (or `python -m prefill_worker`): a prefill worker."""
 
 from __future__ import annotations
 
 import argparse
+
+COMMAND = "prefill"
+HELP = "run a prefill worker (gRPC)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from prefill_worker.servicer import PrefillServicer
     from worker.cli_args import worker_config_from_args
-    from worker.runtime import main_for_role
+    from worker.server import main_for_role
 
     return main_for_role(worker_config_from_args(args, "prefill"), PrefillServicer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.cli_main import main_for_command
+
+    return main_for_command(COMMAND, HELP, add_arguments, run, argv)

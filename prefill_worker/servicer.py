@@ -1,46 +1,12 @@
-"""gRPC ``Prefill``: one engine step sequence per request, batched with concurrent ones."""
+"""The prefill role's gRPC service: the shared RPCs plus ``Prefill`` (worker/prefill_rpc.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-
-import grpc
-
-from engine.core.sequence import FinishReason
-from proto import pb
-from proto.convert import handle_to_pb, logprob_to_pb
-from worker.runtime import BaseServicer, InFlight
+from worker.prefill_rpc import serve_prefill
+from worker.servicer_base import BaseServicer
 
 
 class PrefillServicer(BaseServicer):
     async def Prefill(self, request, context):
         params = await self.check_request(request, context)
-        # The engine stops after one token; when more are wanted it keeps the prompt KV under
-        # a lease for the decode worker instead of freeing it.
-        wants_more = params.max_tokens > 1
-        one_token = dataclasses.replace(params, max_tokens=1)
-        final = None
-        with InFlight(self.state):
-            try:
-                async for delta in self.engine.generate(
-                    request.request_id, prompt_token_ids=list(request.prompt_token_ids),
-                    params=one_token, extra_keys=tuple(request.cache_salt), hold_kv=wants_more,
-                ):
-                    final = delta
-            except ValueError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if final is None or final.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
-            await context.abort(grpc.StatusCode.ABORTED,
-                                final.error if final and final.error else "request aborted")
-        response = pb.PrefillResponse(
-            request_id=request.request_id, first_token=final.new_token_ids[0],
-            num_prompt_tokens=final.num_prompt_tokens,
-            num_cached_tokens=final.num_cached_tokens, text=final.text_delta,
-        )
-        if final.new_logprobs:
-            response.first_logprob.CopyFrom(logprob_to_pb(final.new_logprobs[0]))
-        if final.kv_handle is not None:
-            response.kv_handle.CopyFrom(handle_to_pb(final.kv_handle))
-        else:  # the first token ended it (EOS, stop, or max_tokens == 1)
-            response.finish_reason = final.finish_reason.value
-        return response
+        return await serve_prefill(self.engine, self.state, request, params, context)

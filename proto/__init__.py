@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-API_VERSION = 1  # bump only with a new set of messages; workers answer older ones explicitly
+# Bump only with a new set of messages; workers answer older ones explicitly. 2: DecodeRequest
+# names where the prompt's KV comes from in a oneof (pull_kv | prefill_here), replacing v1's
+# prefill_locally bool and loose first_token / first_logprob / kv_handle fields.
+API_VERSION = 2
 
 _HERE = Path(__file__).resolve().parent
 _PROTO = _HERE / "pdserve.proto"
@@ -48,6 +51,8 @@ def generate_stubs(force: bool = False) -> None:
 
 
 def _stale() -> bool:
+    if not _PROTO.exists():  # an installed wheel: it ships the stubs its build generated
+        return False
     return any(not out.exists() or out.stat().st_mtime < _PROTO.stat().st_mtime
                for out in _OUTPUTS)
 

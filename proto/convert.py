@@ -1,12 +1,16 @@
-"""Conversions between wire messages and the engine's / KV layer's plain types (torch-free)."""
+"""Conversions between wire messages and the plain types of common/ and the KV layer
+(torch-free: the router uses them). The proto is the KV handle's only serialization."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
+from google.protobuf.message import DecodeError
+
+from common.outputs import TokenLogprob
 from common.sampling_params import SamplingParams
-from engine.core.sequence import TokenLogprob
-from kv_transfer.handle import KVCompat, KVHandle, SourceRank
+from kv_transfer.handle import IncompatibleKVError, KVCompat, KVHandle, SourceRank
 from proto import pb
 
 
@@ -57,11 +61,19 @@ def handle_to_pb(h: KVHandle) -> pb.KVHandle:
                  for s in h.sources],
         compat=pb.KVCompat(**asdict(h.compat)), compat_digest=h.compat_digest,
         lease_deadline=h.lease_deadline, memory_kind=h.memory_kind,
+        extra_json=json.dumps(h.extra).encode() if h.extra else b"",
     )
 
 
 def handle_from_pb(msg: pb.KVHandle) -> KVHandle:
+    """Raises IncompatibleKVError for an ``extra_json`` that is not a JSON object."""
     c = msg.compat
+    try:
+        extra = json.loads(msg.extra_json) if msg.extra_json else {}
+    except ValueError as e:
+        raise IncompatibleKVError(f"malformed KV handle extra: {e}") from e
+    if not isinstance(extra, dict):
+        raise IncompatibleKVError("malformed KV handle extra: not a JSON object")
     return KVHandle(
         request_id=msg.request_id, engine_id=msg.engine_id, block_ids=tuple(msg.block_ids),
         num_tokens=msg.num_tokens, tp_size=msg.tp_size,
@@ -71,4 +83,19 @@ def handle_from_pb(msg: pb.KVHandle) -> KVHandle:
                         c.block_size, c.hash_seed),
         compat_digest=msg.compat_digest, lease_deadline=msg.lease_deadline,
         memory_kind=msg.memory_kind or "DRAM", protocol_version=msg.protocol_version,
+        extra=extra,
     )
+
+
+def handle_to_bytes(h: KVHandle) -> bytes:
+    """The handle's one serialization (the wire message), for pipes and queues too."""
+    return handle_to_pb(h).SerializeToString()
+
+
+def handle_from_bytes(data: bytes) -> KVHandle:
+    """Raises IncompatibleKVError for bytes that are not a KV handle."""
+    try:
+        msg = pb.KVHandle.FromString(data)
+    except DecodeError as e:
+        raise IncompatibleKVError(f"malformed KV handle: {e}") from e
+    return handle_from_pb(msg)

@@ -1,5 +1,6 @@
+"""`python -m router`: the same command as `pdserve router`."""
 import sys
 
-from deploy.cli import main
+from router.cli import main
 
-sys.exit(main(["router", *sys.argv[1:]]))
+sys.exit(main())

@@ -1,9 +1,14 @@
-"""`pdserve router`: the OpenAI-compatible front door."""
+"""`pdserve router` (or `python -m router`): the OpenAI-compatible front door."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from common import defaults
+
+COMMAND = "router"
+HELP = "run the OpenAI-compatible router"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,9 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+    parser.add_argument("--redis", default=defaults.REDIS_URL,
                         help="Redis URL of the cluster registry")
-    parser.add_argument("--redis-prefix", default="pdserve:", help="key prefix (one per cluster)")
+    parser.add_argument("--redis-prefix", default=defaults.REDIS_KEY_PREFIX,
+                        help="key prefix (one per cluster)")
     parser.add_argument("--model", default="demo",
                         help="the model the workers serve (for its name and tokenizer)")
     parser.add_argument("--served-model-name", default=None,
@@ -30,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "are uncached")
     parser.add_argument("--prefill-saturation-tokens", type=int, default=65536,
                         help="queued tokens at which a prefill worker counts as saturated")
-    parser.add_argument("--block-size", type=int, default=16, help="must match the workers")
-    parser.add_argument("--hash-seed", default="pdserve-v1", help="must match the workers")
+    parser.add_argument("--block-size", type=int, default=defaults.BLOCK_SIZE_TOKENS,
+                        help="must match the workers")
+    parser.add_argument("--hash-seed", default=defaults.HASH_SEED, help="must match the workers")
     parser.add_argument("--max-body-bytes", type=int, default=8 << 20,
                         help="larger request bodies get 413")
     parser.add_argument("--api-key", action="append", default=[],
@@ -88,3 +95,9 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.cli_main import main_for_command
+
+    return main_for_command(COMMAND, HELP, add_arguments, run, argv)

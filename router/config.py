@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common import defaults
 from router.policies import PolicyWeights
 
 
@@ -11,8 +12,8 @@ from router.policies import PolicyWeights
 class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "pdserve:"
+    redis_url: str = defaults.REDIS_URL
+    redis_prefix: str = defaults.REDIS_KEY_PREFIX
     model: str = "demo"  # what the workers serve: 'demo', a HF dir, a .gguf, random:<shape>
     served_model_name: str | None = None  # name clients use; default: the model's name
     tokenizer: str | None = None  # directory with tokenizer.json; default: from --model
@@ -25,8 +26,8 @@ class RouterConfig:
     fence_s: float = 5.0  # a worker that failed a call stays out of rotation this long
     prefill_timeout_s: float = 300.0
     request_timeout_s: float = 3600.0
-    block_size: int = 16  # must match the workers (their records say so)
-    hash_seed: str = "pdserve-v1"
+    block_size: int = defaults.BLOCK_SIZE_TOKENS  # must match the workers (their records say so)
+    hash_seed: str = defaults.HASH_SEED
     max_body_bytes: int = 8 << 20
     api_keys: frozenset[str] = frozenset()  # empty: no authentication
     max_model_len: int | None = None  # default: the smallest among decode workers

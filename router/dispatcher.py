@@ -20,9 +20,9 @@ from itertools import count
 
 import grpc
 
+from common.outputs import TokenLogprob
 from common.redis_schema import WorkerRecord
 from common.sampling_params import SamplingParams
-from engine.core.sequence import TokenLogprob
 from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb
 from proto.convert import logprob_from_pb, sampling_to_pb
@@ -306,12 +306,12 @@ class Dispatcher:
                                        cache_salt=list(req.cache_salt))
             if remote:
                 request.prompt_token_ids.extend(req.prompt_token_ids)
-                request.first_token = first.first_token
-                request.kv_handle.CopyFrom(first.kv_handle)
+                request.pull_kv.first_token = first.first_token
+                request.pull_kv.kv_handle.CopyFrom(first.kv_handle)
                 if first.HasField("first_logprob"):
-                    request.first_logprob.CopyFrom(first.first_logprob)
+                    request.pull_kv.first_logprob.CopyFrom(first.first_logprob)
             else:
-                request.prefill_locally = True
+                request.prefill_here.SetInParent()
                 request.prompt_token_ids.extend(req.prompt_token_ids + generated)
                 request.sampling.max_tokens = remaining_tokens
             # Until a token comes back, the prefill worker still holds the prompt KV for this

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import jinja2
 
+from common.model_ref import ModelRef, is_demo_prepared, parse_model_spec
+from common.paths import default_cache_dir
 from engine.text.tokenizer import ChatTemplateError, Tokenizer
 from router.config import RouterConfig
 from router.errors import APIError, bad_request
@@ -37,27 +39,17 @@ class ModelInfo:
     @classmethod
     def load(cls, config: RouterConfig) -> ModelInfo:
         spec = config.model
-        names: list[str] = []
+        cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        ref = parse_model_spec(spec, cache)
+        names = ref.names
         tokenizer_dir: Path | None = Path(config.tokenizer) if config.tokenizer else None
-        if spec == "demo":
-            from common.paths import default_cache_dir
-            from engine.model.loaders.demo_model import DEMO_NAME, demo_model_dir, is_prepared
-
-            cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-            names = [DEMO_NAME, "demo"]
-            if tokenizer_dir is None:
-                if not is_prepared(cache):
-                    raise FileNotFoundError(
-                        "the demo model is not prepared in this cache: run "
-                        "`pdserve prepare-demo` (or start a worker, which prepares it)")
-                tokenizer_dir = demo_model_dir(cache)
-        elif spec.startswith("random:"):
-            names = [spec]
-        else:
-            path = Path(spec).expanduser()
-            names = [path.stem if path.suffix == ".gguf" else path.name]
-            if tokenizer_dir is None and path.is_dir():
-                tokenizer_dir = path
+        if tokenizer_dir is None and ref.kind == "hf_dir":
+            if ref.is_demo and not is_demo_prepared(cache):
+                raise FileNotFoundError(
+                    "the demo model is not prepared in this cache: run "
+                    "`pdserve prepare-demo` (or start a worker, which prepares it)")
+            if Path(ref.location).is_dir():
+                tokenizer_dir = Path(ref.location)
         if config.served_model_name:
             names.insert(0, config.served_model_name)
         tokenizer = None
@@ -66,8 +58,8 @@ class ModelInfo:
             tokenizer = Tokenizer.from_dir(tokenizer_dir)
             bound = max_chars_per_token(tokenizer.backend.to_str(),
                                         tokenizer.backend.get_vocab(with_added_tokens=True))
-        model_dir = tokenizer_dir if spec == "demo" else Path(spec).expanduser()
-        return cls(names, tokenizer, vocab_size=_vocab_size(spec, model_dir),
+        model_dir = Path(ref.location) if ref.kind == "hf_dir" else None
+        return cls(names, tokenizer, vocab_size=_vocab_size(ref, model_dir),
                    chars_per_token=bound)
 
     def check_name(self, name: str) -> None:
@@ -147,12 +139,12 @@ class ModelInfo:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
 
-def _vocab_size(spec: str, model_dir: Path | None) -> int | None:
-    if spec.startswith("random:"):
-        from engine.model.named_shapes import named_model
+def _vocab_size(ref: ModelRef, model_dir: Path | None) -> int | None:
+    if ref.kind == "random":
+        from engine.model.named_shapes import named_model  # torch-free: shapes only
 
         try:
-            return named_model(spec.removeprefix("random:")).vocab_size
+            return named_model(ref.location).vocab_size
         except (KeyError, ValueError):
             return None
     config = model_dir / "config.json" if model_dir is not None else None

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 
-from engine.core.sequence import TokenLogprob
+from common.outputs import TokenLogprob
 
 TokenText = Callable[[int], str]
 

@@ -25,13 +25,14 @@ import logging
 import time
 from collections.abc import Callable
 
+from common import defaults
 from common.redis_schema import Keys, WorkerRecord
 
 log = logging.getLogger(__name__)
 
 
 class RegistryView:
-    def __init__(self, redis, keys: Keys, ttl_s: float = 5.0, poll_s: float = 0.5,
+    def __init__(self, redis, keys: Keys, ttl_s: float = defaults.WORKER_RECORD_TTL_S, poll_s: float = 0.5,
                  on_leave: Callable[[str], None] = lambda worker_id: None,
                  on_change: Callable[[], None] = lambda: None):
         self.redis = redis

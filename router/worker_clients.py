@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import grpc
 
+from common import defaults
 from proto import keepalive, pb_grpc
 
 _MESSAGE_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", defaults.GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", defaults.GRPC_MAX_MESSAGE_BYTES),
 ]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from common import defaults
+
 
 def add_worker_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     from engine.cli_args import add_engine_arguments
@@ -15,18 +17,18 @@ def add_worker_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     g.add_argument("--advertise-host", default=None,
                    help="address other components dial (default: --host, or the hostname "
                         "when binding all interfaces)")
-    g.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+    g.add_argument("--redis", default=defaults.REDIS_URL,
                    help="Redis URL for the registry and KV events; 'none' to run without")
-    g.add_argument("--redis-prefix", default="pdserve:", help="key prefix (one per cluster)")
+    g.add_argument("--redis-prefix", default=defaults.REDIS_KEY_PREFIX, help="key prefix (one per cluster)")
     g.add_argument("--metrics-port", type=int, default=0,
                    help="Prometheus /metrics port; 0 picks a free one, -1 disables")
     g.add_argument("--worker-id", default=None, help="registry id (default: role-host-random)")
     g.add_argument("--kv-transfer", choices=["nixl", "none"], default="nixl",
                    help="KV transfer backend (none: this worker can only prefill and decode "
                         "locally)")
-    g.add_argument("--kv-lease-s", type=float, default=30.0,
+    g.add_argument("--kv-lease-s", type=float, default=defaults.KV_LEASE_S,
                    help="prefill: seconds held blocks wait for a pull before they are freed")
-    g.add_argument("--kv-pull-timeout-s", type=float, default=30.0,
+    g.add_argument("--kv-pull-timeout-s", type=float, default=defaults.KV_PULL_TIMEOUT_S,
                    help="decode: seconds before an unfinished KV pull fails")
     g.add_argument("--drain-timeout-s", type=float, default=120.0,
                    help="on SIGTERM, wait this long for requests in flight to finish")
@@ -36,7 +38,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, role: str) -> None:
 
 def worker_config_from_args(args: argparse.Namespace, role: str):
     from engine.cli_args import engine_config_from_args
-    from worker.runtime import WorkerConfig
+    from worker.config import WorkerConfig
 
     engine = dataclasses.replace(engine_config_from_args(args), kv_transfer=args.kv_transfer,
                                  kv_lease_s=args.kv_lease_s,

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from common import defaults
 from common.redis_schema import CLEARED, REMOVED, STORED, Keys, KVEventEntry, WorkerRecord
 from engine.core.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
@@ -24,7 +25,8 @@ _STREAM_MAXLEN = 200_000
 
 class WorkerPresence:
     def __init__(self, redis_url: str, keys: Keys, record: Callable[[], WorkerRecord],
-                 events: deque[KVEvent], heartbeat_s: float = 1.0, ttl_s: float = 5.0,
+                 events: deque[KVEvent], heartbeat_s: float = defaults.HEARTBEAT_S,
+                 ttl_s: float = defaults.WORKER_RECORD_TTL_S,
                  snapshot_every_s: float = 10.0):
         self.redis_url = redis_url
         self.keys = keys

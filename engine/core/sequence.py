@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, field
 
+from common.outputs import FinishReason, TokenLogprob  # the engine imports them from here too
 from common.sampling_params import SamplingParams
 from kv_transfer.block_hash import BlockHash
 
@@ -18,22 +18,6 @@ class SequenceStatus(enum.Enum):
     WAITING_FOR_KV = "waiting_for_kv"  # prefilled elsewhere; its KV is being pulled
     RUNNING = "running"
     FINISHED = "finished"
-
-
-class FinishReason(str, enum.Enum):
-    STOP = "stop"  # EOS, a stop token or a stop string
-    LENGTH = "length"  # max_tokens or the context limit
-    ABORT = "abort"
-    ERROR = "error"  # the request could not be served (e.g. its KV transfer failed)
-
-
-@dataclass
-class TokenLogprob:
-    """The chosen token's log-probability and the top alternatives (OpenAI ``logprobs``)."""
-
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 class Sequence:

