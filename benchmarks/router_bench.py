@@ -1,219 +1,287 @@
-"""Router overhead: routing decision time, added latency, and maximum request rate.
+"""Router cost per streamed request, for one or more source trees side by side (issue 16).
 
-1. Decision time (in process): ``Dispatcher.plan`` for a 4k-token prompt (hashing its 256
-   blocks included) with 8 prefill workers and 1M blocks in the prefix index.
-2. Added latency and max rate (real processes): the router (uvicorn, one process) in front of
-   instant mock workers (benchmarks/mock_workers.py, real gRPC and Redis), driven over HTTP.
-   Added latency = router end-to-end minus the same prefill+decode gRPC calls made directly.
+For each tree (``--tree``, repeatable; default this checkout) and each router process count
+(``--procs``, default 1 and 2): Redis, the tree's instant mock workers (benchmarks/mock_workers.py,
+real gRPC; prefill and decode mocks in two processes) and the tree's router
+(``deploy.cli router --model demo``, KV-aware P/D: ``--local-prefill-threshold 0``) are
+started, then driven with the workload of benchmarks/router_workload.py (streaming chat,
+16 output tokens, ~2,100-byte bodies, 16 system prompts sharing a 1,500-character prefix).
 
-    python -m benchmarks.router_bench [--out benchmarks/results/router.json]
+Reported per row, each over its own measurement window only:
+- router CPU (user+sys summed over the router's process tree) per request and per streamed
+  token, at 1 client and at ``--clients`` (64);
+- added latency at 1 client: router end-to-end p50/p99 minus the p50/p99 of the same Prefill +
+  Decode gRPC calls made straight to the same mocks, in the same run (benchmarks/router_direct.py);
+- req/s at 64 clients; the load generator's, the mocks' and Redis's CPU per request (they share
+  the cores); the VM's steal time and the CPU others used in the window; load average before.
+A tree whose router has no ``--workers`` gets no 2-process row (noted). Ratios are against the
+first tree at the same process count, and 2 processes against 1 of the same tree.
+
+    python -m benchmarks.router_bench --tree . --tree /work/baseline [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import random
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from benchmarks import process_cpu as pc
+from benchmarks import router_stack as stack
 from benchmarks.report import machine_info, print_table, save_json
+from benchmarks.router_workload import (
+    OUTPUT_TOKENS,
+    chat_bodies,
+    encode_request,
+    loop_kind,
+    run_async,
+    run_load,
+    usage_of,
+)
 from benchmarks.serving_metrics import percentile
-from deploy.redis_server import LocalRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAT_PATH = "/v1/chat/completions"
 
 
-# -- 1. decision time ---------------------------------------------------------------------------
-def bench_decision(num_workers: int, num_blocks: int, prompt_tokens: int, repeats: int) -> dict:
-    from common.redis_schema import Keys, WorkerRecord
-    from common.sampling_params import SamplingParams
-    from router.config import RouterConfig
-    from router.dispatcher import Dispatcher, GenerateRequest
-    from router.load_tracker import LoadTracker
-    from router.metrics import RouterMetrics
-    from router.prefix_index import PrefixIndex
-    from router.registry import RegistryView
-    from router.worker_clients import WorkerClients
+def probe_usage(port: int, body: dict) -> dict:
+    """One request with usage included: the templated prompt's token count and 16 outputs."""
+    import httpx
 
-    config = RouterConfig()
-    registry = RegistryView(redis=None, keys=Keys())
-    now = time.time()
-    registry.workers = {
-        f"p{i}": WorkerRecord(f"p{i}", "prefill", f"h:{i}", "m", "d", 1, 16, 10**6,
-                              heartbeat_at=now) for i in range(num_workers)}
-    registry.workers["d0"] = WorkerRecord("d0", "decode", "h:99", "m", "d", 1, 16, 10**6,
-                                          heartbeat_at=now)
-    index = PrefixIndex()
-    rng = random.Random(0)
-    per_worker = num_blocks // num_workers
-    for i in range(num_workers):
-        index.add(f"p{i}", (rng.getrandbits(64) for _ in range(per_worker)))
-    dispatcher = Dispatcher(config, registry, index, WorkerClients(), RouterMetrics(),
-                            LoadTracker())
-    prompts = [[rng.randrange(50000) for _ in range(prompt_tokens)] for _ in range(8)]
-    # Half of each prompt is cached on one worker, so overlap walks are real.
-    for n, prompt in enumerate(prompts):
-        hashes = dispatcher.hasher.hash_prompt(prompt)
-        index.add(f"p{n % num_workers}", hashes[: len(hashes) // 2])
-    params = SamplingParams(max_tokens=16)
-    times = []
-    for i in range(repeats):
-        req = GenerateRequest(f"r{i}", prompts[i % len(prompts)], params)
-        started = time.perf_counter()
-        plan = dispatcher.plan(req)
-        times.append(time.perf_counter() - started)
-        assert plan.prefill is not None
-    return {"workers": num_workers, "indexed_blocks": index.num_blocks(),
-            "prompt_tokens": prompt_tokens, "p50_ms": 1e3 * statistics.median(times),
-            "p99_ms": 1e3 * percentile(times, 99), "repeats": repeats}
+    body = {**body, "stream_options": {"include_usage": True}}
+    r = httpx.post(f"http://127.0.0.1:{port}{CHAT_PATH}", json=body, timeout=60)
+    usage = usage_of(r.content) if r.status_code == 200 else None
+    if usage is None:
+        raise RuntimeError(f"probe request failed: {r.status_code} {r.text[:500]}")
+    return usage
 
 
-# -- 2. added latency and max rate -------------------------------------------------------------
-async def _direct_latency(prefill_addr: str, decode_addr: str, prompt: list[int], n: int
-                          ) -> list[float]:
-    import grpc
+def measure_window(router_pid: int, mock_pids: list[int], redis_pid: int | None, port: int,
+                   requests: list[bytes], clients: int, max_requests: int, max_s: float,
+                   tokens_per_request: int) -> dict:
+    """Run one load phase and account every CPU second of it."""
+    router = pc.TreeCpu([router_pid]).start()
+    mocks = pc.TreeCpu(mock_pids).start()
+    redis = pc.TreeCpu([redis_pid] if redis_pid else []).start()
+    machine = pc.MachineWindow().start()
+    load0 = pc.self_cpu_seconds()
+    res = run_async(run_load("127.0.0.1", port, requests, clients, max_requests, max_s))
+    load_s = pc.self_cpu_seconds() - load0
+    machine.stop()
+    for t in (router, mocks, redis):
+        t.stop()
+    ok = max(res.ok, 1)
+    ours_s = router.seconds + mocks.seconds + redis.seconds + load_s
+    lat = sorted(res.latencies_s) or [float("nan")]
+    return {
+        "clients": clients, "requests_ok": res.ok, "errors": res.errors, "wall_s": res.wall_s,
+        "req_per_s": res.ok / res.wall_s, "sse_events_per_request": res.events / ok,
+        "router_processes": router.processes, "router_processes_lost": router.lost,
+        "router_cpu_s": router.seconds,
+        "router_cpu_us_per_request": 1e6 * router.seconds / ok,
+        "router_cpu_us_per_token": 1e6 * router.seconds / (ok * tokens_per_request),
+        "router_cpu_cores": router.seconds / res.wall_s,
+        "loadgen_cpu_us_per_request": 1e6 * load_s / ok,
+        "mocks_cpu_us_per_request": 1e6 * mocks.seconds / ok,
+        "redis_cpu_us_per_request": 1e6 * redis.seconds / ok,
+        "latency_p50_ms": 1e3 * statistics.median(lat), "latency_p99_ms": 1e3 * percentile(lat, 99),
+        "steal_fraction": machine.steal, "busy_fraction": machine.busy,
+        # The rest of the machine's busy time in the window: the other tenants of the cores.
+        "others_cpu_cores": (None if machine.busy is None else
+                             machine.busy * (os.cpu_count() or 1) - ours_s / machine.wall_s),
+    }
 
-    from proto import API_VERSION, pb, pb_grpc
 
-    sp = pb.SamplingParams(max_tokens=16, temperature=0, top_p=1)
+def measure_run(tree: Path, procs: int, redis: stack.RedisProcess, args, run_id: int) -> dict:
+    prefix = f"rbench{os.getpid()}r{run_id}:"
+    spawned: list = []
+    try:
+        p_mock, p_addr = stack.start_mock(tree, redis.url, prefix, 1, 0, args.others_cpus)
+        spawned.append(p_mock)
+        d_mock, d_addr = stack.start_mock(tree, redis.url, prefix, 0, 1, args.others_cpus)
+        spawned.append(d_mock)
+        router = stack.RouterProcess(
+            tree, redis.url, prefix, procs, args.router_cpus,
+            extra=["--model", args.model, "--policy", "kv_aware",
+                   "--local-prefill-threshold", "0"])
+        spawned.append(router)
+        router.start()
+        bodies = chat_bodies(args.model)
+        usage = probe_usage(router.port, bodies[0])
+        tokens = usage.get("completion_tokens", OUTPUT_TOKENS)
+        direct = stack.direct_latencies(tree, p_addr["prefill"], d_addr["decode"],
+                                        usage["prompt_tokens"], args.direct_requests)
+        requests = [encode_request("127.0.0.1", router.port, CHAT_PATH, b) for b in bodies]
+        common = dict(router_pid=router.process.pid, mock_pids=[p_mock.pid, d_mock.pid],
+                      redis_pid=redis.process.pid, port=router.port, requests=requests,
+                      tokens_per_request=tokens)
+        run_async(run_load("127.0.0.1", router.port, requests, 4, 10**6, args.warmup_s))
+        serial = measure_window(clients=1, max_requests=args.serial_requests,
+                                max_s=args.serial_max_s, **common)
+        loaded = measure_window(clients=args.clients, max_requests=args.max_requests,
+                                max_s=args.duration, **common)
+    finally:
+        for proc in reversed(spawned):
+            proc.stop() if isinstance(proc, stack.RouterProcess) else stack.stop_process(proc)
+    row = {"tree": str(tree), "label": tree.name, "commit": stack.git_describe(tree),
+           "router_processes": procs, "prompt_tokens": usage["prompt_tokens"],
+           "completion_tokens": tokens, "serial": serial, "loaded": loaded}
+    if isinstance(direct, str):
+        row["direct_note"] = direct
+    else:
+        d50, d99 = 1e3 * statistics.median(direct), 1e3 * percentile(sorted(direct), 99)
+        row.update(direct_p50_ms=d50, direct_p99_ms=d99,
+                   added_p50_ms=serial["latency_p50_ms"] - d50,
+                   added_p99_ms=serial["latency_p99_ms"] - d99)
+    return row
+
+
+RATIO_KEYS = (("CPU/req @1", lambda r: r["serial"]["router_cpu_us_per_request"]),
+              ("CPU/req @N", lambda r: r["loaded"]["router_cpu_us_per_request"]),
+              ("added p50", lambda r: r.get("added_p50_ms")),
+              ("req/s @N", lambda r: r["loaded"]["req_per_s"]))
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def ratio_rows(rows: list[dict]) -> list[list]:
+    """Each row against the first tree's row of the same process count, and against its own
+    tree's 1-process row."""
+    first = {}
+    one_proc = {}
+    for r in rows:
+        first.setdefault(r["router_processes"], r)
+        if r["router_processes"] == 1:
+            one_proc[r["tree"]] = r
     out = []
-    async with grpc.aio.insecure_channel(prefill_addr) as pc, \
-            grpc.aio.insecure_channel(decode_addr) as dc:
-        p, d = pb_grpc.WorkerStub(pc), pb_grpc.WorkerStub(dc)
-        for i in range(n):
-            started = time.perf_counter()
-            first = await p.Prefill(pb.PrefillRequest(api_version=API_VERSION,
-                                                      request_id=f"d{i}",
-                                                      prompt_token_ids=prompt, sampling=sp))
-            async for _ in d.Decode(pb.DecodeRequest(
-                    api_version=API_VERSION, request_id=f"d{i}", prompt_token_ids=prompt,
-                    sampling=sp, pull_kv=pb.PulledKV(first_token=first.first_token,
-                                                  kv_handle=first.kv_handle))):
-                pass
-            out.append(time.perf_counter() - started)
+    for r in rows:
+        for base_name, base in ((f"vs {first[r['router_processes']]['label']}",
+                                 first[r["router_processes"]]),
+                                ("vs 1 proc", one_proc.get(r["tree"]))):
+            if base is None or base is r:
+                continue
+            out.append([r["label"], r["router_processes"], base_name,
+                        *(_x(ratio(get(r), get(base))) for _, get in RATIO_KEYS)])
     return out
 
 
-async def _http_load(url: str, prompt: list[int], concurrency: int, duration_s: float
-                     ) -> tuple[list[float], int]:
-    import httpx
+def _x(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
 
-    body = {"model": "random:tiny-llama", "prompt": prompt, "max_tokens": 16, "temperature": 0}
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + duration_s
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        async def user():
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                try:
-                    r = await client.post("/v1/completions", json=body)
-                except httpx.HTTPError:
-                    errors += 1
+
+def _f(v: float | None, fmt: str = ".0f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def result_rows(rows: list[dict]) -> list[list]:
+    out = []
+    for r in rows:
+        s, lo = r["serial"], r["loaded"]
+        errors = sum(s["errors"].values()) + sum(lo["errors"].values())
+        out.append([r["label"], r["router_processes"], _f(s["router_cpu_us_per_request"]),
+                    _f(s["router_cpu_us_per_token"]), _f(lo["router_cpu_us_per_request"]),
+                    _f(lo["router_cpu_us_per_token"]),
+                    f"{_f(r.get('added_p50_ms'), '.2f')} / {_f(r.get('added_p99_ms'), '.2f')}",
+                    _f(lo["req_per_s"]), f"{lo['latency_p50_ms']:.1f} / {lo['latency_p99_ms']:.1f}",
+                    _f(lo["loadgen_cpu_us_per_request"]), _f(lo["mocks_cpu_us_per_request"]),
+                    f"{_f(100 * (s['steal_fraction'] or 0), '.1f')} / "
+                    f"{_f(100 * (lo['steal_fraction'] or 0), '.1f')}",
+                    f"{_f(s['others_cpu_cores'], '.2f')} / {_f(lo['others_cpu_cores'], '.2f')}",
+                    errors])
+    return out
+
+
+def cpu_list(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tree", type=Path, action="append", default=None,
+                   help="source tree to measure (repeatable; ratios are against the first); "
+                        "default: this checkout")
+    p.add_argument("--procs", type=int, nargs="+", default=[1, 2],
+                   help="router process counts to measure (>1 needs the tree's --workers)")
+    p.add_argument("--model", default="demo", help="router --model (tokenizer, chat template)")
+    p.add_argument("--serial-requests", type=int, default=500,
+                   help="requests in the 1-client window")
+    p.add_argument("--serial-max-s", type=float, default=30.0,
+                   help="the 1-client window stops after this many seconds at most")
+    p.add_argument("--clients", type=int, default=64, help="concurrent clients of the rate window")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="seconds of the many-client window")
+    p.add_argument("--max-requests", type=int, default=200_000,
+                   help="the many-client window stops after this many requests at most")
+    p.add_argument("--direct-requests", type=int, default=300,
+                   help="direct-to-mock gRPC requests of the added-latency baseline")
+    p.add_argument("--warmup-s", type=float, default=2.0, help="seconds of warm-up load per run")
+    p.add_argument("--router-cpus", type=cpu_list, default=None,
+                   help="pin the router processes to these cores, e.g. 0 (default: unpinned)")
+    p.add_argument("--others-cpus", type=cpu_list, default=None,
+                   help="pin mocks and Redis to these cores (default: unpinned); the load "
+                        "generator is this process: pin it with taskset")
+    p.add_argument("--decision", action="store_true",
+                   help="also time the routing decision in process (this checkout's router)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/router_i16.json",
+                   help="JSON output")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    trees = [t.resolve() for t in (args.tree or [ROOT])]
+    context = {"load_average_before": os.getloadavg(), "machine": machine_info(),
+               "args": {k: str(v) for k, v in vars(args).items()}}
+    before_all = pc.snapshot_all()
+    redis = stack.RedisProcess(args.others_cpus).start()
+    context["redis"] = redis.kind
+    context["loadgen_loop"] = loop_kind()
+    supports = {t: stack.router_supports_workers(t) for t in trees}
+    rows, notes = [], []
+    started = time.time()
+    try:
+        for procs in args.procs:
+            for tree in trees:
+                if procs > 1 and not supports[tree]:
+                    notes.append(f"{tree.name}: no {procs}-process row, its router has no "
+                                 f"--workers")
                     continue
-                if r.status_code == 200:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors += 1
-        await asyncio.gather(*(user() for _ in range(concurrency)))
-    return latencies, errors
-
-
-def bench_overhead(redis_url: str, duration_s: float) -> dict:
-    import httpx
-
-    root = Path(__file__).resolve().parents[1]
-    prefix = f"bench{os.getpid()}:"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    mocks = subprocess.Popen([sys.executable, "-m", "benchmarks.mock_workers", redis_url, prefix,
-                              "1", "1"], cwd=root, env=env, stdout=subprocess.PIPE, text=True)
-    addrs = {}
-    for line in mocks.stdout:
-        if line.startswith("MOCK "):
-            _, role, addr = line.split()
-            addrs[role] = addr
-        if line.startswith("MOCKS_READY"):
-            break
-    port = free_port()
-    router = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "router", "--redis", redis_url, "--redis-prefix",
-         prefix, "--port", str(port), "--model", "random:tiny-llama", "--log-level", "warning",
-         "--local-prefill-threshold", "0"],
-        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                h = httpx.get(f"{url}/health", timeout=1).json()
-                if h["prefill_workers"] and h["decode_workers"]:
-                    break
-            except Exception:
-                pass
-            time.sleep(0.1)
-        prompt = list(range(100, 612))  # 512 tokens
-        direct = asyncio.run(_direct_latency(addrs["prefill"], addrs["decode"], prompt, 200))
-        asyncio.run(_http_load(url, prompt, 1, 1.0))  # warm-up
-        serial, errors1 = asyncio.run(_http_load(url, prompt, 1, duration_s))
-        loaded, errors64 = asyncio.run(_http_load(url, prompt, 64, duration_s))
-        return {
-            "direct_grpc_p50_ms": 1e3 * statistics.median(direct),
-            "router_p50_ms": 1e3 * statistics.median(serial),
-            "router_p99_ms": 1e3 * percentile(serial, 99),
-            "added_latency_p50_ms": 1e3 * (statistics.median(serial) -
-                                           statistics.median(direct)),
-            "max_rate_req_per_s": len(loaded) / duration_s,
-            "loaded_p50_ms": 1e3 * statistics.median(loaded),
-            "loaded_p99_ms": 1e3 * percentile(loaded, 99),
-            "concurrency": 64, "errors": errors1 + errors64, "tokens_per_request": 16,
-            "prompt_tokens": len(prompt),
-        }
+                print(f"measuring {tree} with {procs} router process(es)...", flush=True)
+                rows.append(measure_run(tree, procs, redis, args, len(rows)))
     finally:
-        router.terminate()
-        mocks.terminate()
-        router.wait(timeout=10)
-        mocks.wait(timeout=10)
+        redis.stop()
+    context["top_other_processes"] = pc.top_others(before_all, pc.snapshot_all(),
+                                                   stack.SPAWNED | {os.getpid()})
+    context["elapsed_s"] = time.time() - started
+    for r in rows:
+        if "direct_note" in r:
+            notes.append(f"{r['label']}: {r['direct_note']}")
+    n = args.clients
+    table = print_table(
+        ["tree", "procs", "CPU µs/req @1", "µs/token @1", f"CPU µs/req @{n}", f"µs/token @{n}",
+         "added p50/p99 ms @1", f"req/s @{n}", f"p50/p99 ms @{n}", f"loadgen µs/req @{n}",
+         f"mocks µs/req @{n}", "steal % @1/@N", "others' cores @1/@N", "errors"],
+        result_rows(rows))
+    ratios = print_table(["tree", "procs", "against", *(k for k, _ in RATIO_KEYS)],
+                         ratio_rows(rows)) if len(rows) > 1 else ""
+    print(f"load average before: {context['load_average_before']}; redis: {redis.kind}")
+    for other in context["top_other_processes"]:
+        print(f"  also running: {other['cpu_s']:.1f} CPU s  {other['cmd']}")
+    for note in notes:
+        print("note:", note)
+    payload = {"rows": rows, "notes": notes, "table": table, "ratios": ratios, **context,
+               "added_latency_method": "router p50/p99 at 1 client minus p50/p99 of direct "
+                                       "Prefill+Decode gRPC calls to the same mocks, same run"}
+    if args.decision:
+        from benchmarks.router_decision import bench_decision
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis", default=None,
-                        help="Redis URL (default: a private redis-server, else fakeredis)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/router.json"))
-    args = parser.parse_args()
-    decision = bench_decision(num_workers=8, num_blocks=1_000_000, prompt_tokens=4096,
-                              repeats=500)
-    local = None
-    url = args.redis
-    if url is None:
-        local = LocalRedis()
-        local.wait()
-        url = local.url
-    try:
-        overhead = bench_overhead(url, args.duration)
-    finally:
-        if local is not None:
-            local.stop()
-    table = print_table(["measure", "value"], [
-        ["routing decision p50 (4k prompt, 8 workers, 1M blocks)", f"{decision['p50_ms']:.3f} ms"],
-        ["routing decision p99", f"{decision['p99_ms']:.3f} ms"],
-        ["direct gRPC prefill+decode p50 (mock workers)", f"{overhead['direct_grpc_p50_ms']:.2f} ms"],
-        ["through router p50 / p99 (1 client)",
-         f"{overhead['router_p50_ms']:.2f} / {overhead['router_p99_ms']:.2f} ms"],
-        ["router added latency p50", f"{overhead['added_latency_p50_ms']:.2f} ms"],
-        ["max rate, 64 clients", f"{overhead['max_rate_req_per_s']:.0f} req/s"],
-        ["latency at max rate p50 / p99",
-         f"{overhead['loaded_p50_ms']:.1f} / {overhead['loaded_p99_ms']:.1f} ms"],
-    ])
-    save_json(args.out, {"decision": decision, "overhead": overhead, "table": table,
-                         "machine": machine_info()})
+        payload["decision"] = bench_decision(8, 1_000_000, 4096, 500)
+    save_json(args.out, payload)
 
 
 if __name__ == "__main__":

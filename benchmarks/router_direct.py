@@ -1,0 +1,56 @@
+"""Direct-to-mock baseline for router_bench: the same Prefill + Decode gRPC calls the router
+makes for one request, made straight to the mock workers, one at a time.
+
+Run as a script with PYTHONPATH set to the tree under test, so it speaks that tree's proto:
+it imports nothing of this checkout but ``proto`` (the tree's) and grpc. Knows both
+DecodeRequest shapes: API v2's ``pull_kv`` oneof and v1's loose first_token/kv_handle fields.
+
+    PYTHONPATH=TREE python benchmarks/router_direct.py PREFILL_ADDR DECODE_ADDR PROMPT_TOKENS N
+prints one line ``DIRECT {"latencies_s": [...]}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+
+def decode_request(pb, api_version: int, rid: str, prompt: list[int], sp, first):
+    fields = pb.DecodeRequest.DESCRIPTOR.fields_by_name
+    common = dict(api_version=api_version, request_id=rid, prompt_token_ids=prompt, sampling=sp)
+    if "pull_kv" in fields:
+        return pb.DecodeRequest(**common, pull_kv=pb.PulledKV(
+            first_token=first.first_token, kv_handle=first.kv_handle))
+    return pb.DecodeRequest(**common, prefill_locally=False, first_token=first.first_token,
+                            kv_handle=first.kv_handle)
+
+
+async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: int,
+                  max_tokens: int = 16) -> list[float]:
+    import grpc
+
+    from proto import API_VERSION, pb, pb_grpc
+
+    prompt = list(range(100, 100 + prompt_tokens))
+    sp = pb.SamplingParams(max_tokens=max_tokens, temperature=0, top_p=1)
+    out = []
+    async with grpc.aio.insecure_channel(prefill_addr) as pc, \
+            grpc.aio.insecure_channel(decode_addr) as dc:
+        p, d = pb_grpc.WorkerStub(pc), pb_grpc.WorkerStub(dc)
+        for i in range(n + 20):  # the first 20 warm the channels up and are dropped
+            started = time.perf_counter()
+            first = await p.Prefill(pb.PrefillRequest(
+                api_version=API_VERSION, request_id=f"d{i}", prompt_token_ids=prompt,
+                sampling=sp))
+            async for _ in d.Decode(decode_request(pb, API_VERSION, f"d{i}", prompt, sp, first)):
+                pass
+            if i >= 20:
+                out.append(time.perf_counter() - started)
+    return out
+
+
+if __name__ == "__main__":
+    lat = asyncio.run(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    print("DIRECT " + json.dumps({"latencies_s": lat}), flush=True)
