@@ -77,23 +77,30 @@ async def _direct_latency(prefill_addr: str, decode_addr: str, prompt: list[int]
     import grpc
 
     from proto import API_VERSION, pb, pb_grpc
+    from router.decode_outputs import DecodeOutputs
 
     sp = pb.SamplingParams(max_tokens=16, temperature=0, top_p=1)
     out = []
     async with grpc.aio.insecure_channel(prefill_addr) as pc, \
             grpc.aio.insecure_channel(decode_addr) as dc:
         p, d = pb_grpc.WorkerStub(pc), pb_grpc.WorkerStub(dc)
+        outputs = DecodeOutputs(lambda address: d)
         for i in range(n):
             started = time.perf_counter()
             first = await p.Prefill(pb.PrefillRequest(api_version=API_VERSION,
                                                       request_id=f"d{i}",
                                                       prompt_token_ids=prompt, sampling=sp))
-            async for _ in d.Decode(pb.DecodeRequest(
-                    api_version=API_VERSION, request_id=f"d{i}", prompt_token_ids=prompt,
-                    sampling=sp, pull_kv=pb.PulledKV(first_token=first.first_token,
-                                                  kv_handle=first.kv_handle))):
+            inbox = await outputs.subscribe(decode_addr, f"d{i}")
+            await d.Submit(pb.DecodeRequest(
+                api_version=API_VERSION, request_id=f"d{i}", prompt_token_ids=prompt,
+                sampling=sp, router_id=outputs.router_id,
+                pull_kv=pb.PulledKV(first_token=first.first_token, kv_handle=first.kv_handle)))
+            deadline = asyncio.get_running_loop().time() + 30
+            while not any(o.finish_reason for o in await inbox.take(deadline)):
                 pass
+            outputs.unsubscribe(f"d{i}", inbox)
             out.append(time.perf_counter() - started)
+        await outputs.close()
     return out
 
 
@@ -156,7 +163,8 @@ def bench_overhead(redis_url: str, duration_s: float) -> dict:
             except Exception:
                 pass
             time.sleep(0.1)
-        prompt = list(range(100, 612))  # 512 tokens
+        # 512 tokens, all inside random:tiny-llama's 512-token vocabulary (the router checks).
+        prompt = [100 + i % 400 for i in range(512)]
         direct = asyncio.run(_direct_latency(addrs["prefill"], addrs["decode"], prompt, 200))
         asyncio.run(_http_load(url, prompt, 1, 1.0))  # warm-up
         serial, errors1 = asyncio.run(_http_load(url, prompt, 1, duration_s))
