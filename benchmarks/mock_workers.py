@@ -1,9 +1,11 @@
 """Instant mock workers for measuring the router alone (not the engine).
 
 They speak the real gRPC contract and register in Redis like real workers, but answer at once:
-``Prefill`` returns a fixed first token and a dummy KV handle, ``Decode`` streams the requested
-number of tokens without computing anything. Used only by benchmarks/router_bench.py; they are
-mocks, and the numbers they give are the router's overhead, nothing more.
+``Prefill`` returns a fixed first token and a dummy KV handle; ``Submit`` adds the request to
+its router's ``Outputs`` stream, which emits one batch per "step" (one token for every request
+in flight on that stream) without computing anything, as a decode worker's engine would. Used
+only by benchmarks/router_bench.py; they are mocks, and the numbers they give are the router's
+overhead, nothing more.
 """
 
 from __future__ import annotations
@@ -28,27 +30,58 @@ class MockServicer(pb_grpc.WorkerServicer):
             kv_handle=pb.KVHandle(protocol_version=1, request_id=request.request_id,
                                   num_tokens=len(request.prompt_token_ids)))
 
-    async def Decode(self, request, context):
-        produced = 0 if request.WhichOneof("prompt_kv") == "prefill_here" else 1
-        while produced < request.sampling.max_tokens:
-            produced += 1
-            last = produced == request.sampling.max_tokens
-            yield pb.DecodeChunk(token_ids=[7], text="a", finish_reason="length" if last else "",
-                                 num_prompt_tokens=len(request.prompt_token_ids))
+    def __init__(self, step_s: float = 0.0) -> None:
+        """``step_s``: how long a decode "step" takes (0: instant, the next one at once; a
+        real decode GPU's step is a few ms, and the requests in flight share it)."""
+        self.step_s = step_s
+        self.streams: dict[str, dict[str, int]] = {}  # router id -> request id -> tokens left
+        self.wakes: dict[str, asyncio.Event] = {}
+
+    async def Outputs(self, request, context):
+        active = self.streams[request.router_id] = {}
+        wake = self.wakes[request.router_id] = asyncio.Event()
+        yield pb.OutputBatch()
+        while True:
+            if not active:
+                wake.clear()
+                await wake.wait()
+                continue
+            outputs = []
+            for rid, left in list(active.items()):
+                left -= 1
+                outputs.append(pb.RequestOutput(request_id=rid, token_ids=[7], text="a",
+                                                finish_reason="" if left else "length"))
+                if left:
+                    active[rid] = left
+                else:
+                    del active[rid]
+            yield pb.OutputBatch(outputs=outputs)
+            await asyncio.sleep(self.step_s)  # a "step" (and submissions get in)
+
+    async def Submit(self, request, context):
+        active = self.streams.get(request.router_id)
+        if active is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no Outputs stream")
+        pulled = request.WhichOneof("prompt_kv") == "pull_kv"
+        active[request.request_id] = request.sampling.max_tokens - (1 if pulled else 0)
+        self.wakes[request.router_id].set()
+        return pb.SubmitResponse()
 
     async def Abort(self, request, context):
-        return pb.AbortResponse(found=False)
+        found = any(a.pop(request.request_id, None) is not None for a in self.streams.values())
+        return pb.AbortResponse(found=found)
 
     async def Health(self, request, context):
         return pb.HealthResponse(ok=True, api_version=API_VERSION)
 
 
-async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int) -> None:
+async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int,
+                step_s: float = 0.0) -> None:
     presences = []
     for role, count in (("prefill", num_prefill), ("decode", num_decode)):
         for i in range(count):
             server = grpc.aio.server()
-            pb_grpc.add_WorkerServicer_to_server(MockServicer(), server)
+            pb_grpc.add_WorkerServicer_to_server(MockServicer(step_s), server)
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
             record = WorkerRecord(
@@ -69,4 +102,5 @@ async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int) 
 
 if __name__ == "__main__":
     url, prefix, n_p, n_d = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    asyncio.run(serve(url, prefix, n_p, n_d))
+    step_ms = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0  # decode step time
+    asyncio.run(serve(url, prefix, n_p, n_d, step_ms / 1000))

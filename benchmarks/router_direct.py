@@ -2,8 +2,10 @@
 makes for one request, made straight to the mock workers, one at a time.
 
 Run as a script with PYTHONPATH set to the tree under test, so it speaks that tree's proto:
-it imports nothing of this checkout but ``proto`` (the tree's) and grpc. Knows both
-DecodeRequest shapes: API v2's ``pull_kv`` oneof and v1's loose first_token/kv_handle fields.
+it imports nothing of this checkout but ``proto`` (the tree's), grpc and, for trees whose
+decode output is one stream per router (API v3: ``Submit`` + ``Outputs``), the tree's own
+``router.decode_outputs`` reader. Knows the older shapes too: a per-request ``Decode`` stream
+with API v2's ``pull_kv`` oneof or v1's loose first_token/kv_handle fields.
 
     PYTHONPATH=TREE python benchmarks/router_direct.py PREFILL_ADDR DECODE_ADDR PROMPT_TOKENS N
 prints one line ``DIRECT {"latencies_s": [...]}``.
@@ -39,16 +41,40 @@ async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: in
     async with grpc.aio.insecure_channel(prefill_addr) as pc, \
             grpc.aio.insecure_channel(decode_addr) as dc:
         p, d = pb_grpc.WorkerStub(pc), pb_grpc.WorkerStub(dc)
+        outputs = None
+        if hasattr(pb, "OutputBatch"):  # API v3: outputs arrive on one stream per router
+            from router.decode_outputs import DecodeOutputs
+
+            outputs = DecodeOutputs(lambda _: d)
         for i in range(n + 20):  # the first 20 warm the channels up and are dropped
             started = time.perf_counter()
             first = await p.Prefill(pb.PrefillRequest(
                 api_version=API_VERSION, request_id=f"d{i}", prompt_token_ids=prompt,
                 sampling=sp))
-            async for _ in d.Decode(decode_request(pb, API_VERSION, f"d{i}", prompt, sp, first)):
-                pass
+            request = decode_request(pb, API_VERSION, f"d{i}", prompt, sp, first)
+            if outputs is None:
+                async for _ in d.Decode(request):
+                    pass
+            else:
+                await _submit_and_wait(outputs, d, decode_addr, request)
             if i >= 20:
                 out.append(time.perf_counter() - started)
+        if outputs is not None:
+            await outputs.close()
     return out
+
+
+async def _submit_and_wait(outputs, stub, address: str, request) -> None:
+    request.router_id = outputs.router_id
+    inbox = await outputs.subscribe(address, request.request_id)
+    try:
+        await stub.Submit(request, timeout=30)
+        deadline = asyncio.get_running_loop().time() + 60
+        received = []
+        while not (received and received[-1].finish_reason):
+            received.extend(await inbox.take(deadline))
+    finally:
+        outputs.unsubscribe(request.request_id, inbox)
 
 
 if __name__ == "__main__":

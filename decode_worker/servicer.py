@@ -1,24 +1,50 @@
-"""The decode role's gRPC service: the shared RPCs, ``Decode`` (worker/decode_rpc.py) and, when
-the worker runs colocated (``--role both``), ``Prefill`` (worker/prefill_rpc.py)."""
+"""The decode role's gRPC service: the shared RPCs, ``Outputs`` and ``Submit`` (the output
+plane in worker/output_streams.py, submission in worker/decode_rpc.py) and, when the worker
+runs colocated (``--role both``), ``Prefill`` (worker/prefill_rpc.py)."""
 
 from __future__ import annotations
 
 import grpc
 
-from worker.decode_rpc import release_refused_handle, serve_decode
+from proto import API_VERSION, pb
+from worker.decode_rpc import release_refused_handle, submit_decode
+from worker.output_streams import OutputStreams
 from worker.prefill_rpc import serve_prefill
 from worker.servicer_base import BaseServicer
 
 
 class DecodeServicer(BaseServicer):
-    async def Decode(self, request, context):
+    def __init__(self, engine, state):
+        super().__init__(engine, state)
+        self.outputs = OutputStreams(engine, state)
+
+    async def Outputs(self, request, context):
+        if request.api_version != API_VERSION:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"api_version {request.api_version} is not supported; this "
+                                f"worker speaks {API_VERSION}")
+        if not request.router_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "router_id is required")
+        stream = self.outputs.open(request.router_id)
+        try:
+            yield pb.OutputBatch()  # registered: Submit may name this router now
+            async for batch in stream.batches():
+                yield batch
+        finally:  # the router went away (or the server stops): its requests end here
+            self.outputs.close(stream)
+
+    async def Submit(self, request, context):
         try:
             params = await self.check_request(request, context)
+            stream = self.outputs.get(request.router_id)
+            if stream is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"no Outputs stream is open for router "
+                                    f"{request.router_id!r}; open one before submitting")
         except BaseException:  # refused (draining, version, bad request): free the KV now
             await release_refused_handle(self.engine, request)
             raise
-        async for chunk in serve_decode(self.engine, self.state, request, params, context):
-            yield chunk
+        return await submit_decode(self.engine, stream, request, params, context)
 
     async def Prefill(self, request, context):
         if self.role != "both":
@@ -27,3 +53,10 @@ class DecodeServicer(BaseServicer):
                                 "--role both for colocated serving)")
         params = await self.check_request(request, context)
         return await serve_prefill(self.engine, self.state, request, params, context)
+
+    async def Stats(self, request, context):
+        response = await super().Stats(request, context)
+        response.output_batches = self.outputs.batches_sent
+        response.output_tokens = self.outputs.tokens_sent
+        response.num_output_streams = self.outputs.num_open
+        return response

@@ -2,8 +2,11 @@
 results cross over thread-safe queues.
 
 The engine thread owns the engine outright (no locks around engine state): every call from the
-event loop becomes a command the thread executes between steps. Results are delivered to
-per-request asyncio queues with ``call_soon_threadsafe``.
+event loop becomes a command the thread executes between steps. Results go to *sinks*: each
+request names one, and each step hands every sink the deltas of all its requests in one
+``call_soon_threadsafe`` (a decode worker's sink is one router's Outputs stream, so a step of 64
+requests wakes the event loop once per router, not 64 times). ``generate`` and
+``continue_prefilled`` wrap a one-request sink as an async iterator.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from engine.config import EngineConfig
 from engine.core.kv_events import KVEvent
@@ -27,12 +30,33 @@ _IDLE_WAIT_S = 0.5  # nothing to do: block on the command queue this long
 _HOLDING_WAIT_S = 0.02  # leases or pulls outstanding: poll the transfer layer this often
 
 
+class OutputSink(Protocol):
+    """Where the deltas of some requests go: ``put`` runs on ``loop`` with one step's deltas
+    of this sink's requests, in order."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def put(self, deltas: list[RequestDelta]) -> None: ...
+
+
+class _QueueSink:
+    """One request's deltas (or the exception that refused it) on an asyncio queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, deltas: list[RequestDelta]) -> None:
+        for delta in deltas:
+            self.queue.put_nowait(delta)
+
+
 class AsyncEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.engine: LLMEngine | None = None
         self._commands: queue.Queue[Callable[[LLMEngine], None]] = queue.Queue()
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._sinks: dict[str, OutputSink] = {}  # request id -> where its deltas go
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._startup_error: BaseException | None = None
@@ -56,12 +80,37 @@ class AsyncEngine:
     # -- requests -----------------------------------------------------------------------------
     def generate(self, request_id: str, **add_kwargs: Any) -> AsyncIterator[RequestDelta]:
         """Run ``LLMEngine.add_request(request_id=..., **add_kwargs)``; stream its deltas."""
-        return self._stream(request_id, lambda e: e.add_request(request_id=request_id,
-                                                                 **add_kwargs))
+        return self._stream(request_id, self._adder(request_id, False, add_kwargs))
 
     def continue_prefilled(self, request_id: str, **kwargs: Any) -> AsyncIterator[RequestDelta]:
         """Run ``LLMEngine.add_prefilled_request``; stream its deltas."""
+        return self._stream(request_id, self._adder(request_id, True, kwargs))
+
+    async def submit(self, request_id: str, sink: OutputSink, prefilled: bool = False,
+                     **kwargs: Any) -> None:
+        """Add a request whose deltas go to ``sink``, batched per step with the sink's other
+        requests: ``add_prefilled_request(**kwargs)`` when ``prefilled``, else
+        ``add_request(**kwargs)``. Returns once the engine took it; raises what it raised."""
+        if request_id in self._sinks:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        self._sinks[request_id] = sink
+        add = self._adder(request_id, prefilled, kwargs)
+        try:
+            await self.call(add)
+        except asyncio.CancelledError:  # the caller left: the add still runs, so undo it
+            self._sinks.pop(request_id, None)
+            self.abort(request_id)
+            raise
+        except Exception:
+            self._sinks.pop(request_id, None)
+            raise
+
+    def _adder(self, request_id: str, prefilled: bool,
+               kwargs: dict[str, Any]) -> Callable[[LLMEngine], None]:
         def add(engine: LLMEngine) -> None:
+            if not prefilled:
+                engine.add_request(request_id=request_id, **kwargs)
+                return
             try:
                 done = engine.add_prefilled_request(request_id=request_id, **kwargs)
             except Exception:
@@ -72,14 +121,23 @@ class AsyncEngine:
                     engine.remote.connector.release(handle)
                 raise
             if done is not None:
-                self._deliver(done)
-        return self._stream(request_id, add)
+                self._deliver([done])
+        return add
 
     def abort(self, request_id: str) -> None:
         def run(engine: LLMEngine) -> None:
             engine.abort_request(request_id)
             self._close_stream(request_id, FinishReason.ABORT)
         self._commands.put(run)
+
+    async def abort_request(self, request_id: str) -> bool:
+        """Stop ``request_id`` wherever it is (its sink gets an ``abort`` finish); True when
+        the engine knew it."""
+        def run(engine: LLMEngine) -> bool:
+            found = engine.abort_request(request_id)
+            self._close_stream(request_id, FinishReason.ABORT)
+            return found
+        return await self.call(run)
 
     async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
         """Run ``fn(engine)`` in the engine thread and return its result."""
@@ -101,23 +159,22 @@ class AsyncEngine:
 
     async def _stream(self, request_id: str,
                       add: Callable[[LLMEngine], Any]) -> AsyncIterator[RequestDelta]:
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue = asyncio.Queue()
-        if request_id in self._streams:
+        sink = _QueueSink(asyncio.get_running_loop())
+        if request_id in self._sinks:
             raise ValueError(f"request id {request_id!r} is already in use")
-        self._streams[request_id] = (loop, out)
+        self._sinks[request_id] = sink
 
         def run(engine: LLMEngine) -> None:
             try:
                 add(engine)
             except Exception as e:  # bad input: reported to this request's caller only
-                self._streams.pop(request_id, None)
-                loop.call_soon_threadsafe(out.put_nowait, e)
+                self._sinks.pop(request_id, None)
+                sink.loop.call_soon_threadsafe(sink.queue.put_nowait, e)
         self._commands.put(run)
         finished = False
         try:
             while True:
-                item = await out.get()
+                item = await sink.queue.get()
                 if isinstance(item, Exception):
                     raise item
                 yield item
@@ -126,7 +183,7 @@ class AsyncEngine:
                     return
         finally:
             if not finished:  # the caller went away (cancelled) or an error: stop the request
-                self._streams.pop(request_id, None)
+                self._sinks.pop(request_id, None)
                 self.abort(request_id)
 
     # -- engine thread ------------------------------------------------------------------------
@@ -147,12 +204,11 @@ class AsyncEngine:
                                           else _IDLE_WAIT_S)
                 self._drain_commands(engine, timeout)
                 if engine.has_unfinished() or engine.num_held_kv:
-                    for delta in engine.step():
-                        self._deliver(delta)
+                    self._deliver(engine.step())
                 self.kv_events.extend(engine.drain_kv_events())
         except Exception:
             log.exception("engine loop crashed")
-            for rid in list(self._streams):
+            for rid in list(self._sinks):
                 self._close_stream(rid, FinishReason.ERROR, "engine loop crashed")
             raise
         finally:
@@ -173,21 +229,31 @@ class AsyncEngine:
             except queue.Empty:
                 return
 
-    def _deliver(self, delta: RequestDelta) -> None:
-        entry = self._streams.get(delta.request_id)
-        if entry is None:
+    def _deliver(self, deltas: list[RequestDelta]) -> None:
+        """One step's deltas: one hand-over per sink, carrying all of its requests' deltas."""
+        if not deltas:
             return
-        if delta.finished:
-            self._streams.pop(delta.request_id, None)
-        loop, out = entry
-        loop.call_soon_threadsafe(out.put_nowait, delta)
+        by_sink: dict[int, tuple[OutputSink, list[RequestDelta]]] = {}
+        sinks = self._sinks
+        for delta in deltas:
+            sink = sinks.get(delta.request_id)
+            if sink is None:
+                continue
+            if delta.finished:
+                sinks.pop(delta.request_id, None)
+            entry = by_sink.get(id(sink))
+            if entry is None:
+                by_sink[id(sink)] = (sink, [delta])
+            else:
+                entry[1].append(delta)
+        for sink, batch in by_sink.values():
+            sink.loop.call_soon_threadsafe(sink.put, batch)
 
     def _close_stream(self, request_id: str, reason: FinishReason, error: str | None = None):
-        entry = self._streams.pop(request_id, None)
-        if entry is not None:
-            loop, out = entry
-            loop.call_soon_threadsafe(out.put_nowait, RequestDelta(
-                request_id, [], finished=True, finish_reason=reason, error=error))
+        sink = self._sinks.pop(request_id, None)
+        if sink is not None:
+            sink.loop.call_soon_threadsafe(sink.put, [RequestDelta(
+                request_id, [], finished=True, finish_reason=reason, error=error)])
 
 
 def _set_result(future: asyncio.Future, value: Any) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 # Bump only with a new set of messages; workers answer older ones explicitly. 2: DecodeRequest
 # names where the prompt's KV comes from in a oneof (pull_kv | prefill_here), replacing v1's
-# prefill_locally bool and loose first_token / first_logprob / kv_handle fields.
-API_VERSION = 2
+# prefill_locally bool and loose first_token / first_logprob / kv_handle fields. 3: decode
+# outputs travel as per-step batches on one Outputs stream per router (Submit + Outputs
+# replace the per-request Decode stream and its DecodeChunk).
+API_VERSION = 3
 
 _HERE = Path(__file__).resolve().parent
 _PROTO = _HERE / "pdserve.proto"

@@ -4,7 +4,9 @@ migration), streaming token events back to the API layer.
 Failure rules: a prefill that fails before the first token is retried on another prefill worker
 and finally on the decode worker itself; a decode stream that dies is continued elsewhere by
 prefilling prompt + the tokens already generated, so the client sees one unbroken stream. A
-client that goes away cancels the gRPC calls, which aborts the request on the workers.
+client that goes away cancels the prefill call, or Aborts the request on its decode worker.
+Decode outputs arrive per engine step, for all of this router's requests on a worker at once,
+on that worker's Outputs stream (router/decode_outputs.py).
 """
 
 from __future__ import annotations
@@ -15,18 +17,18 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
 
 import grpc
 
-from common.outputs import TokenLogprob
 from common.redis_schema import WorkerRecord
 from common.sampling_params import SamplingParams
 from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb
 from proto.convert import logprob_from_pb, sampling_to_pb
 from router.config import RouterConfig
+from router.decode_outputs import DecodeOutputs, OutputsLost
 from router.index_accuracy import IndexAccuracy
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
@@ -41,12 +43,14 @@ from router.policies import (
 from router.prefix_index import PrefixIndex
 from router.registry import RegistryView
 from router.request_record import CANCELLED, ERROR, REJECTED, RequestRecord
+from router.token_events import TokenEvent, merge_outputs
 from router.worker_clients import WorkerClients
 
 log = logging.getLogger(__name__)
 
 _CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE)
 _ABORT_TIMEOUT_S = 1.0  # a held lease must end within about a second of its request
+_SUBMIT_TIMEOUT_S = 30.0  # Submit only checks and queues the request: a worker this slow is stuck
 _BACKGROUND: set[asyncio.Task] = set()  # fire-and-forget aborts still running
 
 
@@ -71,16 +75,6 @@ class GenerateRequest:
 
 
 @dataclass
-class TokenEvent:
-    token_ids: list[int]
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    num_prompt_tokens: int = 0
-    num_cached_tokens: int = 0
-
-
-@dataclass
 class RoutePlan:
     decode: WorkerRecord
     prefill: Candidate | None  # None: prefill on the decode worker
@@ -93,6 +87,7 @@ class _DecodeFailed(Exception):
     pass
 
 
+
 class Dispatcher:
     def __init__(self, config: RouterConfig, registry: RegistryView, index: PrefixIndex,
                  clients: WorkerClients, metrics: RouterMetrics, load: LoadTracker):
@@ -103,6 +98,8 @@ class Dispatcher:
         self.metrics = metrics
         self.load = load
         self.hasher = BlockHasher(config.block_size, config.hash_seed)
+        self.outputs = DecodeOutputs(clients.stub, (metrics.decode_output_batches,
+                                                    metrics.decode_output_tokens))
         self.accuracy = IndexAccuracy()
         self._counter = count()
         self._rng = random.Random(0)
@@ -314,36 +311,44 @@ class Dispatcher:
                 request.prefill_here.SetInParent()
                 request.prompt_token_ids.extend(req.prompt_token_ids + generated)
                 request.sampling.max_tokens = remaining_tokens
+            request.router_id = self.outputs.router_id
             # Until a token comes back, the prefill worker still holds the prompt KV for this
             # attempt; any way out of it before then (a refusal, an error, a dead worker, the
             # client leaving) must free that KV, or it stays held to the lease's end.
             handoff_open = remote
-            decode_ended_it = False  # an error chunk: the worker already dropped the request
+            decode_ended_it = False  # an error output: the worker already dropped the request
+            finished = False
+            inbox = None
             try:
                 with self.load.decoding(decode.worker_id):
-                    call = self.clients.stub(decode.address).Decode(
-                        request, timeout=self.config.request_timeout_s)
-                    async for chunk in call:
-                        if chunk.finish_reason == "error":
-                            raise _DecodeFailed(chunk.error)
-                        handoff_open = False  # a token means the pull is complete
-                        generated.extend(chunk.token_ids)
-                        event = TokenEvent(list(chunk.token_ids), chunk.text,
-                                           [logprob_from_pb(lp) for lp in chunk.logprobs],
-                                           chunk.finish_reason or None)
-                        if not cached_reported:
-                            cached_reported = True
-                            event.num_cached_tokens = chunk.num_cached_tokens
-                            self._count_prompt(len(req.prompt_token_ids),
-                                               chunk.num_cached_tokens)
-                        yield event
-                        if chunk.finish_reason:
-                            return
-                raise _DecodeFailed("the decode stream ended without a finish reason")
+                    # Subscribed before Submit: the first outputs may beat Submit's answer.
+                    inbox = await self.outputs.subscribe(decode.address, req.request_id)
+                    await self.clients.stub(decode.address).Submit(
+                        request, timeout=_SUBMIT_TIMEOUT_S)
+                    deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
+                    while True:
+                        event, error = merge_outputs(await inbox.take(deadline))
+                        if event.token_ids or event.finish_reason:
+                            handoff_open = False  # a token means the pull is complete
+                            generated.extend(event.token_ids)
+                            if not cached_reported:
+                                cached_reported = True
+                                self._count_prompt(len(req.prompt_token_ids),
+                                                   event.num_cached_tokens)
+                            else:
+                                event.num_cached_tokens = 0
+                            finished = event.finish_reason is not None
+                            yield event
+                            if finished:
+                                return
+                        if error is not None:
+                            raise _DecodeFailed(error)
             except grpc.aio.AioRpcError as e:
                 if e.code() in _CLIENT_ERRORS:
                     raise BadRequestError(e.details()) from None
                 reason = f"{e.code().name}: {e.details()}"
+            except OutputsLost as e:
+                reason = str(e)
             except _DecodeFailed as e:
                 # The worker answered: it is alive, only this request failed there (typically
                 # its KV pull: the owner died, or the lease ran out while the worker was
@@ -358,9 +363,15 @@ class Dispatcher:
                 first = None  # every later attempt prefills locally
                 continue
             finally:
+                if inbox is not None:
+                    self.outputs.unsubscribe(req.request_id, inbox)
                 if handoff_open:
                     self._abort_prefill(plan, req.request_id,
                                         None if decode_ended_it else decode)
+                elif not finished and not decode_ended_it and inbox is not None:
+                    # The client left, a deadline passed or the stream broke: nothing else
+                    # stops the request on that worker (an Outputs stream that ended does).
+                    self._abort_later([decode], req.request_id)
             failed.add(decode.worker_id)
             self.registry.fence(decode.worker_id, self.config.fence_s)
             migrations += 1

@@ -50,6 +50,13 @@ class RouterMetrics:
         self.local_prefills = Counter("pdserve_router_local_prefills",
                                       "Requests prefilled on the decode worker", ["reason"],
                                       registry=r)
+        # Tokens / batches is how many requests' tokens one decode output message carries.
+        self.decode_output_batches = Counter(
+            "pdserve_router_decode_output_batches",
+            "Output batches read from decode workers (one per engine step and router)",
+            registry=r)
+        self.decode_output_tokens = Counter("pdserve_router_decode_output_tokens",
+                                            "Tokens those batches carried", registry=r)
         self.index_blocks = Gauge("pdserve_router_index_blocks", "Blocks in the prefix index",
                                   registry=r)
         self.workers = Gauge("pdserve_router_workers", "Live workers by role", ["role"],

@@ -1,61 +1,53 @@
-"""The ``Decode`` RPC: take the prompt's KV (pulled from the prefill worker named in the
-request, or prefilled here), join the running batch and stream tokens until a stop condition.
+"""The ``Submit`` RPC: take the prompt's KV (pulled from the prefill worker named in the
+request, or prefilled here) and join the running batch; the tokens go out on the router's
+``Outputs`` stream (worker/output_streams.py), batched with its other requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 
-from common.outputs import FinishReason
 from common.sampling_params import SamplingParams
 from engine.async_engine import AsyncEngine
 from kv_transfer.handle import IncompatibleKVError
 from proto import pb
-from proto.convert import handle_from_pb, logprob_from_pb, logprob_to_pb
-from worker.state import InFlight, WorkerState
+from proto.convert import handle_from_pb, logprob_from_pb
+from worker.output_streams import OutputStream
 
 
-async def serve_decode(engine: AsyncEngine, state: WorkerState, request: pb.DecodeRequest,
-                       params: SamplingParams,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DecodeChunk]:
-    """``params``: the request's sampling parameters, already checked by the servicer."""
+async def submit_decode(engine: AsyncEngine, stream: OutputStream, request: pb.DecodeRequest,
+                        params: SamplingParams,
+                        context: grpc.aio.ServicerContext) -> pb.SubmitResponse:
+    """``params``: the request's sampling parameters, already checked by the servicer;
+    ``stream``: the Outputs stream of the router that sent it."""
     prompt = list(request.prompt_token_ids)
     salt = tuple(request.cache_salt)
     source = request.WhichOneof("prompt_kv")
-    if source == "prefill_here":
-        stream = engine.generate(request.request_id, prompt_token_ids=prompt, params=params,
-                                 extra_keys=salt)
-    elif source == "pull_kv" and request.pull_kv.HasField("kv_handle"):
-        pull = request.pull_kv
-        first_logprob = (logprob_from_pb(pull.first_logprob)
-                         if pull.HasField("first_logprob") else None)
-        stream = engine.continue_prefilled(
-            request.request_id, prompt_token_ids=prompt, first_token=pull.first_token,
-            handle=handle_from_pb(pull.kv_handle), params=params, extra_keys=salt,
-            first_logprob=first_logprob)
-    else:
+    if source not in ("prefill_here", "pull_kv") or (
+            source == "pull_kv" and not request.pull_kv.HasField("kv_handle")):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             "either prefill_here or pull_kv with a kv_handle is required")
-    with InFlight(state):
-        try:
-            async for delta in stream:
-                chunk = pb.DecodeChunk(
-                    token_ids=delta.new_token_ids, text=delta.text_delta,
-                    logprobs=[logprob_to_pb(lp) for lp in delta.new_logprobs],
-                    num_prompt_tokens=delta.num_prompt_tokens,
-                    num_cached_tokens=delta.num_cached_tokens,
-                )
-                if delta.finished:
-                    chunk.finish_reason = delta.finish_reason.value
-                    if delta.finish_reason == FinishReason.ERROR:
-                        chunk.error = delta.error or "request failed"
-                yield chunk
-        except IncompatibleKVError as e:
+    stream.add(request.request_id)
+    try:
+        if source == "prefill_here":
+            await engine.submit(request.request_id, stream, prompt_token_ids=prompt,
+                                params=params, extra_keys=salt)
+        else:
+            pull = request.pull_kv
+            first_logprob = (logprob_from_pb(pull.first_logprob)
+                             if pull.HasField("first_logprob") else None)
+            await engine.submit(
+                request.request_id, stream, prefilled=True, prompt_token_ids=prompt,
+                first_token=pull.first_token, handle=handle_from_pb(pull.kv_handle),
+                params=params, extra_keys=salt, first_logprob=first_logprob)
+    except BaseException as e:
+        stream.forget(request.request_id)
+        if isinstance(e, IncompatibleKVError):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        except ValueError as e:
+        if isinstance(e, ValueError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        raise
+    return pb.SubmitResponse()
 
 
 async def release_refused_handle(engine: AsyncEngine, request: pb.DecodeRequest) -> None:

@@ -42,7 +42,9 @@ class BaseServicer(pb_grpc.WorkerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
     async def Abort(self, request, context):
-        found = await self.engine.call(lambda e: e.abort_request(request.request_id))
+        # Also ends the request's output (an ``abort`` finish), so whatever waits on it, an
+        # Outputs stream included, lets go of it.
+        found = await self.engine.abort_request(request.request_id)
         return pb.AbortResponse(found=bool(found))
 
     async def Health(self, request, context):

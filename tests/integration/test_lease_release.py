@@ -16,6 +16,7 @@ import pytest
 
 from proto import API_VERSION, pb, pb_grpc
 from tests.cluster_helpers import RouterProcess, WorkerProcess
+from tests.decode_client import DecodeClient
 from tests.helpers import random_prompts
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
@@ -89,7 +90,7 @@ def test_decode_failure_before_the_pull_releases_the_lease(redis_server, demo_mo
                            wait_for=(1, 2))
     try:
         # Killed, it stays in the registry until its record's TTL runs out: the router still
-        # hands prefilled requests to it, the Decode call fails, and the request moves on.
+        # hands prefilled requests to it, its Outputs stream cannot open, and the request moves on.
         decodes[0].kill()
         client = httpx.Client(base_url=router.url, timeout=120)
         for i in range(4):
@@ -119,24 +120,77 @@ def test_decode_worker_refusing_a_handle_releases_it(redis_server):
     sampling = pb.SamplingParams(max_tokens=16, temperature=0.0, top_p=1.0, ignore_eos=True)
     try:
         async def main():
-            async with grpc.aio.insecure_channel(prefill.address) as pch, \
-                    grpc.aio.insecure_channel(decode.address) as dch:
+            async with grpc.aio.insecure_channel(prefill.address) as pch:
                 first = await pb_grpc.WorkerStub(pch).Prefill(pb.PrefillRequest(
                     api_version=API_VERSION, request_id="refused", prompt_token_ids=prompt,
                     sampling=sampling))
                 assert first.kv_handle.block_ids
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    async for _ in pb_grpc.WorkerStub(dch).Decode(pb.DecodeRequest(
+                    async with DecodeClient(decode.address) as client:
+                        await client.run(pb.DecodeRequest(
                             api_version=API_VERSION, request_id="refused",
                             prompt_token_ids=prompt[:-1], sampling=sampling,
                             pull_kv=pb.PulledKV(first_token=first.first_token,
-                                                kv_handle=first.kv_handle))):
-                        pass
+                                                kv_handle=first.kv_handle)))
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
         asyncio.run(main())
         s = held_leases_after(prefill.address, 2.0)
         assert s.num_held_leases == 0 and s.leases_released == 1, s
     finally:
+        prefill.stop()
+        decode.stop()
+
+
+def test_router_dying_mid_stream_ends_its_requests_on_the_worker(redis_server, demo_model_dir):
+    """A router process killed with streams open: the decode worker sees its Outputs stream
+    end and aborts that router's requests (nothing keeps decoding, no block stays in use)."""
+    model = ["--model", str(demo_model_dir)]
+    prefill = WorkerProcess("prefill", model + LEASE_ARGS, redis_server.url)
+    decode = WorkerProcess("decode", model, redis_server.url)
+    router = RouterProcess(redis_server.url, model + ["--local-prefill-threshold", "0"],
+                           wait_for=(1, 1))
+    try:
+        streams = []
+        for i in range(3):
+            client = httpx.Client(base_url=router.url, timeout=60)
+            cm = client.stream("POST", "/v1/completions", json={
+                "model": demo_model_dir.name, "prompt": f"{i}: {STORY}", "max_tokens": 1500,
+                "temperature": 0, "ignore_eos": True, "stream": True})
+            lines = cm.__enter__().iter_lines()
+            while not next(lines).startswith("data: {"):  # a token reached the client
+                pass
+            streams.append((client, cm, lines))  # kept: collected, they would hang up
+
+        async def all_decoding():  # the last one's Submit follows its first token
+            deadline = time.time() + 10
+            while True:
+                s = await _stats(decode.address)
+                if s.num_running == 3 or time.time() > deadline:
+                    return s
+                await asyncio.sleep(0.05)
+
+        busy = asyncio.run(all_decoding())
+        assert busy.num_running == 3 and busy.num_output_streams == 1, busy
+        router.process.kill()  # no goodbye: the kernel closes its connections
+        router.process.wait(timeout=10)
+
+        async def settled():
+            deadline = time.time() + 5
+            while True:
+                s = await _stats(decode.address)
+                if (s.num_running == 0 and s.num_blocks_in_use == 0
+                        and s.num_output_streams == 0) or time.time() > deadline:
+                    return s
+                await asyncio.sleep(0.1)
+
+        s = asyncio.run(settled())
+        assert s.num_running == 0 and s.num_waiting == 0, s
+        assert s.num_blocks_in_use == 0 and s.num_output_streams == 0, s
+        assert held_leases_after(prefill.address, 2.0).num_held_leases == 0
+        for client, _, _ in streams:
+            client.close()
+    finally:
+        router.stop()
         prefill.stop()
         decode.stop()

@@ -13,6 +13,7 @@ from engine import LLM, SamplingParams
 from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb, pb_grpc
 from tests.cluster_helpers import WorkerProcess
+from tests.decode_client import DecodeClient
 from tests.helpers import random_prompts
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
@@ -38,27 +39,27 @@ def workers(redis_server):
         assert w.stop() == 0, "".join(w.log_lines[-20:])
 
 
-async def disaggregated(prefill_addr, decode_addr, rid, prompt, max_tokens=16, cancel_after=None):
-    async with grpc.aio.insecure_channel(prefill_addr) as pch, \
-            grpc.aio.insecure_channel(decode_addr) as dch:
-        p, d = pb_grpc.WorkerStub(pch), pb_grpc.WorkerStub(dch)
-        first = await p.Prefill(pb.PrefillRequest(api_version=API_VERSION, request_id=rid,
-                                                  prompt_token_ids=prompt,
-                                                  sampling=sampling(max_tokens)))
-        tokens = [first.first_token]
-        call = d.Decode(pb.DecodeRequest(api_version=API_VERSION, request_id=rid,
-                                         prompt_token_ids=prompt, sampling=sampling(max_tokens),
-                                         pull_kv=pb.PulledKV(first_token=first.first_token,
-                                                             kv_handle=first.kv_handle)))
-        finish = None
-        async for chunk in call:
-            tokens.extend(chunk.token_ids)
-            if chunk.finish_reason:
-                finish = (chunk.finish_reason, chunk.error)
-            if cancel_after is not None and len(tokens) >= cancel_after:
-                call.cancel()
-                return tokens, ("cancelled", "")
-        return tokens, finish
+async def disaggregated(prefill_addr, decode_addr, rid, prompt, max_tokens=16, cancel_after=None,
+                        client: DecodeClient | None = None):
+    """Prefill on one worker, decode on the other; ``client``: a shared decode client (one
+    Outputs stream for many requests, as one router has), else one of its own."""
+    async with grpc.aio.insecure_channel(prefill_addr) as pch:
+        first = await pb_grpc.WorkerStub(pch).Prefill(pb.PrefillRequest(
+            api_version=API_VERSION, request_id=rid, prompt_token_ids=prompt,
+            sampling=sampling(max_tokens)))
+    request = pb.DecodeRequest(api_version=API_VERSION, request_id=rid, prompt_token_ids=prompt,
+                               sampling=sampling(max_tokens),
+                               pull_kv=pb.PulledKV(first_token=first.first_token,
+                                                   kv_handle=first.kv_handle))
+    if client is None:
+        async with DecodeClient(decode_addr) as own:
+            outputs = await own.run(request, cancel_after)
+    else:
+        outputs = await client.run(request, cancel_after)
+    tokens = [first.first_token] + [t for o in outputs for t in o.token_ids]
+    if cancel_after is not None and not outputs[-1].finish_reason:
+        return tokens, ("cancelled", "")
+    return tokens, (outputs[-1].finish_reason, outputs[-1].error)
 
 
 async def stats(addr) -> pb.StatsResponse:
@@ -125,6 +126,32 @@ def test_abort_mid_stream_frees_blocks_on_both_sides(workers):
         raise AssertionError(f"blocks still in use after 1s: decode {d}, prefill {p}")
 
     asyncio.run(main())
+
+
+def test_concurrent_streams_share_output_batches(workers):
+    """Sixteen requests of one client (one router's Outputs stream) decoding together: the
+    worker sends one batch per engine step carrying all of them, not a message per token."""
+    prefill, decode = workers
+    prompts = shared_prefix_prompts(16, seed=250)
+
+    async def main():
+        before = await stats(decode.address)
+        async with DecodeClient(decode.address) as client:
+            results = await asyncio.gather(*(
+                disaggregated(prefill.address, decode.address, f"b{i}", p, max_tokens=32,
+                              client=client) for i, p in enumerate(prompts)))
+            during = await stats(decode.address)
+        await asyncio.sleep(0.3)
+        return results, before, during, await stats(decode.address)
+
+    results, before, during, after = asyncio.run(main())
+    assert all(len(tokens) == 32 and finish == ("length", "") for tokens, finish in results)
+    assert during.num_output_streams >= 1 and after.num_output_streams == 0
+    tokens = after.output_tokens - before.output_tokens
+    batches = after.output_batches - before.output_batches
+    assert tokens == 16 * 31  # every decoded token went out once (the first came from prefill)
+    assert batches * 4 <= tokens, (batches, tokens)  # ≥ 4 requests' tokens per message
+    assert after.num_blocks_in_use == 0 and after.num_running == 0
 
 
 def test_registry_and_kv_events_in_redis(workers, redis_server):
@@ -198,11 +225,11 @@ def test_killed_prefill_worker_gives_clear_errors(redis_server, workers):
                 sampling=sampling()))
         prefill.kill()  # dies holding the blocks, before the decode side pulls them
         started = time.time()
-        async with grpc.aio.insecure_channel(decode.address) as ch:
-            chunks = [c async for c in pb_grpc.WorkerStub(ch).Decode(pb.DecodeRequest(
+        async with DecodeClient(decode.address) as client:
+            chunks = await client.run(pb.DecodeRequest(
                 api_version=API_VERSION, request_id="k1", prompt_token_ids=prompt,
                 sampling=sampling(), pull_kv=pb.PulledKV(first_token=first.first_token,
-                                                         kv_handle=first.kv_handle)))]
+                                                         kv_handle=first.kv_handle)))
         assert chunks[-1].finish_reason == "error"
         assert "unreachable" in chunks[-1].error or "failed" in chunks[-1].error
         assert time.time() - started < 15

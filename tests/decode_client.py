@@ -1,0 +1,49 @@
+"""A decode worker's client for tests that talk gRPC directly: ``Submit`` plus the worker's
+output plane, read through the router's own ``DecodeOutputs`` (one Outputs stream per client,
+as one router process has)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from proto import pb, pb_grpc
+from router.decode_outputs import DecodeOutputs
+
+
+class DecodeClient:
+    def __init__(self, address: str):
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pb_grpc.WorkerStub(self.channel)
+        self.outputs = DecodeOutputs(lambda _: self.stub)
+
+    async def __aenter__(self) -> DecodeClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.outputs.close()
+        await self.channel.close()
+
+    async def run(self, request: pb.DecodeRequest, cancel_after: int | None = None,
+                  timeout_s: float = 120.0) -> list[pb.RequestOutput]:
+        """Submit ``request`` (refusals raise ``grpc.aio.AioRpcError``) and return its outputs
+        up to the finish; with ``cancel_after``, Abort it once that many tokens came back and
+        return what came until then."""
+        rid = request.request_id
+        request.router_id = self.outputs.router_id
+        inbox = await self.outputs.subscribe(self.address, rid)
+        received: list[pb.RequestOutput] = []
+        try:
+            await self.stub.Submit(request, timeout=30)
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while not (received and received[-1].finish_reason):
+                received.extend(await inbox.take(deadline))
+                tokens = sum(len(o.token_ids) for o in received)
+                if cancel_after is not None and tokens >= cancel_after:
+                    await self.stub.Abort(pb.AbortRequest(request_id=rid), timeout=5)
+                    break
+        finally:
+            self.outputs.unsubscribe(rid, inbox)
+        return received
