@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or min(args.max_in_flight_per_worker, args.overload_retry_after_s) < 0:
         raise SystemExit("--workers must be >= 1; --max-in-flight-per-worker and "
                          "--overload-retry-after-s >= 0")
+    if args.workers > 1 and args.port == 0:
+        raise SystemExit("--workers > 1 needs a fixed --port (each process binds it)")
     return serve(config_from_args(args), args.log_level)
 
 
