@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--port", type=int, default=8000, help="router HTTP port")
     up.add_argument("--redis", default=None, help="use this Redis instead of an actor")
     up.add_argument("--policy", default="kv_aware")
+    up.add_argument("--router-workers", type=int, default=1,
+                    help="router processes on --port (the router's --workers)")
     up.add_argument("--advertise-host", default=None,
                     help="address components publish (default: each node's Ray address; "
                          "127.0.0.1 keeps a single-node deployment on loopback)")
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         spec = ray_deploy.RaySpec(model=args.model, decode_tp=args.decode_tp,
                                   gpus_per_rank=gpus, router_port=args.port,
                                   redis_url=args.redis, policy=args.policy,
+                                  router_processes=args.router_workers,
                                   worker_args=tuple(args.worker_arg),
                                   advertise_host=args.advertise_host)
         url = ray_deploy.up(spec, args.prefill, args.decode, log=say)

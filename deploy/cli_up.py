@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--prefill-arg=--kv-cache-gib=8")
     parser.add_argument("--decode-arg", action="append", default=[],
                         help="extra flag for decode workers only (repeat)")
+    parser.add_argument("--router-workers", type=int, default=1,
+                        help="router processes on --port (the router's --workers: SO_REUSEPORT, "
+                             "each following the cluster itself; /metrics per process)")
     parser.add_argument("--router-arg", action="append", default=[],
                         help="extra flag passed to the router (repeat)")
     parser.add_argument("--log-dir", type=Path, default=None,
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
                        log_dir=log_root(args), worker_args=tuple(worker_args),
                        prefill_args=tuple(args.prefill_arg), decode_args=tuple(args.decode_arg),
                        router_args=tuple(args.router_arg), cache_dir=args.cache_dir,
+                       router_processes=args.router_workers,
                        gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else ())
     cluster = LocalCluster(spec, log=say)
     stopping = False

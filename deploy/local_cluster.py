@@ -49,6 +49,7 @@ class ClusterSpec:
     prefill_args: tuple[str, ...] = ()  # ... for prefill workers only (after worker_args)
     decode_args: tuple[str, ...] = ()  # ... for decode workers only
     router_args: tuple[str, ...] = ()
+    router_processes: int = 1  # the router's --workers (processes sharing the port)
     cache_dir: Path | None = None
     gpus: tuple[int, ...] = ()  # hand these GPUs out: 1 per prefill worker, decode_tp per decode
 
@@ -127,7 +128,8 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "deploy.cli", "router", "--model", self.spec.model,
                "--host", self.spec.router_host, "--port", str(self.spec.router_port),
                "--redis", self.redis_url, "--redis-prefix", self.spec.redis_prefix,
-               "--policy", self.spec.policy, "--log-level", "info", *self.spec.router_args]
+               "--policy", self.spec.policy, "--log-level", "info",
+               "--workers", str(self.spec.router_processes), *self.spec.router_args]
         if self.spec.cache_dir:
             cmd += ["--cache-dir", str(self.spec.cache_dir)]
         self._spawn("router", "router", cmd)

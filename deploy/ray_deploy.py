@@ -24,6 +24,7 @@ class RaySpec:
     router_port: int = 8000
     redis_url: str | None = None
     policy: str = "kv_aware"
+    router_processes: int = 1  # the router's --workers: processes of the router actor's node
     worker_args: tuple[str, ...] = ()
     advertise_host: str | None = None  # force component addresses (single-node: 127.0.0.1)
 
@@ -80,7 +81,8 @@ def up(spec: RaySpec, prefill: int, decode: int, log=print, timeout_s: float = 6
         ray.get(_prepare_demo.remote())
     ComponentActor.options(name=ROUTER, lifetime="detached").remote(
         ROUTER, ["router", "--host", "0.0.0.0", "--port", str(spec.router_port), "--redis",
-                 redis_url, "--model", spec.model, "--policy", spec.policy])
+                 redis_url, "--model", spec.model, "--policy", spec.policy,
+                 "--workers", str(spec.router_processes)])
     scale(prefill, decode, log=log, wait=False)
     url = router_url()
     wait_for_pools(url, prefill, decode, timeout_s, log)

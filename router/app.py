@@ -6,29 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.redis_schema import Keys
 from common.sampling_params import SamplingParams
-from router import openai_format as fmt
+from router.admission import Admission
 from router.body_limit import BodyLimitMiddleware
 from router.config import RouterConfig
-from router.dispatcher import (
-    BadRequestError,
-    Dispatcher,
-    GenerateRequest,
-    NoWorkersError,
-    TokenEvent,
-    UpstreamError,
-)
+from router.dispatcher import Dispatcher, GenerateRequest
 from router.errors import APIError, bad_request, http_error, unavailable
 from router.kv_event_consumer import KVEventConsumer
 from router.load_tracker import LoadTracker
@@ -36,10 +29,11 @@ from router.metrics import RouterMetrics
 from router.model_info import ModelInfo
 from router.openai_schema import ChatCompletionRequest, CompletionRequest
 from router.prefix_index import PrefixIndex
+from router.process_header import ProcessHeaderMiddleware
 from router.readiness import readiness
 from router.registry import RegistryView
 from router.request_validation import refuse_unsupported, validation_error
-from router.streaming import ClosingStreamingResponse
+from router.respond import respond
 from router.worker_clients import WorkerClients
 
 log = logging.getLogger(__name__)
@@ -70,6 +64,12 @@ class RouterState:
         self.consumer = KVEventConsumer(self.redis, self.keys, self.index, self.registry)
         self.dispatcher = Dispatcher(config, self.registry, self.index, self.clients,
                                      self.metrics, self.load)
+        self.admission = Admission(config.max_in_flight_per_worker,
+                                   config.overload_retry_after_s, self.metrics.rejected)
+
+    def admit(self):
+        """A slot for one request, or 429/503 (router/admission.py) before any work on it."""
+        return self.admission.enter(len(self.registry.live("decode")))
 
     def max_model_len(self) -> int | None:
         if self.config.max_model_len:
@@ -97,6 +97,7 @@ def create_app(config: RouterConfig) -> FastAPI:
                   description="OpenAI-compatible front door of a pdserve cluster")
     app.state.router = state
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(ProcessHeaderMiddleware)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -136,28 +137,38 @@ def create_app(config: RouterConfig) -> FastAPI:
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
-        prompt = await state.model.encode_chat(
-            [{"role": m.role, "content": m.text()} for m in body.messages], _limit(state))
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        params = _sampling(body, state, len(prompt), max_tokens,
-                           logprobs=(body.top_logprobs or 0) if body.logprobs else None)
-        req = GenerateRequest(f"chatcmpl-{uuid.uuid4().hex}", prompt, params,
-                              (body.cache_salt,) if body.cache_salt else ())
+        slot = state.admit()
+        try:
+            prompt = await state.model.encode_chat(
+                [{"role": m.role, "content": m.text()} for m in body.messages], _limit(state))
+            max_tokens = body.max_completion_tokens or body.max_tokens
+            params = _sampling(body, state, len(prompt), max_tokens,
+                               logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+            req = GenerateRequest(f"chatcmpl-{uuid.uuid4().hex}", prompt, params,
+                                  (body.cache_salt,) if body.cache_salt else ())
+        except BaseException:
+            slot.release()
+            raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _respond(state, request, req, body.model, body.stream, "chat",
-                              include_usage, body.logprobs)
+        return await respond(state, request, req, body.model, body.stream, "chat",
+                             include_usage, body.logprobs, slot)
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, request: Request):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
-        prompt = await state.model.encode_prompt(body.prompt, _limit(state))
-        params = _sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
-        req = GenerateRequest(f"cmpl-{uuid.uuid4().hex}", prompt, params,
-                              (body.cache_salt,) if body.cache_salt else ())
+        slot = state.admit()
+        try:
+            prompt = await state.model.encode_prompt(body.prompt, _limit(state))
+            params = _sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
+            req = GenerateRequest(f"cmpl-{uuid.uuid4().hex}", prompt, params,
+                                  (body.cache_salt,) if body.cache_salt else ())
+        except BaseException:
+            slot.release()
+            raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _respond(state, request, req, body.model, body.stream, "completion",
-                              include_usage, body.logprobs is not None)
+        return await respond(state, request, req, body.model, body.stream, "completion",
+                             include_usage, body.logprobs is not None, slot)
 
     # -- operator routes ----------------------------------------------------------------------
     @app.get("/health")
@@ -165,6 +176,7 @@ def create_app(config: RouterConfig) -> FastAPI:
         """Liveness: 200 while the process serves; whether it can answer is /ready."""
         ready = readiness(state.registry, state.max_model_len())
         return {"status": "ok", "ready": ready.ready, "redis": bool(state.registry.redis_ok),
+                "pid": os.getpid(), "processes": config.processes,
                 "prefill_workers": ready.prefill_workers,
                 "decode_workers": ready.decode_workers}
 
@@ -202,8 +214,13 @@ def create_app(config: RouterConfig) -> FastAPI:
                 "heartbeat_age_s": round(time.time() - r.heartbeat_at, 3),
             })
         d = state.dispatcher
+        a = state.admission
         return {
             "policy": config.policy, "redis": bool(state.registry.redis_ok),
+            # This process's view (each of --workers N follows the cluster on its own).
+            "router": {"pid": os.getpid(), "processes": config.processes},
+            "admission": {"in_flight": a.in_flight, "max_in_flight_per_worker":
+                          a.limit_per_worker, "rejected": dict(a.rejected)},
             "pools": {"prefill": len(state.registry.live("prefill")),
                       "decode": len(state.registry.live("decode"))},
             "workers": sorted(workers, key=lambda w: (w["role"], w["worker_id"])),
@@ -248,108 +265,3 @@ def _sampling(body, state: RouterState, prompt_len: int, max_tokens: int | None,
             frequency_penalty=body.frequency_penalty or 0.0, logprobs=logprobs)
     except ValueError as e:
         raise bad_request(str(e)) from None
-
-
-async def _prime(agen: AsyncIterator[TokenEvent]) -> TokenEvent:
-    """The first event, so failures before any output become proper HTTP statuses."""
-    try:
-        return await agen.__anext__()
-    except StopAsyncIteration:
-        raise APIError(502, "the workers returned no output", type_="server_error") from None
-    except NoWorkersError as e:
-        raise unavailable(str(e)) from None
-    except BadRequestError as e:
-        raise bad_request(str(e)) from None
-    except UpstreamError as e:
-        raise APIError(502, str(e), type_="server_error") from None
-
-
-async def _respond(state: RouterState, request: Request, req: GenerateRequest, model: str,
-                   stream: bool, kind: str, include_usage: bool, want_logprobs: bool):
-    agen = state.dispatcher.generate(req)
-    first = await _prime(agen)
-    text_of = state.model.token_text
-    if stream:
-        body = _stream(agen, first, req, model, kind, include_usage, want_logprobs, text_of)
-        return ClosingStreamingResponse(body, media_type="text/event-stream",
-                                        headers={"Cache-Control": "no-cache"})
-    task = asyncio.create_task(_collect(agen, first))
-    while True:  # watch for a client that gives up, and cancel the work if it does
-        done, _ = await asyncio.wait({task}, timeout=0.5)
-        if done:
-            break
-        if await request.is_disconnected():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return JSONResponse({"error": {"message": "client disconnected"}}, status_code=499)
-    try:
-        events = task.result()
-    except UpstreamError as e:
-        raise APIError(502, str(e), type_="server_error") from None
-    except BadRequestError as e:
-        raise bad_request(str(e)) from None
-    text = "".join(e.text for e in events)
-    tokens = sum(len(e.token_ids) for e in events)
-    logprobs = [lp for e in events for lp in e.logprobs]
-    finish = next((e.finish_reason for e in reversed(events) if e.finish_reason), None)
-    usage = fmt.usage(len(req.prompt_token_ids), tokens, events[0].num_cached_tokens)
-    if kind == "chat":
-        lp = fmt.chat_logprobs(logprobs, text_of) if want_logprobs else None
-        return fmt.chat_response(req.request_id, model, text, finish, lp, usage)
-    lp = fmt.completion_logprobs(logprobs, text_of, 0) if want_logprobs else None
-    return fmt.completion_response(req.request_id, model, text, finish, lp, usage)
-
-
-async def _collect(agen: AsyncIterator[TokenEvent], first: TokenEvent) -> list[TokenEvent]:
-    events = [first]
-    if first.finish_reason:
-        await agen.aclose()
-        return events
-    async for event in agen:
-        events.append(event)
-    return events
-
-
-async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: GenerateRequest,
-                  model: str, kind: str, include_usage: bool, want_logprobs: bool, text_of):
-    created = int(time.time())
-    rid = req.request_id
-    completion_tokens = 0
-    text_offset = 0
-    cached = first.num_cached_tokens
-    if kind == "chat":
-        yield fmt.sse(fmt.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}))
-
-    def chunk(event: TokenEvent) -> dict:
-        nonlocal text_offset
-        if kind == "chat":
-            lp = fmt.chat_logprobs(event.logprobs, text_of) if want_logprobs else None
-            delta = {"content": event.text} if event.text or not event.finish_reason else {}
-            return fmt.chat_chunk(rid, model, created, delta, event.finish_reason, lp)
-        lp = (fmt.completion_logprobs(event.logprobs, text_of, text_offset)
-              if want_logprobs else None)
-        text_offset += len(event.text)
-        return fmt.completion_chunk(rid, model, created, event.text, event.finish_reason, lp)
-
-    try:
-        event = first
-        while True:
-            completion_tokens += len(event.token_ids)
-            yield fmt.sse(chunk(event))
-            if event.finish_reason:
-                break
-            try:
-                event = await agen.__anext__()
-            except StopAsyncIteration:
-                break
-        if include_usage:
-            usage = fmt.usage(len(req.prompt_token_ids), completion_tokens, cached)
-            make = fmt.chat_usage_chunk if kind == "chat" else fmt.completion_usage_chunk
-            yield fmt.sse(make(rid, model, created, usage))
-    except (UpstreamError, BadRequestError, NoWorkersError) as e:
-        # Headers are sent: report in-band, as OpenAI does, then end the stream.
-        yield fmt.sse({"error": {"message": str(e), "type": "server_error", "param": None,
-                                 "code": None}})
-    finally:
-        await agen.aclose()
-    yield fmt.SSE_DONE

@@ -54,6 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ignore request fields pdserve does not implement (tools, "
                              "response_format, logit_bias, unknown fields...) with a warning, "
                              "instead of refusing them with 400")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="router processes serving --port (SO_REUSEPORT: the kernel spreads "
+                             "client connections across them). Not prefill/decode workers. Each "
+                             "process follows the registry and the KV events itself; /health, "
+                             "/v1/cluster and /metrics answer for the process that took the "
+                             "connection (its pid in the body and in the x-pdserve-router-pid "
+                             "header): scrape or sum per process")
+    parser.add_argument("--max-in-flight-per-worker", type=int, default=256,
+                        help="backpressure: requests one router process keeps in flight per "
+                             "eligible decode worker (queued or streaming); beyond it, 429 with "
+                             "Retry-After (503 when no decode worker is up). 0: unbounded. "
+                             "With --workers N the cluster-wide bound is N times this")
+    parser.add_argument("--overload-retry-after-s", type=int, default=1,
+                        help="seconds in the Retry-After header of a 429")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error", "critical"],
                         help="info logs one line per request (router.requests); warning "
@@ -78,23 +92,24 @@ def config_from_args(args: argparse.Namespace):
         hash_seed=args.hash_seed, max_body_bytes=args.max_body_bytes,
         api_keys=frozenset(keys), max_model_len=args.max_model_len,
         max_tokens_default=args.max_tokens_default, lenient=args.lenient,
+        processes=args.workers, max_in_flight_per_worker=args.max_in_flight_per_worker,
+        overload_retry_after_s=args.overload_retry_after_s,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
-    from router.app import create_app
+    from router.serve import serve
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_from_args(args)
-    app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
-    return 0
+    if args.workers < 1 or min(args.max_in_flight_per_worker, args.overload_retry_after_s) < 0:
+        raise SystemExit("--workers must be >= 1; --max-in-flight-per-worker and "
+                         "--overload-retry-after-s >= 0")
+    if args.workers > 1 and args.port == 0:
+        raise SystemExit("--workers > 1 needs a fixed --port (each process binds it)")
+    return serve(config_from_args(args), args.log_level)
 
 
 def main(argv: list[str] | None = None) -> int:

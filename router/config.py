@@ -36,6 +36,13 @@ class RouterConfig:
     max_tokens_default: int = 1024
     lenient: bool = False  # ignore (with a warning) request fields we do not implement
     cache_dir: str | None = None
+    # Router processes serving the port (SO_REUSEPORT, router/serve.py). Each one follows the
+    # registry and the KV-event stream itself, so nothing here is shared between them.
+    processes: int = 1
+    # Backpressure (router/admission.py): requests this router process has in flight (routed,
+    # not yet finished) per eligible decode worker; beyond it, 429 + Retry-After. 0: unbounded.
+    max_in_flight_per_worker: int = 256
+    overload_retry_after_s: int = 1
 
     @property
     def requires_auth(self) -> bool:

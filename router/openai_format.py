@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
+
+import orjson
+from starlette.responses import Response
 
 from common.outputs import TokenLogprob
 
@@ -20,11 +22,25 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
     }
 
 
-def sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+# orjson: one call from dict to UTF-8 bytes (json.dumps + str.encode: several times the CPU per chunk),
+# and the bytes go to the socket as they are. Differences from json.dumps that matter here: it
+# writes non-ASCII as UTF-8 (valid JSON, smaller), and a non-finite float as null (json.dumps
+# writes -Infinity, which is not JSON).
+def sse(data: dict) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-SSE_DONE = "data: [DONE]\n\n"
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class JSONBody(Response):
+    """A JSON response rendered by orjson. Returned from a route, it also skips FastAPI's
+    ``jsonable_encoder`` walk over the body, which costs more than the encoding itself."""
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
 
 
 # -- chat ---------------------------------------------------------------------------------------

@@ -82,16 +82,20 @@ class WorkerProcess:
 
 
 class RouterProcess:
-    """``pdserve router`` in a subprocess; ready once /health answers."""
+    """``pdserve router`` in a subprocess; ready once /health answers (with ``processes`` > 1:
+    ``--workers N``, ready once N distinct router pids have answered, in ``self.pids``)."""
 
     def __init__(self, redis_url: str, extra: list[str] | None = None, timeout: float = 60.0,
-                 wait_for: tuple[int, int] = (0, 1)):
+                 wait_for: tuple[int, int] = (0, 1), processes: int = 1):
         import httpx
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "deploy.cli", "router", "--redis", redis_url,
                "--port", str(self.port), *(extra or [])]
+        if processes > 1:
+            cmd += ["--workers", str(processes)]
+        self.pids: set[int] = set()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.log_lines: list[str] = []
         self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -103,10 +107,13 @@ class RouterProcess:
             if self.process.poll() is not None:
                 break
             try:
+                # A new connection each time: with SO_REUSEPORT each may reach another process.
                 health = httpx.get(f"{self.url}/health", timeout=1).json()
                 if health["prefill_workers"] >= want_prefill and \
                         health["decode_workers"] >= want_decode:
-                    return
+                    self.pids.add(health.get("pid"))
+                    if len(self.pids) >= processes:
+                        return
             except Exception:
                 pass
             time.sleep(0.1)

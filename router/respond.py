@@ -1,0 +1,168 @@
+"""Answering one admitted request: the dispatcher's token events become an OpenAI response, a
+JSON body or an SSE stream, and the request's admission slot is released when it ends, however
+it ends (finished, failed, the client gone, the response never started)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from router import openai_format as fmt
+from router.admission import Slot
+from router.dispatcher import (
+    BadRequestError,
+    GenerateRequest,
+    NoWorkersError,
+    TokenEvent,
+    UpstreamError,
+)
+from router.errors import APIError, bad_request, unavailable
+from router.streaming import ClosingStreamingResponse
+
+
+async def respond(state, request: Request, req: GenerateRequest, model: str, stream: bool,
+                  kind: str, include_usage: bool, want_logprobs: bool, slot: Slot):
+    """Owns ``slot`` from here on: released when the response ends, or now if this raises."""
+    agen = state.dispatcher.generate(req)
+    try:
+        first = await _prime(state, agen)
+    except BaseException:
+        slot.release()
+        raise
+    text_of = state.model.token_text
+    if stream:
+        body = _stream(agen, first, req, model, kind, include_usage, want_logprobs, text_of)
+        return ClosingStreamingResponse(_Body(body, agen, slot), media_type="text/event-stream",
+                                        headers={"Cache-Control": "no-cache"})
+    try:
+        events = await _collect_watching(agen, first, request)
+    finally:
+        slot.release()
+    if events is None:
+        return JSONResponse({"error": {"message": "client disconnected"}}, status_code=499)
+    text = "".join(e.text for e in events)
+    tokens = sum(len(e.token_ids) for e in events)
+    logprobs = [lp for e in events for lp in e.logprobs]
+    finish = next((e.finish_reason for e in reversed(events) if e.finish_reason), None)
+    usage = fmt.usage(len(req.prompt_token_ids), tokens, events[0].num_cached_tokens)
+    if kind == "chat":
+        lp = fmt.chat_logprobs(logprobs, text_of) if want_logprobs else None
+        return fmt.JSONBody(fmt.chat_response(req.request_id, model, text, finish, lp, usage))
+    lp = fmt.completion_logprobs(logprobs, text_of, 0) if want_logprobs else None
+    return fmt.JSONBody(fmt.completion_response(req.request_id, model, text, finish, lp, usage))
+
+
+class _Body:
+    """The SSE body. Its ``aclose`` (which ClosingStreamingResponse always calls) closes the
+    dispatcher's generator and releases the slot even when the body never started: closing a
+    generator that never ran skips its ``finally``, and the request would stay admitted."""
+
+    def __init__(self, body: AsyncIterator[bytes], agen: AsyncIterator[TokenEvent], slot: Slot):
+        self._body, self._agen, self._slot = body, agen, slot
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):  # the body's own awaitable: no extra coroutine per chunk
+        return self._body.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._body.aclose()
+            await self._agen.aclose()
+        finally:
+            self._slot.release()
+
+
+async def _prime(state, agen: AsyncIterator[TokenEvent]) -> TokenEvent:
+    """The first event, so failures before any output become proper HTTP statuses."""
+    try:
+        return await agen.__anext__()
+    except StopAsyncIteration:
+        raise APIError(502, "the workers returned no output", type_="server_error") from None
+    except NoWorkersError as e:
+        state.metrics.rejected.labels("no_workers").inc()
+        raise unavailable(str(e)) from None
+    except BadRequestError as e:
+        raise bad_request(str(e)) from None
+    except UpstreamError as e:
+        raise APIError(502, str(e), type_="server_error") from None
+
+
+async def _collect_watching(agen: AsyncIterator[TokenEvent], first: TokenEvent,
+                            request: Request) -> list[TokenEvent] | None:
+    """Every event, or None if the client gave up meanwhile (then the work is cancelled)."""
+    task = asyncio.create_task(_collect(agen, first))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if done:
+            break
+        if await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+    try:
+        return task.result()
+    except UpstreamError as e:
+        raise APIError(502, str(e), type_="server_error") from None
+    except BadRequestError as e:
+        raise bad_request(str(e)) from None
+
+
+async def _collect(agen: AsyncIterator[TokenEvent], first: TokenEvent) -> list[TokenEvent]:
+    events = [first]
+    if first.finish_reason:
+        await agen.aclose()
+        return events
+    async for event in agen:
+        events.append(event)
+    return events
+
+
+async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: GenerateRequest,
+                  model: str, kind: str, include_usage: bool, want_logprobs: bool, text_of):
+    created = int(time.time())
+    rid = req.request_id
+    completion_tokens = 0
+    text_offset = 0
+    cached = first.num_cached_tokens
+    if kind == "chat":
+        yield fmt.sse(fmt.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}))
+
+    def chunk(event: TokenEvent) -> dict:
+        nonlocal text_offset
+        if kind == "chat":
+            lp = fmt.chat_logprobs(event.logprobs, text_of) if want_logprobs else None
+            delta = {"content": event.text} if event.text or not event.finish_reason else {}
+            return fmt.chat_chunk(rid, model, created, delta, event.finish_reason, lp)
+        lp = (fmt.completion_logprobs(event.logprobs, text_of, text_offset)
+              if want_logprobs else None)
+        text_offset += len(event.text)
+        return fmt.completion_chunk(rid, model, created, event.text, event.finish_reason, lp)
+
+    try:
+        event = first
+        while True:
+            completion_tokens += len(event.token_ids)
+            yield fmt.sse(chunk(event))
+            if event.finish_reason:
+                break
+            try:
+                event = await agen.__anext__()
+            except StopAsyncIteration:
+                break
+        if include_usage:
+            usage = fmt.usage(len(req.prompt_token_ids), completion_tokens, cached)
+            make = fmt.chat_usage_chunk if kind == "chat" else fmt.completion_usage_chunk
+            yield fmt.sse(make(rid, model, created, usage))
+    except (UpstreamError, BadRequestError, NoWorkersError) as e:
+        # Headers are sent: report in-band, as OpenAI does, then end the stream.
+        yield fmt.sse({"error": {"message": str(e), "type": "server_error", "param": None,
+                                 "code": None}})
+    finally:
+        await agen.aclose()
+    yield fmt.SSE_DONE
