@@ -125,13 +125,8 @@ class InProcessConnector(KVConnector):
         return self.leases.release(request_id) is not None
 
     def collect_ended_leases(self) -> list[tuple[str, str]]:
-        ended = []
         notices, self._release_notices = self._release_notices, []
-        for rid in notices:
-            if self.leases.release(rid) is not None:
-                ended.append((rid, "released"))
-        ended.extend((lease.request_id, "expired") for lease in self.leases.expire())
-        return ended
+        return self.leases.collect_ended(notices)
 
     # -- receiver side ------------------------------------------------------------------------
     def start_pull(self, pull_id: str, handle: KVHandle, src_block_ids: list[int],

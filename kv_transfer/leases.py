@@ -8,7 +8,7 @@ starting its read never races the reuse of the blocks.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -49,6 +49,13 @@ class LeaseTable:
             del self._leases[lease.request_id]
         self.num_expired += len(gone)
         return gone
+
+    def collect_ended(self, released_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """End the leases receivers released (``released_ids``, from whatever carries their
+        notices) and those past their deadline: ``(request_id, "released" | "expired")``."""
+        ended = [(rid, "released") for rid in released_ids if self.release(rid) is not None]
+        ended.extend((lease.request_id, "expired") for lease in self.expire())
+        return ended
 
     def __len__(self) -> int:
         return len(self._leases)

@@ -153,15 +153,10 @@ class NixlConnector(KVConnector):
         return self.leases.release(request_id) is not None
 
     def collect_ended_leases(self) -> list[tuple[str, str]]:
-        ended = []
-        for _agent, messages in self.agent.get_new_notifs().items():
-            for msg in messages:
-                if msg.startswith(_RELEASE_PREFIX):
-                    rid = msg[len(_RELEASE_PREFIX):].decode()
-                    if self.leases.release(rid) is not None:
-                        ended.append((rid, "released"))
-        ended.extend((lease.request_id, "expired") for lease in self.leases.expire())
-        return ended
+        released = [msg[len(_RELEASE_PREFIX):].decode()
+                    for messages in self.agent.get_new_notifs().values()
+                    for msg in messages if msg.startswith(_RELEASE_PREFIX)]
+        return self.leases.collect_ended(released)
 
     # -- receiver side ------------------------------------------------------------------------
     def start_pull(self, pull_id: str, handle: KVHandle, src_block_ids: list[int],
