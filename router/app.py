@@ -34,6 +34,7 @@ from router.readiness import readiness
 from router.registry import RegistryView
 from router.request_validation import refuse_unsupported, validation_error
 from router.respond import respond
+from router.tenancy import cache_keys, key_namespace
 from router.worker_clients import WorkerClients
 
 log = logging.getLogger(__name__)
@@ -116,14 +117,20 @@ def create_app(config: RouterConfig) -> FastAPI:
                    405: f"Method not allowed: {where}"}.get(exc.status_code, str(exc.detail))
         return http_error(exc.status_code, message, headers=exc.headers).response()
 
-    def authorize(request: Request) -> None:
+    def authorize(request: Request) -> str | None:
+        """The caller's API key (None when the router runs without keys)."""
         if not config.requires_auth:
-            return
+            return None
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else ""
         if key not in config.api_keys:
             raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
                            code="invalid_api_key")
+        return key
+
+    def salt_of(api_key: str | None, body) -> tuple[str, ...]:
+        namespace = key_namespace(api_key, config.share_cache_across_keys)
+        return cache_keys(namespace, body.cache_salt)
 
     # -- OpenAI routes ------------------------------------------------------------------------
     @app.get("/v1/models", dependencies=[Depends(authorize)])
@@ -133,8 +140,9 @@ def create_app(config: RouterConfig) -> FastAPI:
             {"id": name, "object": "model", "created": created, "owned_by": "pdserve"}
             for name in state.model.names]}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request,
+                               api_key: str | None = Depends(authorize)):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
         slot = state.admit()
@@ -145,7 +153,7 @@ def create_app(config: RouterConfig) -> FastAPI:
             params = _sampling(body, state, len(prompt), max_tokens,
                                logprobs=(body.top_logprobs or 0) if body.logprobs else None)
             req = GenerateRequest(f"chatcmpl-{uuid.uuid4().hex}", prompt, params,
-                                  (body.cache_salt,) if body.cache_salt else ())
+                                  salt_of(api_key, body))
         except BaseException:
             slot.release()
             raise
@@ -153,8 +161,9 @@ def create_app(config: RouterConfig) -> FastAPI:
         return await respond(state, request, req, body.model, body.stream, "chat",
                              include_usage, body.logprobs, slot)
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    async def completions(body: CompletionRequest, request: Request):
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request,
+                          api_key: str | None = Depends(authorize)):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
         slot = state.admit()
@@ -162,7 +171,7 @@ def create_app(config: RouterConfig) -> FastAPI:
             prompt = await state.model.encode_prompt(body.prompt, _limit(state))
             params = _sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
             req = GenerateRequest(f"cmpl-{uuid.uuid4().hex}", prompt, params,
-                                  (body.cache_salt,) if body.cache_salt else ())
+                                  salt_of(api_key, body))
         except BaseException:
             slot.release()
             raise

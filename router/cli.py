@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accepted API key (repeat for several); none: no authentication")
     parser.add_argument("--api-keys-file", type=Path, default=None,
                         help="file with one accepted API key per line")
+    parser.add_argument("--share-cache-across-keys", action="store_true",
+                        help="with API keys: let all keys share one prefix cache (default: each "
+                             "key caches in a namespace of its own, so no tenant's cached "
+                             "prefix shows in another's cached_tokens)")
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="context limit (default: the smallest among decode workers)")
     parser.add_argument("--max-tokens-default", type=int, default=1024,
@@ -90,7 +94,8 @@ def config_from_args(args: argparse.Namespace):
         local_prefill_threshold_tokens=args.local_prefill_threshold,
         prefill_saturation_tokens=args.prefill_saturation_tokens, block_size=args.block_size,
         hash_seed=args.hash_seed, max_body_bytes=args.max_body_bytes,
-        api_keys=frozenset(keys), max_model_len=args.max_model_len,
+        api_keys=frozenset(keys), share_cache_across_keys=args.share_cache_across_keys,
+        max_model_len=args.max_model_len,
         max_tokens_default=args.max_tokens_default, lenient=args.lenient,
         processes=args.workers, max_in_flight_per_worker=args.max_in_flight_per_worker,
         overload_retry_after_s=args.overload_retry_after_s,

@@ -145,6 +145,13 @@ class _Common(BaseModel):
         # Only the top token survives any top_p this small, so this changes no outcome.
         return SMALLEST_FLOAT32 if p is not None and float32(p) == 0.0 else p
 
+    @field_validator("cache_salt")
+    @classmethod
+    def _salt(cls, salt):
+        if salt is not None and not salt:
+            raise ValueError("cache_salt must not be empty (omit it for the key's own cache)")
+        return salt
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop):
