@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.redis_schema import Keys
 from common.sampling_params import SamplingParams
 from router.admission import Admission
+from router.auth import APIKeyMiddleware, bearer_key
 from router.body_limit import BodyLimitMiddleware
 from router.config import RouterConfig
 from router.dispatcher import Dispatcher, GenerateRequest
@@ -94,10 +95,15 @@ def create_app(config: RouterConfig) -> FastAPI:
         await state.clients.close()
         await state.redis.aclose()
 
+    # The interactive API docs only with --docs: an open router should not advertise itself.
+    docs = {} if config.docs else dict(docs_url=None, redoc_url=None, openapi_url=None)
     app = FastAPI(title="pdserve router", lifespan=lifespan,
-                  description="OpenAI-compatible front door of a pdserve cluster")
+                  description="OpenAI-compatible front door of a pdserve cluster", **docs)
     app.state.router = state
+    # Outermost last: the pid header wraps everything, the key is checked before the body
+    # limit reads the body (router/auth.py), then the app parses it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
     app.add_middleware(ProcessHeaderMiddleware)
 
     @app.exception_handler(APIError)
@@ -118,11 +124,11 @@ def create_app(config: RouterConfig) -> FastAPI:
         return http_error(exc.status_code, message, headers=exc.headers).response()
 
     def authorize(request: Request) -> str | None:
-        """The caller's API key (None when the router runs without keys)."""
+        """The caller's API key (None when the router runs without keys). APIKeyMiddleware
+        has refused bad keys before the body was read; this checks again where it is used."""
         if not config.requires_auth:
             return None
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        key = bearer_key(request.scope.get("headers") or ())
         if key not in config.api_keys:
             raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
                            code="invalid_api_key")

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accepted API key (repeat for several); none: no authentication")
     parser.add_argument("--api-keys-file", type=Path, default=None,
                         help="file with one accepted API key per line")
+    parser.add_argument("--docs", action="store_true",
+                        help="serve the interactive API docs (/docs, /redoc, /openapi.json); "
+                             "off by default")
     parser.add_argument("--share-cache-across-keys", action="store_true",
                         help="with API keys: let all keys share one prefix cache (default: each "
                              "key caches in a namespace of its own, so no tenant's cached "
@@ -95,6 +98,7 @@ def config_from_args(args: argparse.Namespace):
         prefill_saturation_tokens=args.prefill_saturation_tokens, block_size=args.block_size,
         hash_seed=args.hash_seed, max_body_bytes=args.max_body_bytes,
         api_keys=frozenset(keys), share_cache_across_keys=args.share_cache_across_keys,
+        docs=args.docs,
         max_model_len=args.max_model_len,
         max_tokens_default=args.max_tokens_default, lenient=args.lenient,
         processes=args.workers, max_in_flight_per_worker=args.max_in_flight_per_worker,

@@ -33,6 +33,7 @@ class RouterConfig:
     # With API keys: each key hashes its blocks in a prefix-cache namespace of its own
     # (router/tenancy.py); True shares one cache across keys (explicit opt-in).
     share_cache_across_keys: bool = False
+    docs: bool = False  # serve /docs, /redoc and /openapi.json (behind the key, if any)
     max_model_len: int | None = None  # default: the smallest among decode workers
     # When a request omits max_tokens: at most this many tokens (0: the rest of the context,
     # vLLM's default), so a chat request cannot run to the context limit by accident.
