@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from common import defaults
+from router.policies import POLICIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-prefix", default=defaults.REDIS_KEY_PREFIX,
                         help="key prefix of this cluster")
     parser.add_argument("--policy", default="kv_aware",
-                        choices=["kv_aware", "round_robin", "least_loaded", "random"],
+                        choices=POLICIES,
                         help="router prefill placement policy")
     parser.add_argument("--kv-cache-gib", type=float, default=None,
                         help="KV cache per worker rank (default: the engine's)")
