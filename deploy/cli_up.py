@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--decode-tp per decode worker (default: every worker sees all)")
     parser.add_argument("--ready-timeout", type=float, default=600.0,
                         help="seconds to wait for the workers to load")
+    parser.add_argument("--cluster-secret-file", type=Path, default=None,
+                        help="the cluster secret every component authenticates with (default: "
+                             "a new one per run, in the run's log folder, mode 600); workers "
+                             "started elsewhere join with the same file")
     parser.add_argument("--no-smoke", action="store_true",
                         help="skip the test question sent once the cluster is up")
 
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
                        prefill_args=tuple(args.prefill_arg), decode_args=tuple(args.decode_arg),
                        router_args=tuple(args.router_arg), cache_dir=args.cache_dir,
                        router_processes=args.router_workers,
+                       secret_file=args.cluster_secret_file,
                        gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else ())
     cluster = LocalCluster(spec, log=say)
     stopping = False
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         say(f"[pdserve] logs: {cluster.log_dir}/")
         cluster.start_redis()
-        say(f"[pdserve] redis: {cluster.redis_url} ({cluster.redis_kind})")
+        say(f"[pdserve] redis: {cluster.redis_url} ({cluster.redis_kind}); cluster secret: "
+            f"{cluster.secret_file} (internal gRPC and Redis authenticated)")
         cluster.start_router()
         for _ in range(args.prefill):
             cluster.add_worker("prefill")
@@ -113,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
             cluster.add_worker("decode")
         cluster.publish_desired(args.prefill, args.decode)
         ClusterState(cluster.redis_url, spec.redis_prefix, cluster.router_url,
-                     __import__("os").getpid(), str(cluster.log_dir), args.model
-                     ).save(state_path)
+                     __import__("os").getpid(), str(cluster.log_dir), args.model,
+                     secret_file=str(cluster.secret_file)).save(state_path)
         say(f"[pdserve] starting {args.prefill} prefill + {args.decode} decode worker(s) "
             f"on {args.model}")
         cluster.wait_ready(args.prefill, args.decode, args.ready_timeout,

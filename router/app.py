@@ -16,6 +16,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.redis_acl import ROUTER, url_for_role
 from common.redis_schema import Keys
 from common.sampling_params import SamplingParams
 from router.admission import Admission
@@ -31,6 +32,7 @@ from router.model_info import ModelInfo
 from router.openai_schema import ChatCompletionRequest, CompletionRequest
 from router.prefix_index import PrefixIndex
 from router.process_header import ProcessHeaderMiddleware
+from router.rate_limit import KeyRateLimiter
 from router.readiness import readiness
 from router.registry import RegistryView
 from router.request_validation import refuse_unsupported, validation_error
@@ -49,29 +51,43 @@ class RouterState:
 
         self.config = config
         self.model = ModelInfo.load(config)
-        self.redis = aioredis.from_url(config.redis_url, socket_timeout=2.0,
+        self.redis = aioredis.from_url(url_for_role(config.redis_url, config.cluster_secret,
+                                                    ROUTER), socket_timeout=2.0,
                                        socket_connect_timeout=2.0)
         self.keys = Keys(config.redis_prefix)
         self.index = PrefixIndex()
         self.metrics = RouterMetrics()
         self.load = LoadTracker()
-        self.clients = WorkerClients()
+        secret = config.cluster_secret
+        self.clients = WorkerClients(token=secret.grpc_token if secret else None)
         self.consumer: KVEventConsumer | None = None
 
         def on_leave(worker_id: str) -> None:
             self.consumer.forget(worker_id)
             self.load.forget(worker_id)
 
-        self.registry = RegistryView(self.redis, self.keys, on_leave=on_leave)
+        self.registry = RegistryView(self.redis, self.keys, on_leave=on_leave, secret=secret)
         self.consumer = KVEventConsumer(self.redis, self.keys, self.index, self.registry)
         self.dispatcher = Dispatcher(config, self.registry, self.index, self.clients,
                                      self.metrics, self.load)
         self.admission = Admission(config.max_in_flight_per_worker,
                                    config.overload_retry_after_s, self.metrics.rejected)
+        self.rate_limiter = KeyRateLimiter(config.rate_limits.per_process(config.processes),
+                                           self.metrics.rejected)
 
-    def admit(self):
-        """A slot for one request, or 429/503 (router/admission.py) before any work on it."""
+    def admit(self, api_key: str | None = None):
+        """A slot for one request, or 429/503 before any work on it: the key's rate limits
+        (router/rate_limit.py), then the cluster's capacity (router/admission.py)."""
+        if self.config.rate_limits.enabled:
+            self.rate_limiter.admit(api_key)
         return self.admission.enter(len(self.registry.live("decode")))
+
+    def on_finish(self, api_key: str | None):
+        """What a request calls when it ends: charges its tokens to the key's budget."""
+        if self.config.rate_limits.tokens_per_s <= 0:
+            return None
+        return lambda prompt_tokens, output_tokens: self.rate_limiter.charge(
+            api_key, prompt_tokens + output_tokens)
 
     def max_model_len(self) -> int | None:
         if self.config.max_model_len:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from common import defaults
+from common.cluster_secret import add_secret_arguments, secret_from_args
 
 COMMAND = "router"
 HELP = "run the OpenAI-compatible router"
@@ -75,6 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "With --workers N the cluster-wide bound is N times this")
     parser.add_argument("--overload-retry-after-s", type=int, default=1,
                         help="seconds in the Retry-After header of a 429")
+    parser.add_argument("--rate-limit-rps", type=float, default=0.0,
+                        help="requests per second each API key may send (all clients together "
+                             "without keys); beyond it 429 with Retry-After. 0: unlimited")
+    parser.add_argument("--rate-limit-tps", type=float, default=0.0,
+                        help="tokens per second (prompt + output) each API key may use; a key "
+                             "over it waits until its debt is paid back. 0: unlimited")
+    parser.add_argument("--rate-limit-burst-s", type=float, default=2.0,
+                        help="a key may spend this many seconds' worth of its rates at once")
+    add_secret_arguments(parser)
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error", "critical"],
                         help="info logs one line per request (router.requests); warning "
@@ -84,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     from router.config import RouterConfig
     from router.policies import PolicyWeights
+    from router.rate_limit import RateLimits
 
     keys = set(args.api_key)
     if args.api_keys_file:
@@ -103,6 +114,8 @@ def config_from_args(args: argparse.Namespace):
         max_tokens_default=args.max_tokens_default, lenient=args.lenient,
         processes=args.workers, max_in_flight_per_worker=args.max_in_flight_per_worker,
         overload_retry_after_s=args.overload_retry_after_s,
+        cluster_secret=secret_from_args(args, "pdserve router"),
+        rate_limits=RateLimits(args.rate_limit_rps, args.rate_limit_tps, args.rate_limit_burst_s),
     )
 
 

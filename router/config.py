@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common import defaults
+from common.cluster_secret import ClusterSecret
 from router.policies import PolicyWeights
+from router.rate_limit import RateLimits
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class RouterConfig:
     # not yet finished) per eligible decode worker; beyond it, 429 + Retry-After. 0: unbounded.
     max_in_flight_per_worker: int = 256
     overload_retry_after_s: int = 1
+    # Authenticates the router to the workers (gRPC token) and to Redis (its read-only user),
+    # and verifies the workers' signed registry records. None only with --insecure.
+    cluster_secret: ClusterSecret | None = None
+    # Per API key (router/rate_limit.py): requests/s and tokens/s, 429 + Retry-After beyond.
+    rate_limits: RateLimits = field(default_factory=RateLimits)
 
     @property
     def requires_auth(self) -> bool:
