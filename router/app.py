@@ -17,13 +17,13 @@ from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.redis_schema import Keys
-from common.sampling_params import SamplingParams
 from router.admission import Admission
 from router.auth import APIKeyMiddleware, bearer_key
 from router.body_limit import BodyLimitMiddleware
+from router.chat_route import prepare_chat
 from router.config import RouterConfig
 from router.dispatcher import Dispatcher, GenerateRequest
-from router.errors import APIError, bad_request, http_error, unavailable
+from router.errors import APIError, http_error, unavailable
 from router.kv_event_consumer import KVEventConsumer
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
@@ -35,6 +35,7 @@ from router.readiness import readiness
 from router.registry import RegistryView
 from router.request_validation import refuse_unsupported, validation_error
 from router.respond import respond
+from router.sampling_request import context_limit, sampling
 from router.tenancy import cache_keys, key_namespace
 from router.worker_clients import WorkerClients
 
@@ -153,19 +154,13 @@ def create_app(config: RouterConfig) -> FastAPI:
         refuse_unsupported(body, config.lenient)
         slot = state.admit()
         try:
-            prompt = await state.model.encode_chat(
-                [{"role": m.role, "content": m.text()} for m in body.messages], _limit(state))
-            max_tokens = body.max_completion_tokens or body.max_tokens
-            params = _sampling(body, state, len(prompt), max_tokens,
-                               logprobs=(body.top_logprobs or 0) if body.logprobs else None)
-            req = GenerateRequest(f"chatcmpl-{uuid.uuid4().hex}", prompt, params,
-                                  salt_of(api_key, body))
+            job = await prepare_chat(state, body, salt_of(api_key, body))
         except BaseException:
             slot.release()
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await respond(state, request, req, body.model, body.stream, "chat",
-                             include_usage, body.logprobs, slot)
+        return await respond(state, request, job.req, body.model, body.stream, "chat",
+                             include_usage, body.logprobs, slot, job.shaper, job.legacy)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request,
@@ -174,8 +169,8 @@ def create_app(config: RouterConfig) -> FastAPI:
         refuse_unsupported(body, config.lenient)
         slot = state.admit()
         try:
-            prompt = await state.model.encode_prompt(body.prompt, _limit(state))
-            params = _sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
+            prompt = await state.model.encode_prompt(body.prompt, context_limit(state))
+            params = sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
             req = GenerateRequest(f"cmpl-{uuid.uuid4().hex}", prompt, params,
                                   salt_of(api_key, body))
         except BaseException:
@@ -247,36 +242,3 @@ def create_app(config: RouterConfig) -> FastAPI:
         }
 
     return app
-
-
-def _limit(state: RouterState) -> int:
-    limit = state.max_model_len()
-    if limit is None:
-        raise unavailable("no decode worker is available", retry_after_s=2)
-    return limit
-
-
-def _sampling(body, state: RouterState, prompt_len: int, max_tokens: int | None,
-              logprobs: int | None) -> SamplingParams:
-    limit = _limit(state)
-    if max_tokens is None:  # the rest of the context, capped by --max-tokens-default
-        max_tokens = limit - prompt_len
-        if state.config.max_tokens_default > 0:
-            max_tokens = min(max_tokens, state.config.max_tokens_default)
-    if prompt_len + max_tokens > limit or max_tokens < 1:
-        raise bad_request(
-            f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
-            f"completion). Please reduce the length of the prompt or completion.",
-            param="max_tokens", code="context_length_exceeded")
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=body.top_k or 0, seed=body.seed, stop=tuple(body.stop_list()),
-            ignore_eos=body.ignore_eos,
-            presence_penalty=body.presence_penalty or 0.0,
-            frequency_penalty=body.frequency_penalty or 0.0, logprobs=logprobs)
-    except ValueError as e:
-        raise bad_request(str(e)) from None
