@@ -18,12 +18,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.redis_schema import Keys
 from router.admission import Admission
+from router.anthropic import errors as anthropic_errors
+from router.anthropic.routes import add_routes as add_anthropic_routes
 from router.auth import APIKeyMiddleware, bearer_key
 from router.body_limit import BodyLimitMiddleware
 from router.chat_route import prepare_chat
 from router.config import RouterConfig
 from router.dispatcher import Dispatcher, GenerateRequest
 from router.errors import APIError, http_error, unavailable
+from router.extra_routes import add_routes as add_extra_routes
 from router.kv_event_consumer import KVEventConsumer
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
@@ -107,13 +110,19 @@ def create_app(config: RouterConfig) -> FastAPI:
     app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
     app.add_middleware(ProcessHeaderMiddleware)
 
+    def shaped(request: Request, exc: APIError):
+        """Anthropic's error shape on its routes, OpenAI's everywhere else."""
+        if request.url.path.startswith(anthropic_errors.PATH_PREFIX):
+            return anthropic_errors.response(exc)
+        return exc.response()
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return exc.response()
+        return shaped(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        return validation_error(list(exc.errors())).response()
+        return shaped(request, validation_error(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -122,7 +131,7 @@ def create_app(config: RouterConfig) -> FastAPI:
         where = f"{request.method} {request.url.path}"
         message = {404: f"Unknown request URL: {where}",
                    405: f"Method not allowed: {where}"}.get(exc.status_code, str(exc.detail))
-        return http_error(exc.status_code, message, headers=exc.headers).response()
+        return shaped(request, http_error(exc.status_code, message, headers=exc.headers))
 
     def authorize(request: Request) -> str | None:
         """The caller's API key (None when the router runs without keys). APIKeyMiddleware
@@ -179,6 +188,9 @@ def create_app(config: RouterConfig) -> FastAPI:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await respond(state, request, req, body.model, body.stream, "completion",
                              include_usage, body.logprobs is not None, slot)
+
+    add_extra_routes(app, state, authorize)
+    add_anthropic_routes(app, state, authorize, salt_of)
 
     # -- operator routes ----------------------------------------------------------------------
     @app.get("/health")

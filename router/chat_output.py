@@ -73,7 +73,8 @@ def openai_delta(d: Delta, legacy: bool) -> dict:
 
 def openai_message(shaper: OutputShaper, legacy: bool) -> dict:
     msg: dict = {"role": "assistant",
-                 "content": shaper.content if shaper.content or not shaper.calls else None}
+                 "content": shaper.content or (
+                     None if shaper.calls or shaper.reasoning else "")}
     if shaper.reasoning:
         msg["reasoning_content"] = shaper.reasoning
     if shaper.calls and legacy:
