@@ -16,7 +16,10 @@ from router.errors import bad_request
 from router.openai_schema import ChatCompletionRequest, Text
 
 _ALLOW = ConfigDict(extra="allow", allow_inf_nan=False)
-_INERT_EXTRAS = {"metadata", "service_tier", "container", "mcp_servers"}  # null / ignorable
+# Fields that ask nothing of the answer (accounting, routing hints of Anthropic's service;
+# prompt caching is automatic here): accepted and ignored. Anything else unknown is refused.
+_INERT_EXTRAS = {"metadata", "service_tier", "cache_control", "speed", "inference_geo",
+                 "diagnostics", "user_profile_id", "workspace_id"}
 
 
 class Block(BaseModel):
