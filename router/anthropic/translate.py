@@ -86,9 +86,12 @@ def _text(blocks: list[Block] | str, where: str) -> str:
         return blocks
     parts = []
     for j, b in enumerate(blocks):
-        if b.type != "text":
+        if isinstance(b, dict) and isinstance(b.get("type"), str):
+            b = Block.model_validate(b)
+        if not isinstance(b, Block) or b.type != "text" or not isinstance(b.text, str):
+            shown = b.type if isinstance(b, Block) else type(b).__name__
             raise bad_request(f"{where}.{j}: only text blocks are supported here, not "
-                              f"{b.type!r}", param=f"{where}.{j}.type")
+                              f"{shown!r}", param=f"{where}.{j}.type")
         parts.append(b.text or "")
     return "".join(parts)
 

@@ -90,12 +90,14 @@ class CallReader:
         self._string_args = ""  # arguments sent as a JSON string: decoded at their end
         self._index: int | None = None
         self._head = ""
+        self._raw = ""  # everything read, whitespace included: the text of a failed call
         self.done = False
         self.rest = ""
         self.failed: str | None = None
 
     def feed(self, text: str) -> list[Delta]:
         part, rest = self._outer.feed(text)
+        self._raw += text if rest is None else text[:len(text) - len(rest)]
         out: list[Delta] = []
         if self._index is None:
             self._head += part
@@ -115,7 +117,7 @@ class CallReader:
         """The text ended inside the object: what was announced stays; else it is not a
         call."""
         if self._index is None:
-            self.failed = self._head
+            self.failed = self._raw
         return []
 
     def _announce(self, name: str) -> CallStart:
@@ -147,7 +149,7 @@ class CallReader:
         if isinstance(obj, dict) and isinstance(obj.get("name"), str):
             args = obj.get("arguments", obj.get("parameters"))
         if args is None:
-            self.failed = text
+            self.failed = self._raw
             return []
         call = self._start_call(obj["name"])
         self._index = call.index
