@@ -42,6 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-workers", type=int, default=1,
                         help="router processes on --port (the router's --workers: SO_REUSEPORT, "
                              "each following the cluster itself; /metrics per process)")
+    parser.add_argument("--chat-template", default=None,
+                        help="the router's --chat-template: a Jinja file replacing the model's")
+    parser.add_argument("--tool-call-parser", default=None,
+                        help="the router's --tool-call-parser (hermes, llama3_json, mistral, "
+                             "none; default auto: from the chat template)")
+    parser.add_argument("--reasoning-parser", default=None,
+                        help="the router's --reasoning-parser (qwen3, deepseek_r1, none; "
+                             "default auto)")
     parser.add_argument("--router-arg", action="append", default=[],
                         help="extra flag passed to the router (repeat)")
     parser.add_argument("--log-dir", type=Path, default=None,
@@ -76,6 +84,16 @@ def log_root(args: argparse.Namespace) -> Path:
     return args.log_dir or (args.cache_dir or default_cache_dir()) / "logs"
 
 
+def _parser_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    flags = []
+    for name in ("chat_template", "tool_call_parser", "reasoning_parser"):
+        value = getattr(args, name)
+        if value is not None:  # a template path is made absolute: the router's cwd may differ
+            value = Path(value).resolve() if name == "chat_template" else value
+            flags += ["--" + name.replace("_", "-"), str(value)]
+    return tuple(flags)
+
+
 def run(args: argparse.Namespace) -> int:
     from deploy.local_cluster import ClusterSpec, ClusterState, LocalCluster
 
@@ -93,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                        redis_url=args.redis, redis_prefix=args.redis_prefix, policy=args.policy,
                        log_dir=log_root(args), worker_args=tuple(worker_args),
                        prefill_args=tuple(args.prefill_arg), decode_args=tuple(args.decode_arg),
-                       router_args=tuple(args.router_arg), cache_dir=args.cache_dir,
+                       router_args=tuple(args.router_arg) + _parser_flags(args),
+                       cache_dir=args.cache_dir,
                        router_processes=args.router_workers,
                        secret_file=args.cluster_secret_file,
                        gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else ())

@@ -13,6 +13,7 @@ HELP = "run the OpenAI-compatible router"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from router import reasoning, tool_parsers
     from router.policies import POLICIES
 
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
@@ -59,9 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output cap when a request omits max_tokens (then: the smaller of "
                              "this and the rest of the context); 0: the rest of the context")
     parser.add_argument("--lenient", action="store_true",
-                        help="ignore request fields pdserve does not implement (tools, "
+                        help="ignore request fields pdserve does not implement ("
                              "response_format, logit_bias, unknown fields...) with a warning, "
                              "instead of refusing them with 400")
+    parser.add_argument("--chat-template", default=None,
+                        help="a Jinja chat template file used instead of the model's own (e.g. "
+                             "one that renders tools)")
+    parser.add_argument("--tool-call-parser", choices=tool_parsers.CHOICES, default="auto",
+                        help="how the model writes tool calls: hermes (<tool_call>, Qwen), "
+                             "llama3_json, mistral ([TOOL_CALLS]); auto: the one the chat "
+                             "template writes; none: tool_choice auto is refused")
+    parser.add_argument("--reasoning-parser", choices=reasoning.CHOICES, default="auto",
+                        help="split <think>...</think> into reasoning_content: qwen3, "
+                             "deepseek_r1 (thinking open from the start); auto: qwen3 when the "
+                             "chat template writes <think>; none: leave it in the content")
     parser.add_argument("--workers", type=int, default=1,
                         help="router processes serving --port (SO_REUSEPORT: the kernel spreads "
                              "client connections across them). Not prefill/decode workers. Each "
@@ -112,6 +124,8 @@ def config_from_args(args: argparse.Namespace):
         docs=args.docs,
         max_model_len=args.max_model_len,
         max_tokens_default=args.max_tokens_default, lenient=args.lenient,
+        chat_template=args.chat_template, tool_call_parser=args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser,
         processes=args.workers, max_in_flight_per_worker=args.max_in_flight_per_worker,
         overload_retry_after_s=args.overload_retry_after_s,
         cluster_secret=secret_from_args(args, "pdserve router"),

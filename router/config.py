@@ -41,6 +41,9 @@ class RouterConfig:
     # vLLM's default), so a chat request cannot run to the context limit by accident.
     max_tokens_default: int = 1024
     lenient: bool = False  # ignore (with a warning) request fields we do not implement
+    chat_template: str | None = None  # a Jinja file replacing the model's chat template
+    tool_call_parser: str = "auto"  # router/tool_parsers/; auto: from the chat template
+    reasoning_parser: str = "auto"  # router/reasoning/; auto: qwen3 if the template thinks
     cache_dir: str | None = None
     # Router processes serving the port (SO_REUSEPORT, router/serve.py). Each one follows the
     # registry and the KV-event stream itself, so nothing here is shared between them.
