@@ -77,13 +77,14 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h), requires_grad=False)
         self.down_proj = nn.Parameter(torch.empty(e, h, i), requires_grad=False)
         self.expert_start = 0  # EP: the first global expert id held here
+        self.num_experts = num_experts  # global count (EP holds fewer)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
             from engine.kernels.fused_moe import fused_experts
 
             return fused_experts(x, self.gate_up_proj, self.down_proj, weights, ids,
-                                 self.expert_start)
+                                 self.expert_start, self.num_experts)
         return experts_reference(x, self.gate_up_proj, self.down_proj, weights, ids,
                                  self.expert_start)
 
