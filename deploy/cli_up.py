@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", type=int, default=1, help="decode workers")
     parser.add_argument("--decode-tp", type=int, default=1, help="tensor parallel size of each "
                         "decode worker")
+    parser.add_argument("--decode-ep", type=int, default=1,
+                        help="MoE models: expert groups across each decode worker's "
+                             "--decode-tp ranks (divides --decode-tp; the KV layout, and so "
+                             "prefill workers, do not depend on it)")
     parser.add_argument("--host", default="127.0.0.1", help="router interface")
     parser.add_argument("--port", type=int, default=8000, help="router HTTP port")
     parser.add_argument("--redis", default=None,
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.kv_cache_gib is not None:
         worker_args += ["--kv-cache-gib", str(args.kv_cache_gib)]
     spec = ClusterSpec(model=args.model, prefill=args.prefill, decode=args.decode,
-                       decode_tp=args.decode_tp, router_host=args.host, router_port=args.port,
+                       decode_tp=args.decode_tp, decode_ep=args.decode_ep,
+                       router_host=args.host, router_port=args.port,
                        redis_url=args.redis, redis_prefix=args.redis_prefix, policy=args.policy,
                        log_dir=log_root(args), worker_args=tuple(worker_args),
                        prefill_args=tuple(args.prefill_arg), decode_args=tuple(args.decode_arg),

@@ -65,6 +65,7 @@ class ClusterSpec:
     prefill: int = 1
     decode: int = 1
     decode_tp: int = 1
+    decode_ep: int = 1  # MoE: expert groups among a decode worker's decode_tp ranks
     router_host: str = "127.0.0.1"
     router_port: int = 8000
     redis_url: str | None = None
@@ -210,6 +211,8 @@ class LocalCluster:
                *(self.spec.prefill_args if role == "prefill" else self.spec.decode_args)]
         if role == "decode" and self.spec.decode_tp > 1:
             cmd += ["--tp", str(self.spec.decode_tp)]
+        if role == "decode" and self.spec.decode_ep > 1:
+            cmd += ["--ep", str(self.spec.decode_ep)]
         if self.spec.cache_dir:
             cmd += ["--cache-dir", str(self.spec.cache_dir)]
         gpus = self._take_gpus(self.spec.decode_tp if role == "decode" else 1)

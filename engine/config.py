@@ -27,6 +27,10 @@ class EngineConfig:
     device: str = "auto"  # 'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N'
     dtype: str = "auto"  # 'auto' (bf16 on cuda, fp32 on cpu), 'float32', 'bfloat16', 'float16'
     tensor_parallel_size: int = 1
+    # MoE: split the experts into this many groups across the tensor-parallel ranks (divides
+    # tensor_parallel_size; 1: every rank holds a slice of every expert). Attention and the
+    # KV layout stay tensor-parallel (engine/model/moe_parallel.py).
+    expert_parallel_size: int = 1
     block_size: int = defaults.BLOCK_SIZE_TOKENS  # tokens per KV block
     kv_cache_memory_bytes: int | None = None  # KV budget; None: 512 MiB on CPU, see below
     gpu_memory_utilization: float = 0.85  # on CUDA with no explicit budget: share of the card
@@ -51,6 +55,11 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be at least 1")
+        if self.expert_parallel_size < 1 or self.tensor_parallel_size % self.expert_parallel_size:
+            raise ValueError(
+                f"expert_parallel_size ({self.expert_parallel_size}) must divide "
+                f"tensor_parallel_size ({self.tensor_parallel_size}): the experts are split "
+                "across the tensor-parallel ranks")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         if self.kv_transfer not in ("none", "nixl"):

@@ -67,11 +67,11 @@ class ModelRunner:
         # Rank 0's channel to the followers (steps, KV transfer control); see tp_control.py.
         self.control = TPControl(world, self.device) if world > 1 else None
         self.model_config = model_config
-        check_tp_size(model_config, world)
+        check_tp_size(model_config, world, config.expert_parallel_size)
         self.model = load_weights(
             source, model_config, self.dtype, self.device, max_model_len, config.seed
         )
-        apply_tensor_parallel(self.model, rank, world)
+        apply_tensor_parallel(self.model, rank, world, config.expert_parallel_size)
         if self.device.type == "cuda":
             fuse_projections(self.model)  # one GEMM for q/k/v and one for gate/up
             if config.fused_kernels:

@@ -70,11 +70,12 @@ def load_weights(
     seed: int = 0,
 ) -> CausalLM:
     from engine.model.layers.linear import process_weights_after_loading
+    from engine.model.loaders.expert_stacking import stack_experts
     from engine.model.loaders.weights import empty_model, init_random, iter_safetensors, load_state
 
     model = empty_model(config, dtype, device, max_positions)
     if source.kind == "hf_dir":
-        load_state(model, iter_safetensors(Path(source.location)))
+        load_state(model, stack_experts(iter_safetensors(Path(source.location)), config))
     elif source.kind == "gguf":
         from engine.model.loaders.gguf_file import GGUFModel
 
