@@ -177,9 +177,10 @@ def create_app(config: RouterConfig) -> FastAPI:
                                api_key: str | None = Depends(authorize)):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
-        slot = state.admit()
+        slot = state.admit(api_key)
         try:
-            job = await prepare_chat(state, body, salt_of(api_key, body))
+            job = await prepare_chat(state, body, salt_of(api_key, body),
+                                     on_finish=state.on_finish(api_key))
         except BaseException:
             slot.release()
             raise
@@ -192,12 +193,12 @@ def create_app(config: RouterConfig) -> FastAPI:
                           api_key: str | None = Depends(authorize)):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
-        slot = state.admit()
+        slot = state.admit(api_key)
         try:
             prompt = await state.model.encode_prompt(body.prompt, context_limit(state))
             params = sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
             req = GenerateRequest(f"cmpl-{uuid.uuid4().hex}", prompt, params,
-                                  salt_of(api_key, body))
+                                  salt_of(api_key, body), state.on_finish(api_key))
         except BaseException:
             slot.release()
             raise

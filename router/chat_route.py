@@ -32,7 +32,8 @@ class ChatJob:
 
 
 async def prepare_chat(state, body: ChatCompletionRequest, salt: tuple[str, ...],
-                       id_prefix: str = "chatcmpl-") -> ChatJob:
+                       id_prefix: str = "chatcmpl-", on_finish=None) -> ChatJob:
+    """``on_finish(prompt_tokens, output_tokens)``: called when the request ends."""
     model = state.model
     setup = tool_setup(body)
     forced = setup.mode in ("required", "named")
@@ -67,5 +68,5 @@ async def prepare_chat(state, body: ChatCompletionRequest, salt: tuple[str, ...]
     eos = model.tokenizer.eos_token if keep_special else None
     shaper = OutputShaper(think, parser, single_call=not setup.parallel,
                           forced_name=setup.mode == "named", strip_suffix=eos)
-    req = GenerateRequest(f"{id_prefix}{uuid.uuid4().hex}", prompt, params, salt)
+    req = GenerateRequest(f"{id_prefix}{uuid.uuid4().hex}", prompt, params, salt, on_finish)
     return ChatJob(req, shaper, setup.legacy)

@@ -34,10 +34,11 @@ def worker_channel(address: str, **kwargs):
 class RedisServer(LocalRedis):
     """A real ``redis-server`` when installed (CI installs it); otherwise fakeredis's TCP
     server, which speaks the real protocol, so the code under test is the same. Locked with
-    the session's cluster secret, like every cluster's Redis."""
+    the session's cluster secret, like every cluster's Redis; its roles' key patterns take any
+    prefix ("*"), since the test modules run clusters of their own prefixes on it."""
 
     def __init__(self, port: int | None = None):
-        super().__init__(port=port, secret=cluster_secret())
+        super().__init__(port=port, secret=cluster_secret(), prefix="*")
         self.wait()
 
     def client(self):

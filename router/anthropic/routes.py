@@ -24,9 +24,10 @@ def add_routes(app: FastAPI, state, authorize, salt_of) -> None:
         except ValidationError as e:
             raise validation_error([{**err, "loc": ("body", *err["loc"])}
                                     for err in e.errors()]) from None
-        slot = state.admit()
+        slot = state.admit(api_key)
         try:
-            job = await prepare_chat(state, chat, salt_of(api_key, chat), id_prefix="msg-")
+            job = await prepare_chat(state, chat, salt_of(api_key, chat), id_prefix="msg-",
+                                     on_finish=state.on_finish(api_key))
         except BaseException:
             slot.release()
             raise
