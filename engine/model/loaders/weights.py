@@ -31,6 +31,9 @@ def empty_model(
     return model
 
 
+_KV_SCALE_SUFFIXES = (".self_attn.k_scale", ".self_attn.v_scale")
+
+
 def load_state(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Copy named tensors into the model; every parameter must be covered exactly once."""
     params = dict(model.named_parameters())  # tied weights appear once, under embed_tokens
@@ -42,6 +45,10 @@ def load_state(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> 
             continue  # some tied checkpoints store the head too; it equals the embedding
         if name not in params:
             if name.endswith("rotary_emb.inv_freq"):
+                continue
+            if name.endswith(_KV_SCALE_SUFFIXES):  # an FP8 KV cache's scales (kv_quant.py)
+                module, attr = name.rsplit(".", 1)
+                setattr(model.get_submodule(module), attr, float(tensor.float().item()))
                 continue
             raise ValueError(f"checkpoint tensor {name!r} has no place in the model")
         target = params[name]
