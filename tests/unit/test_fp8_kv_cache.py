@@ -124,9 +124,8 @@ def test_fp8_and_full_kv_refuse_each_other_naming_both_dtypes():
 
 
 def test_handle_carries_kv_dtype_and_scales_over_the_wire():
-    from kv_transfer.handle import KVHandle, SourceRank
-
     from engine.model.named_shapes import named_model
+    from kv_transfer.handle import KVHandle, SourceRank
 
     mc = named_model("tiny-llama")
     compat = kv_compat(EngineConfig(), mc, "m", torch.float32, torch.float8_e4m3fn,
