@@ -69,8 +69,8 @@ class ModelRunner:
         self.model_config = model_config
         check_tp_size(model_config, world)
         self.model = load_weights(
-            source, model_config, self.dtype, self.device, max_model_len, config.seed
-        )
+            source, model_config, self.dtype, self.device, max_model_len, config.seed,
+            config.quantization)
         apply_tensor_parallel(self.model, rank, world)
         if self.device.type == "cuda":
             fuse_projections(self.model)  # one GEMM for q/k/v and one for gate/up

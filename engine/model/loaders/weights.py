@@ -13,14 +13,21 @@ from engine.model.registry import CausalLM, model_class
 
 
 def empty_model(
-    config: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int
+    config: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int,
+    fp8_scheme=None,
 ) -> CausalLM:
-    """Allocate the model uninitialised on ``device`` (no wasted init of large weights)."""
+    """Allocate the model uninitialised on ``device`` (no wasted init of large weights);
+    ``fp8_scheme`` (loaders/quant_config.py): the linears an FP8 checkpoint stores as FP8."""
     cls = model_class(config)
     with torch.device("meta"):
         model = cls(config, max_positions)
     # Cast on meta first (free), so the weights are allocated once, already in dtype.
-    model = model.to(dtype).to_empty(device=device)
+    model = model.to(dtype)
+    if fp8_scheme is not None:  # after the cast: FP8 weights and fp32 scales keep their dtypes
+        from engine.model.loaders.quant_config import apply_fp8_scheme
+
+        apply_fp8_scheme(model, fp8_scheme)
+    model = model.to_empty(device=device)
     if config.tie_word_embeddings:  # to_empty() unties shared parameters
         model.lm_head.weight = model.model.embed_tokens.weight
     # The RoPE table is data, not a weight: recompute it in float32 on the device.
@@ -52,6 +59,8 @@ def load_state(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> 
                 continue
             raise ValueError(f"checkpoint tensor {name!r} has no place in the model")
         target = params[name]
+        if name.endswith(".weight_scale") and tensor.numel() == target.numel():
+            tensor = tensor.reshape(target.shape)  # per-tensor scales come as () or (1,)
         if tuple(tensor.shape) != tuple(target.shape):
             raise ValueError(
                 f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, "
