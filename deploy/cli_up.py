@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="router prefill placement policy")
     parser.add_argument("--kv-cache-gib", type=float, default=None,
                         help="KV cache per worker rank (default: the engine's)")
+    parser.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                        help="KV cache element type of every worker (fp8: e4m3, half the "
+                             "bytes to store and to move between prefill and decode)")
+    parser.add_argument("--quantization", choices=["none", "fp8"], default="none",
+                        help="fp8: every worker quantizes a bf16/fp32 model's weights to FP8")
     parser.add_argument("--worker-arg", action="append", default=[],
                         help="extra flag passed to every worker (repeat), e.g. "
                              "--worker-arg=--max-num-seqs=64")
@@ -110,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
     worker_args = list(args.worker_arg)
     if args.kv_cache_gib is not None:
         worker_args += ["--kv-cache-gib", str(args.kv_cache_gib)]
+    if args.kv_cache_dtype != "auto":
+        worker_args += ["--kv-cache-dtype", args.kv_cache_dtype]
+    if args.quantization != "none":
+        worker_args += ["--quantization", args.quantization]
     spec = ClusterSpec(model=args.model, prefill=args.prefill, decode=args.decode,
                        decode_tp=args.decode_tp, decode_ep=args.decode_ep,
                        router_host=args.host, router_port=args.port,

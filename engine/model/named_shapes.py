@@ -85,7 +85,20 @@ NAMED_MODELS: dict[str, ModelConfig] = {
 }
 
 
+# ``<name>-fp8``: the same shape with its linears quantized to FP8 at load (per channel, as
+# ``--quantization fp8``), for FP8 speed work on random weights.
+FP8_SUFFIX = "-fp8"
+
+
+def named_quantization(name: str) -> str:
+    """'fp8' for an FP8 variant's name, else 'none'."""
+    return "fp8" if name.endswith(FP8_SUFFIX) and name[:-len(FP8_SUFFIX)] in NAMED_MODELS \
+        else "none"
+
+
 def named_model(name: str) -> ModelConfig:
+    if named_quantization(name) == "fp8":
+        name = name[:-len(FP8_SUFFIX)]
     try:
         return NAMED_MODELS[name]
     except KeyError:

@@ -40,13 +40,17 @@ def check_tp_size(config: ModelConfig, tp_size: int, ep_size: int = 1) -> None:
 
 
 def _shard(linear: Linear, dim: int, rank: int, world: int) -> None:
-    """Keep this rank's slice of an unquantized weight (a quantized method's scales too, later)."""
+    """Keep this rank's slice of a weight (and of an FP8 weight's per-row scales)."""
     with torch.no_grad():
         w = linear.weight.detach().chunk(world, dim=dim)[rank].clone()
         linear.weight = nn.Parameter(w, requires_grad=False)
         if linear.bias is not None and dim == 0:
             b = linear.bias.detach().chunk(world)[rank].clone()
             linear.bias = nn.Parameter(b, requires_grad=False)
+        scale = getattr(linear, "weight_scale", None)  # FP8 on CUDA: one per row, [1, out]
+        if scale is not None and dim == 0:
+            s = scale.detach().chunk(world, dim=1)[rank].clone()
+            linear.weight_scale = nn.Parameter(s, requires_grad=False)
     if dim == 0:
         linear.out_features //= world
     else:
