@@ -143,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         say(f"[pdserve] logs: {cluster.log_dir}/")
         cluster.start_redis()
-        say(f"[pdserve] redis: {cluster.redis_url} ({cluster.redis_kind}); cluster secret: "
-            f"{cluster.secret_file} (internal gRPC and Redis authenticated)")
+        say(f"[pdserve] redis: {cluster.redis_url} ({cluster.redis_kind})")
+        say(f"[pdserve] cluster secret: {cluster.secret_file} (every internal gRPC call and "
+            f"Redis connection authenticates with it)")
         cluster.start_router()
         for _ in range(args.prefill):
             cluster.add_worker("prefill")
