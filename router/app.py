@@ -35,6 +35,7 @@ from router.readiness import readiness
 from router.registry import RegistryView
 from router.request_validation import refuse_unsupported, validation_error
 from router.respond import respond
+from router.structured_map import sampling_extras
 from router.tenancy import cache_keys, key_namespace
 from router.worker_clients import WorkerClients
 
@@ -163,9 +164,10 @@ def create_app(config: RouterConfig) -> FastAPI:
         except BaseException:
             slot.release()
             raise
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        opts = body.stream_options
         return await respond(state, request, req, body.model, body.stream, "chat",
-                             include_usage, body.logprobs, slot)
+                             bool(opts and opts.include_usage), body.logprobs, slot, n=body.n,
+                             continuous_usage=bool(opts and opts.continuous_usage_stats))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request,
@@ -181,9 +183,10 @@ def create_app(config: RouterConfig) -> FastAPI:
         except BaseException:
             slot.release()
             raise
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        opts = body.stream_options
         return await respond(state, request, req, body.model, body.stream, "completion",
-                             include_usage, body.logprobs is not None, slot)
+                             bool(opts and opts.include_usage), body.logprobs is not None, slot,
+                             n=body.n, continuous_usage=bool(opts and opts.continuous_usage_stats))
 
     # -- operator routes ----------------------------------------------------------------------
     @app.get("/health")
@@ -277,6 +280,7 @@ def _sampling(body, state: RouterState, prompt_len: int, max_tokens: int | None,
             top_k=body.top_k or 0, seed=body.seed, stop=tuple(body.stop_list()),
             ignore_eos=body.ignore_eos,
             presence_penalty=body.presence_penalty or 0.0,
-            frequency_penalty=body.frequency_penalty or 0.0, logprobs=logprobs)
+            frequency_penalty=body.frequency_penalty or 0.0, logprobs=logprobs,
+            **sampling_extras(body, state.model.vocab_size, max_tokens))
     except ValueError as e:
         raise bad_request(str(e)) from None

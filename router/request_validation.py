@@ -24,17 +24,12 @@ INERT_VALUES: dict[str, tuple] = {
     "tool_choice": ("none",),
     "function_call": ("none",),
     "parallel_tool_calls": (_NOTHING,),  # moot: tools are refused
-    "response_format": ({"type": "text"},),
-    "logit_bias": ({},),
-    "min_tokens": (0,),
-    "repetition_penalty": (1.0,),
-    "include_stop_str_in_output": (False,),
     "store": (False,),
     "modalities": (["text"],),
     "stop_token_ids": ([],),
     "best_of": (1,),
 }
-STREAM_OPTIONS_INERT: dict[str, tuple] = {"continuous_usage_stats": (False,)}
+STREAM_OPTIONS_INERT: dict[str, tuple] = {}
 MESSAGE_INERT: dict[str, tuple] = {"tool_calls": ([],), "tool_call_id": ()}
 _KNOWN_UNSUPPORTED = {*INERT_VALUES, *STREAM_OPTIONS_INERT, *MESSAGE_INERT}
 

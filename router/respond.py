@@ -25,8 +25,15 @@ from router.streaming import ClosingStreamingResponse
 
 
 async def respond(state, request: Request, req: GenerateRequest, model: str, stream: bool,
-                  kind: str, include_usage: bool, want_logprobs: bool, slot: Slot):
-    """Owns ``slot`` from here on: released when the response ends, or now if this raises."""
+                  kind: str, include_usage: bool, want_logprobs: bool, slot: Slot, n: int = 1,
+                  continuous_usage: bool = False):
+    """Owns ``slot`` from here on: released when the response ends, or now if this raises.
+    ``continuous_usage``: every stream chunk carries the usage so far."""
+    if n > 1:
+        from router.respond_choices import respond_choices
+
+        return await respond_choices(state, request, req, model, stream, kind, include_usage,
+                                     want_logprobs, slot, n, continuous_usage)
     agen = state.dispatcher.generate(req)
     try:
         first = await _prime(state, agen)
@@ -35,7 +42,8 @@ async def respond(state, request: Request, req: GenerateRequest, model: str, str
         raise
     text_of = state.model.token_text
     if stream:
-        body = _stream(agen, first, req, model, kind, include_usage, want_logprobs, text_of)
+        body = _stream(agen, first, req, model, kind, include_usage, want_logprobs, text_of,
+                       continuous_usage)
         return ClosingStreamingResponse(_Body(body, agen, slot), media_type="text/event-stream",
                                         headers={"Cache-Control": "no-cache"})
     try:
@@ -124,14 +132,19 @@ async def _collect(agen: AsyncIterator[TokenEvent], first: TokenEvent) -> list[T
 
 
 async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: GenerateRequest,
-                  model: str, kind: str, include_usage: bool, want_logprobs: bool, text_of):
+                  model: str, kind: str, include_usage: bool, want_logprobs: bool, text_of,
+                  continuous_usage: bool = False):
     created = int(time.time())
     rid = req.request_id
     completion_tokens = 0
     text_offset = 0
     cached = first.num_cached_tokens
+    prompt_tokens = len(req.prompt_token_ids)
     if kind == "chat":
-        yield fmt.sse(fmt.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}))
+        role = fmt.chat_chunk(rid, model, created, {"role": "assistant", "content": ""})
+        if continuous_usage:
+            role["usage"] = fmt.usage(prompt_tokens, 0, cached)
+        yield fmt.sse(role)
 
     def chunk(event: TokenEvent) -> dict:
         nonlocal text_offset
@@ -148,7 +161,10 @@ async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: Gener
         event = first
         while True:
             completion_tokens += len(event.token_ids)
-            yield fmt.sse(chunk(event))
+            data = chunk(event)
+            if continuous_usage:
+                data["usage"] = fmt.usage(prompt_tokens, completion_tokens, cached)
+            yield fmt.sse(data)
             if event.finish_reason:
                 break
             try:
