@@ -26,7 +26,7 @@ def structured_output(body) -> StructuredOutput | None:
         if fmt.json_schema is None:
             raise bad_request("response_format of type 'json_schema' needs a 'json_schema' "
                               "object with a 'schema'", param="response_format.json_schema")
-        spec = json.dumps(fmt.json_schema.schema_, sort_keys=True)  # one cache key per schema
+        spec = json.dumps(fmt.json_schema.schema_)  # property order kept: it is the output order
         structured = StructuredOutput("json_schema", spec)
     try:
         check_structured(structured)
