@@ -154,7 +154,7 @@ class _Common(BaseModel):
     @classmethod
     def _bias(cls, bias):
         for key, value in (bias or {}).items():
-            if not key.isdigit() or int(key) >= UINT32_LIMIT:
+            if not (key.isascii() and key.isdigit()) or int(key) >= UINT32_LIMIT:
                 raise ValueError(f"logit_bias keys must be token ids, got {key[:32]!r}")
             if not -100.0 <= value <= 100.0:
                 raise ValueError(f"logit_bias values must be in [-100, 100], got {value}")
