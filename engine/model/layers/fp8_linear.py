@@ -18,6 +18,11 @@ How the product runs, decided once after loading (``process_weights_after_loadin
   (tensor scales are widened to one per row first).
 - CUDA, ``block``: dequantized to the model dtype at load (no block-scaled GEMM here yet): the
   format loads and is right, with bf16's memory and speed.
+
+With fused kernels on (``use_fused_kernels``, CUDA), a one-row input (a batch-1 decode step)
+goes through the FP8 GEMV of engine/kernels/fp8_gemv.py (bf16 activations, the weight widened
+in registers: no activation quantization, no padding), and the per-token quantization before
+``_scaled_mm`` is one Triton kernel (engine/kernels/fp8_quant.py) instead of eight torch ops.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
 BLOCK = 128  # the tile of the block-wise format (weight_block_size [128, 128])
 STRATEGIES = ("tensor", "channel", "block")
+# False: ``use_fused_kernels`` keeps the torch path (torch quantization ops, _scaled_mm at batch
+# 1 too), so engine_bench_fp8 can measure both in one run. Read once, when kernels are chosen.
+TRITON_KERNELS = True
 
 
 def quantize_per_row(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,21 +93,44 @@ class Fp8LinearMethod(LinearMethod):
             layer.weight = nn.Parameter(w, requires_grad=False)
             layer.method = UnquantizedLinearMethod()
             return
-        # _scaled_mm's row-wise mode: one fp32 scale per output row, laid out [1, out].
+        self.repack_for_scaled_mm(layer)
+
+    def repack_for_scaled_mm(self, layer: Linear) -> None:
+        """Tensor / channel scales as _scaled_mm's row-wise mode wants them: one fp32 scale per
+        output row, laid out [1, out] (the FP8 GEMV reads the same)."""
+        scale = getattr(layer, self.scale_name)
         row_scale = scale.data.float().reshape(-1, 1).expand(layer.out_features, 1)
         delattr(layer, self.scale_name)
         layer.weight_scale = nn.Parameter(row_scale.reshape(1, -1).contiguous(),
                                           requires_grad=False)
         self.strategy, self.scale_name = "channel", "weight_scale"
 
+    def use_fused_kernels(self, layer: Linear) -> None:
+        if not TRITON_KERNELS or self.strategy == "block":
+            return
+        from engine.kernels.fp8_gemv import applies
+
+        # Decided once here, not per call, as the bf16 GEMV is (linear.py).
+        layer.decode_gemv = applies(layer.weight, layer.weight_scale, blockwise=False)
+        layer.fp8_quant_kernel = True
+
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        if layer.decode_gemv and x.shape[0] == 1 and x.dim() == 2:
+            from engine.kernels.fp8_gemv import fp8_gemv
+
+            return fp8_gemv(x, layer.weight, layer.weight_scale, layer.bias)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         rows = x2.shape[0]
-        pad = -rows % 16  # cuBLASLt's FP8 GEMM wants the row count a multiple of 16
-        if pad:
-            x2 = F.pad(x2, (0, 0, 0, pad))
-        xq, xs = quantize_per_row(x2)
+        if layer.fp8_quant_kernel:
+            from engine.kernels.fp8_quant import quantize_rows
+
+            xq, xs = quantize_rows(x2.contiguous(), pad_rows_to=16)
+        else:
+            pad = -rows % 16  # cuBLASLt's FP8 GEMM wants the row count a multiple of 16
+            if pad:
+                x2 = F.pad(x2, (0, 0, 0, pad))
+            xq, xs = quantize_per_row(x2)
         y = torch._scaled_mm(xq, layer.weight.t(), scale_a=xs, scale_b=layer.weight_scale,
                              bias=layer.bias, out_dtype=x.dtype)
         return y[:rows].reshape(*shape[:-1], layer.out_features)
@@ -111,7 +142,8 @@ class Fp8LinearMethod(LinearMethod):
         nn.Module.__init__(fused)
         fused.in_features = first.in_features
         fused.out_features = sum(p.out_features for p in parts)
-        fused.method, fused.decode_gemv, fused.compute_dtype = self, False, first.compute_dtype
+        fused.method, fused.compute_dtype = self, first.compute_dtype
+        fused.decode_gemv = fused.fp8_quant_kernel = False  # use_fused_kernels sets them
         fused.weight = nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)
         fused.weight_scale = nn.Parameter(torch.cat([p.weight_scale.data for p in parts], dim=1),
                                           requires_grad=False)
