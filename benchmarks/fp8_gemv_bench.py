@@ -42,17 +42,40 @@ def kernel_linear(x, w, ws):
     return torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=ws, out_dtype=x.dtype)[:x.shape[0]]
 
 
+def bench_shape(n: int, k: int, us, copy_bw: float) -> tuple[dict, dict]:
+    """(batch-1 results, activation-quantization results by row count) of one projection."""
+    from engine.kernels.fp8_gemv import fp8_gemv
+    from engine.kernels.fp8_quant import quantize_rows
+    from engine.kernels.gemv import gemv
+    from engine.model.layers.fp8_linear import quantize_per_row
+
+    dev = torch.device("cuda")
+    w16 = (0.02 * torch.randn(n, k, device=dev)).to(torch.bfloat16)
+    w, s = quantize_per_row(w16)
+    ws = s.reshape(1, -1).contiguous()
+    x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
+    configs = {f"{bn}x{bk}w{nw}": us(lambda bn=bn, bk=bk, nw=nw: fp8_gemv(
+        x, w, ws, block_n=bn, block_k=bk, num_warps=nw)) for bn, bk, nw in CONFIGS}
+    one = {"n": n, "k": k, "fp8_gemv_us": configs, "best": min(configs, key=configs.get),
+           "torch_path_us": us(lambda: torch_linear(x, w, ws)),
+           "bf16_gemv_us": us(lambda: gemv(x, w16)), "fp8_floor_us": 1e6 * n * k / copy_bw}
+    many = {}
+    for m in (64, 4096):
+        xm = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        many[m] = {"torch_quant_us": us(lambda xm=xm: quantize_per_row(xm)),
+                   "kernel_quant_us": us(lambda xm=xm: quantize_rows(xm, pad_rows_to=16)),
+                   "torch_linear_us": us(lambda xm=xm: torch_linear(xm, w, ws)),
+                   "kernel_linear_us": us(lambda xm=xm: kernel_linear(xm, w, ws)),
+                   "quant_floor_us": 1e6 * 3 * m * k / copy_bw}
+    return one, many
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fp8_gemv.json"))
     args = parser.parse_args()
     from triton.testing import do_bench  # flushes L2 between runs: weights stream from HBM
-
-    from engine.kernels.fp8_gemv import fp8_gemv
-    from engine.kernels.fp8_quant import quantize_rows
-    from engine.kernels.gemv import gemv
-    from engine.model.layers.fp8_linear import quantize_per_row
 
     def us(fn):
         return 1e3 * do_bench(fn, warmup=5, rep=30)
@@ -62,29 +85,15 @@ def main() -> None:
     copy_bw = 2 * buffers[0].numel() / (do_bench(lambda: buffers[1].copy_(buffers[0])) * 1e-3)
     buffers.clear()
     gemv_rows, quant_rows, results = [], [], {"gemv": {}, "quant": {}}
+    default = "{}x{}w{}".format(*CONFIGS[0])
     torch.manual_seed(0)
     for name, (n, k) in SHAPES.items():
-        w16 = (0.02 * torch.randn(n, k, device=dev)).to(torch.bfloat16)
-        w, s = quantize_per_row(w16)
-        ws = s.reshape(1, -1).contiguous()
-        x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
-        configs = {f"{bn}x{bk}w{nw}": us(lambda bn=bn, bk=bk, nw=nw: fp8_gemv(
-            x, w, ws, block_n=bn, block_k=bk, num_warps=nw)) for bn, bk, nw in CONFIGS}
-        best = min(configs, key=configs.get)
-        r = {"n": n, "k": k, "fp8_gemv_us": configs, "best": best,
-             "torch_path_us": us(lambda: torch_linear(x, w, ws)),
-             "bf16_gemv_us": us(lambda: gemv(x, w16)), "fp8_floor_us": 1e6 * n * k / copy_bw}
+        r, many = bench_shape(n, k, us, copy_bw)
         results["gemv"][name] = r
-        default = configs[f"{CONFIGS[0][0]}x{CONFIGS[0][1]}w{CONFIGS[0][2]}"]
-        gemv_rows.append([name, r["torch_path_us"], r["bf16_gemv_us"], default, best,
-                          configs[best], r["fp8_floor_us"], r["fp8_floor_us"] / default])
-        for m in (64, 4096):
-            xm = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            q = {"torch_quant_us": us(lambda xm=xm: quantize_per_row(xm)),
-                 "kernel_quant_us": us(lambda xm=xm: quantize_rows(xm, pad_rows_to=16)),
-                 "torch_linear_us": us(lambda xm=xm: torch_linear(xm, w, ws)),
-                 "kernel_linear_us": us(lambda xm=xm: kernel_linear(xm, w, ws)),
-                 "quant_floor_us": 1e6 * 3 * m * k / copy_bw}
+        ours = r["fp8_gemv_us"][default]
+        gemv_rows.append([name, r["torch_path_us"], r["bf16_gemv_us"], ours, r["best"],
+                          r["fp8_gemv_us"][r["best"]], r["fp8_floor_us"], r["fp8_floor_us"] / ours])
+        for m, q in many.items():
             results["quant"][f"{name}_m{m}"] = q
             quant_rows.append([f"{name} M={m}", q["torch_quant_us"], q["kernel_quant_us"],
                                q["quant_floor_us"], q["torch_linear_us"], q["kernel_linear_us"]])

@@ -109,7 +109,7 @@ def check_linear(device: torch.device) -> None:
     x = torch.randn(37, 1024, device=device).to(BF16)
     torch_path = [layer(x[:1]), layer(x)]
     layer.use_fused_kernels()
-    assert layer.decode_gemv and layer.fp8_quant_kernel
+    assert layer.decode_gemv and layer.fp8_kernels
     one = layer(x[:1])
     ref = x[:1].float() @ w.t() + layer.bias.float()
     assert (one.float() - ref).abs().max() <= 2.0 ** -8 * ref.abs().max()
@@ -118,10 +118,64 @@ def check_linear(device: torch.device) -> None:
     assert torch.equal(layer(x), torch_path[1])  # same FP8 operands, same _scaled_mm
 
 
+def check_block_gemm(device: torch.device, big: bool) -> None:
+    from engine.kernels.fp8_block_gemm import block_gemm
+    from engine.kernels.fp8_quant import quantize_rows
+
+    g = torch.Generator(device=device).manual_seed(3)
+    shapes = [(2, 256, 384), (17, 200, 1000), (130, 384, 256)] + (
+        [(4096, 6144, 4096), (64, 4096, 14336)] if big else [])
+    for m, n, k in shapes:
+        q, s = _fp8_weight(n, k, "block", device, g)
+        x = torch.randn(m, k, generator=g, device=device).to(BF16)
+        xq, xs = quantize_rows(x, group=BLOCK)
+        b = torch.randn(n, generator=g, device=device).to(BF16)
+        a = xq.float() * xs.repeat_interleave(BLOCK, 1)[:, :k]  # the activations, dequantized
+        w = dequantize(q, s, "block", torch.float32)
+        ref = a @ w.t() + b.float()
+        got = block_gemm(xq, xs, q, s, b, BF16)
+        assert got.shape == (m, n) and got.dtype == BF16
+        terms = a.abs() @ w.abs().t()
+        err = (got.float() - ref).abs()
+        assert (err <= 2.0 ** -8 * ref.abs() + 1e-5 * terms + 1e-30).all(), (
+            m, n, k, err.max().item())
+
+
+def check_block_linear(device: torch.device) -> None:
+    """A block-wise FP8 Linear with its kernels: one row through the GEMV (near the dequantized
+    product), more through quantize + block GEMM (within the activations' e4m3 rounding, 4% of
+    the output's scale, of the dequantized weight's product)."""
+    from engine.model.layers.fp8_linear import Fp8LinearMethod
+    from engine.model.layers.linear import Linear
+
+    g = torch.Generator(device=device).manual_seed(4)
+    layer = Linear(640, 384, bias=True, method=Fp8LinearMethod("block"), device=device,
+                   dtype=BF16)
+    q, s = _fp8_weight(384, 640, "block", device, g)
+    with torch.no_grad():
+        layer.weight.copy_(q)
+        layer.weight_scale_inv.copy_(s)
+        layer.bias.normal_(0, 0.1, generator=g)
+    w = dequantize(q, s, "block", torch.float32)
+    x = torch.randn(33, 640, generator=g, device=device).to(BF16)
+    eager = layer(x)  # no kernels chosen: dequantized at the call
+    torch.testing.assert_close(eager, torch.nn.functional.linear(x, w.to(BF16), layer.bias))
+    layer.use_fused_kernels()
+    assert layer.decode_gemv and layer.fp8_kernels
+    ref = x.float() @ w.t() + layer.bias.float()
+    one = layer(x[:1]).float()
+    assert (one - ref[:1]).abs().max() <= 2.0 ** -8 * ref[:1].abs().max()
+    many = layer(x).float()
+    assert many.shape == ref.shape
+    assert (many - ref).abs().max() < 0.04 * ref.abs().max()
+
+
 def run_all(device: torch.device, big: bool) -> None:
     check_quantize_rows(device, big)
     check_gemv(device, big)
     check_linear(device)
+    check_block_gemm(device, big)
+    check_block_linear(device)
 
 
 if __name__ == "__main__":  # CPU, under TRITON_INTERPRET=1 (tests/triton_cpu.py)

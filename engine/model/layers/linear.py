@@ -79,7 +79,7 @@ class Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.method = method or UnquantizedLinearMethod()
         self.decode_gemv = False  # the methods' use_fused_kernels set it
-        self.fp8_quant_kernel = False  # Fp8LinearMethod.use_fused_kernels sets it
+        self.fp8_kernels = False  # Fp8LinearMethod.use_fused_kernels sets it
         self.method.create_weights(self, bias, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
