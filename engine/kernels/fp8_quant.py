@@ -34,24 +34,23 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, M, K, FP8_MAX: tl.constexpr, ONE_PASS: tl.c
     if ONE_PASS:
         cols = tl.arange(0, BLOCK)
         x = tl.load(x_ptr + base + cols, mask=cols < in_cols, other=0.0).to(tl.float32)
-        amax = tl.max(tl.abs(x), axis=0)
+        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12), FP8_MAX)
+        q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)
+        tl.store(q_ptr + base + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
+        tl.store(s_ptr + row, scale)
     else:
         amax = 0.0
         for c0 in range(0, K, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
             x = tl.load(x_ptr + base + cols, mask=cols < in_cols, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.max(tl.abs(x), axis=0))
-    scale = tl.math.div_rn(tl.maximum(amax, 1e-12), FP8_MAX)
-    tl.store(s_ptr + row, scale)
-    if ONE_PASS:
-        q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)
-        tl.store(q_ptr + base + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
-    else:
+        scale = tl.math.div_rn(tl.maximum(amax, 1e-12), FP8_MAX)
         for c0 in range(0, K, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
             x = tl.load(x_ptr + base + cols, mask=cols < in_cols, other=0.0).to(tl.float32)
             q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)
             tl.store(q_ptr + base + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
+        tl.store(s_ptr + row, scale)
 
 
 @triton.jit
