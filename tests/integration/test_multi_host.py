@@ -16,6 +16,7 @@ import time
 import httpx
 import pytest
 
+from deploy import health_probe
 from engine import LLM, SamplingParams
 from tests.cluster_helpers import RouterProcess, WorkerProcess
 from tests.netns import NetnsHosts, require_netns
@@ -102,6 +103,8 @@ def test_cluster_across_three_hosts(net, demo_model_dir, reference):
         # Bound to 0.0.0.0, each worker advertises the address routing to Redis: its own.
         assert prefill.address.split(":")[0] == b.ip
         assert decode.address.split(":")[0] == c.ip
+        # The Kubernetes readiness probe (deploy/k8s/) answers across hosts too.
+        assert health_probe.main([prefill.address, "--timeout-s", "5"]) == 0
         client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0)
         name = demo_model_dir.name
 
@@ -161,6 +164,7 @@ def test_cluster_across_three_hosts(net, demo_model_dir, reference):
         # address, new engine), and remote prefill through it works again.
         old = records(rc)["prefill-b"]
         prefill.kill()
+        assert health_probe.main([old["address"], "--timeout-s", "2"]) == 1
         prefill = WorkerProcess("prefill", prefill_args, redis_url, prefix=b.cmd())
         started.append(prefill)
         new = wait_until(lambda: (r := records(rc).get("prefill-b")) and
