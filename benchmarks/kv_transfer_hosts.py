@@ -11,6 +11,11 @@ in each placement:
   10 ms; this kernel has no ``tc netem``, see tests/netns_delay.py). Its 0 ms row is that
   link's own ceiling (a Python forwarder), to read the delays against.
 
+Beside each TCP row, the link's ceiling: one plain TCP stream of the same bytes between the
+same two processes' namespaces (``raw TCP``). The owner polls its connector every
+``--owner-poll-ms`` while it holds the blocks, as an engine does (20 ms: its wait between polls
+with leases held): over TCP the owner's UCX worker must make progress for a READ to move.
+
 The pull's share of the wait before decoding starts is ``pull / (prefill + pull)``, with the
 prefill of the same prompt timed here on the demo model (CPU). pdserve streams the first token
 when prefill ends, so the pull does not delay TTFT itself: it delays the second token (the
@@ -141,6 +146,43 @@ def measure(shape_index: int, tokens: int, repeats: int, owner_at: tuple[str | N
             receiver.stop()
 
 
+_SINK = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 0)); s.listen(1); print(s.getsockname()[1], flush=True)
+for _ in range(int(sys.argv[2])):
+    c, _ = s.accept(); n = 0
+    while (chunk := c.recv(1 << 20)):
+        n += len(chunk)
+    c.sendall(b"k"); c.close()
+"""
+_SOURCE = """
+import socket, sys, time
+host, port, nbytes, times = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+blob = b"x" * nbytes
+for _ in range(times):
+    c = socket.create_connection((host, port)); t = time.perf_counter()
+    c.sendall(blob); c.shutdown(socket.SHUT_WR); c.recv(1)
+    print(time.perf_counter() - t, flush=True); c.close()
+"""
+
+
+def raw_tcp_seconds(nbytes: int, repeats: int, owner_at, receiver_at) -> float:
+    """The link's ceiling for the same bytes: one plain TCP stream, owner to receiver."""
+    (_, owner_prefix), (receiver_ip, receiver_prefix) = owner_at, receiver_at
+    sink = subprocess.Popen([*receiver_prefix, sys.executable, "-c", _SINK, receiver_ip,
+                             str(repeats + 1)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = sink.stdout.readline().strip()
+        out = subprocess.run([*owner_prefix, sys.executable, "-c", _SOURCE, receiver_ip, port,
+                              str(nbytes), str(repeats + 1)], capture_output=True, text=True,
+                             timeout=300, check=True).stdout.split()
+        return statistics.median(float(x) for x in out[1:])
+    finally:
+        sink.kill()
+        sink.wait()
+
+
 def prefill_seconds(tokens: int, repeats: int) -> float:
     """Median prefill of a fresh ``tokens``-token prompt on the demo model, this CPU."""
     import random
@@ -205,6 +247,9 @@ def main() -> None:
                     try:
                         r = measure(index, args.tokens, args.repeats, owner_at, receiver_at,
                                     poll_ms / 1e3)
+                        r["raw_tcp_s"] = (raw_tcp_seconds(r["bytes"], args.repeats, owner_at,
+                                                          receiver_at)
+                                          if owner_at[0] else float("nan"))
                     finally:
                         if link is not None:
                             link.close()
@@ -219,12 +264,14 @@ def main() -> None:
     same = {r["shape"]: r["pull_s"] for r in results if r["placement"].startswith("same")}
     rows = [[r["shape"], r["placement"], r["owner_poll_ms"], f"{r['bytes'] / 2**20:.1f} MiB",
              r["pull_s"] * 1e3,
-             r["bytes"] / r["pull_s"] / 1e9, r["pull_s"] / same[r["shape"]],
+             r["bytes"] / r["pull_s"] / 1e9, r["bytes"] / r["raw_tcp_s"] / 1e9,
+             r["raw_tcp_s"] / r["pull_s"], r["pull_s"] / same[r["shape"]],
              f"{r['pull_share'] * 100:.1f} %" if "pull_share" in r else "-"]
             for r in results]
     print(f"KV of one {args.tokens}-token request between simulated hosts (CPU); demo prefill "
           f"of the same prompt here: {prefill_s * 1e3:.0f} ms")
-    table = print_table(["shape", "placement", "owner poll ms", "bytes", "pull ms", "GB/s", "x same host",
+    table = print_table(["shape", "placement", "owner poll ms", "bytes", "pull ms", "GB/s",
+                         "raw TCP GB/s", "pdserve / raw TCP", "x same host",
                          "pull share before decode"], rows)
     save_json(args.out, {"tokens": args.tokens, "prefill_s_demo_cpu": prefill_s,
                          "results": results, "table": table, "machine": machine_info()})
