@@ -5,7 +5,8 @@ concurrent requests — for our engine and for HF ``generate``.
 
 GPU (``--gpu``): ``random:llama-3.1-8b`` in bf16 — batch-1 and batch-64 decode step time at 1k
 context against the HBM roofline, and prefill of 2k/4k prompts against the bf16 GEMM ceiling,
-both ceilings measured in this run; HF on the same weights alongside.
+both ceilings measured in this run; HF on the same weights alongside. Then the FP8 rows
+(engine_bench_fp8.py): FP8 weights and KV cache against the FP8 roofline and GEMM rate.
 
     python -m benchmarks.engine_bench [--gpu] [--out benchmarks/results/engine_cpu.json]
 """
@@ -222,8 +223,16 @@ def bench_gpu(args) -> dict:
     for key, r in out["prefill"].items():
         rows.append([f"prefill {key} ms", 1e3 * r["ours_s"], "-", 1e3 * r["hf_s"],
                      1e3 * r["model_flops"] / ceilings["bf16_gemm_flops"], r["ours_gemm_fraction"]])
+    engine.shutdown()
+    if not args.no_fp8:
+        from benchmarks.engine_bench_fp8 import bench_fp8, fp8_rows
+
+        out["fp8"] = bench_fp8(args, ceilings, ours_generate, random_prompts, sync)
+        rows += fp8_rows(out["fp8"], ceilings)
     print(f"ceilings: HBM copy {ceilings['hbm_copy_bytes_per_s'] / 1e9:.0f} GB/s, "
-          f"bf16 GEMM {ceilings['bf16_gemm_flops'] / 1e12:.0f} TFLOP/s")
+          f"bf16 GEMM {ceilings['bf16_gemm_flops'] / 1e12:.0f} TFLOP/s"
+          + (f", FP8 GEMM {ceilings['fp8_gemm_flops'] / 1e12:.0f} TFLOP/s"
+             if "fp8_gemm_flops" in ceilings else ""))
     table = print_table(["metric", "pdserve", "pdserve, sync loop", "HF", "ceiling",
                          "ours vs ceiling"], rows)
     b1, b64 = out["decode"]["batch1"], out["decode"]["batch64"]
@@ -231,7 +240,8 @@ def bench_gpu(args) -> dict:
     print(f"batch-64 / batch-1 step: ours {ours_ratio:.2f}, "
           f"at the roofline {b64['roofline_step_ms'] / b1['roofline_step_ms']:.2f} "
           f"(64 x {ctx}+ tokens of KV read each step besides the weights)")
-    engine.shutdown()
+    if "fp8" in out:
+        print(f"FP8 weights + FP8 KV, batch-64 / batch-1 step: {out['fp8']['batch64_over_batch1']:.2f}")
     return {"model": args.model, "dtype": "bfloat16", "gen_tokens": args.gen, **out,
             "table": table}
 
@@ -245,6 +255,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64, help="CPU prompt length")
     parser.add_argument("--gen", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--kv-gib", type=float, default=20.0, help="GPU KV budget")
+    parser.add_argument("--no-fp8", action="store_true",
+                        help="GPU: skip the FP8 rows (FP8 weights and KV, engine_bench_fp8.py)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

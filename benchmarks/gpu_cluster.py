@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +52,14 @@ def prompt_vocab(model: str) -> int:
 
 # -- a cluster for the length of a with-block -------------------------------------------------
 @contextlib.contextmanager
+@functools.cache
+def _secret_file() -> Path:
+    """One cluster secret for every cluster this run starts, so worker_stats can call Stats."""
+    from common.cluster_secret import write_secret_file
+
+    return write_secret_file(Path(tempfile.mkdtemp(prefix="pdserve-bench-")) / "cluster.secret")
+
+
 def running_cluster(args, label: str, prefill: int, decode: int, decode_tp: int = 1,
                     policy: str = "kv_aware", dtype: str | None = None,
                     extra_worker_args: tuple[str, ...] = (),
@@ -60,7 +70,7 @@ def running_cluster(args, label: str, prefill: int, decode: int, decode_tp: int 
                        router_port=free_port(), policy=policy,
                        log_dir=args.out_dir / "logs" / label, worker_args=worker_args,
                        prefill_args=prefill_args, router_args=tuple(args.router_arg),
-                       gpus=args.gpu_ids)
+                       gpus=args.gpu_ids, secret_file=_secret_file())
     cluster = LocalCluster(spec, log=lambda *a: None)
     started = time.perf_counter()
     try:
@@ -146,7 +156,10 @@ def token_agreement(got: list[list[int]], want: list[list[int]]) -> dict:
 def worker_stats(url: str, role: str) -> list[dict]:
     import grpc
 
-    from proto import pb, pb_grpc
+    from common.cluster_secret import ClusterSecret, read_secret_file
+    from proto import auth, pb, pb_grpc
+
+    token = auth.call_metadata(ClusterSecret(read_secret_file(_secret_file())).grpc_token)
 
     view = httpx.get(f"{url.removesuffix('/v1')}/v1/cluster", timeout=10).json()
     stats = []
@@ -154,7 +167,7 @@ def worker_stats(url: str, role: str) -> list[dict]:
         if w["role"] != role:
             continue
         with grpc.insecure_channel(w["address"]) as channel:
-            s = pb_grpc.WorkerStub(channel).Stats(pb.StatsRequest(), timeout=10)
+            s = pb_grpc.WorkerStub(channel).Stats(pb.StatsRequest(), timeout=10, metadata=token)
         stats.append({"worker_id": w["worker_id"], "pulls_ok": s.pulls_ok,
                       "pulls_failed": s.pulls_failed, "bytes_pulled": s.bytes_pulled,
                       "seconds_pulling": s.seconds_pulling,

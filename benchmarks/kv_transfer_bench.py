@@ -1,7 +1,8 @@
 """KV transfer bandwidth: our connector against raw NIXL and a memcpy, in one run.
 
 For the KV of one 4k-token request (256 blocks of 16 tokens) of the demo model (fp32) and of the
-Llama-3.1-8B shape (bf16), an owner process holds the blocks and this process pulls them through
+Llama-3.1-8B shape (bf16, and with an FP8 KV cache: half the bytes), an owner process holds
+the blocks and this process pulls them through
 ``NixlConnector`` in three placements: with block ids scattered on both sides (the worst case: one
 descriptor per block; the cache is block-major, so a block of every layer is one run of bytes),
 with consecutive ids as a fresh pool hands them out (one descriptor per run), and as rank 0 of a
@@ -43,6 +44,8 @@ class Shape:
 SHAPES = [
     Shape("demo (SmolLM2-135M, fp32)", 30, 3, 64, torch.float32),
     Shape("llama-3.1-8b (bf16)", 32, 8, 128, torch.bfloat16),
+    # --kv-cache-dtype fp8: the same request's KV in half the bytes (one e4m3 byte a value).
+    Shape("llama-3.1-8b (fp8 KV)", 32, 8, 128, torch.float8_e4m3fn),
 ]
 BLOCK_SIZE = 16
 PROMPT_TOKENS = 4096
@@ -224,14 +227,15 @@ def main() -> None:
                for mode in args.modes for s in SHAPES
                if mode != "head_slice" or s.num_kv_heads % 2 == 0]  # the demo has 3 KV heads
     rows = [[r["shape"], r["blocks"], f"{r['bytes'] / 2**20:.0f} MiB", r["descriptors"],
+             1e3 * r["bytes"] / r["ours_bytes_per_s"],
              r["ours_bytes_per_s"] / 1e9, r["raw_nixl_bytes_per_s"] / 1e9,
              r["raw_same_blocks_bytes_per_s"] / 1e9, r["memcpy_bytes_per_s"] / 1e9,
              r["ours_bytes_per_s"] / r["raw_nixl_bytes_per_s"]]
             for r in results]
     print(f"KV of one {PROMPT_TOKENS}-token request, {args.device}: owner {owner_device}, "
           f"receiver {device}")
-    table = print_table(["shape", "blocks", "bytes", "descriptors", "pdserve GB/s", "raw NIXL GB/s",
-                         "raw NIXL same blocks GB/s", "memcpy GB/s", "pdserve / raw"], rows)
+    table = print_table(["shape", "blocks", "bytes", "descriptors", "pdserve ms", "pdserve GB/s",
+                         "raw NIXL GB/s", "raw NIXL same blocks GB/s", "memcpy GB/s", "pdserve / raw"], rows)
     name = f"kv_transfer_{args.device}.json"
     save_json(args.out or Path("benchmarks/results") / name,
               {"device": args.device, "owner_device": owner_device, "receiver_device": device,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import sys
 import time
 
 import grpc
 
+from common.cluster_secret import ENV_VAR, ClusterSecret
 from common.redis_schema import Keys, WorkerRecord
 from proto import API_VERSION, pb, pb_grpc
 from worker.presence import WorkerPresence
@@ -78,6 +80,8 @@ class MockServicer(pb_grpc.WorkerServicer):
 async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int,
                 step_s: float = 0.0) -> None:
     presences = []
+    # Signed like a real worker's record, or the router would not route to the mocks.
+    secret = ClusterSecret(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None
     for role, count in (("prefill", num_prefill), ("decode", num_decode)):
         for i in range(count):
             server = grpc.aio.server()
@@ -90,7 +94,8 @@ async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int,
                 num_free_blocks=100000, max_model_len=65536, started_at=time.time())
 
             def current(record=record):
-                return WorkerRecord(**{**record.__dict__, "heartbeat_at": time.time()})
+                return WorkerRecord(**{**record.__dict__, "heartbeat_at": time.time()}
+                                    ).signed(secret)
 
             presence = WorkerPresence(redis_url, Keys(prefix), current, collections.deque())
             await presence.start()

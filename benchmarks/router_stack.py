@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.process_cpu import tree_pids
+from common import defaults
+from common.cluster_secret import ENV_VAR, ClusterSecret, generate_secret
+from common.redis_acl import ADMIN, acl_rules, url_for_role
 from deploy.redis_server import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -26,9 +29,14 @@ HERE = Path(__file__).resolve().parent
 SPAWNED: set[int] = set()
 
 
+# The cluster secret of every stack this process starts: trees with component authentication
+# (issue 17) read it from the environment, older trees ignore it, so one harness runs both.
+BENCH_SECRET = ClusterSecret(os.environ.get(ENV_VAR) or generate_secret())
+
+
 def tree_env(tree: Path) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(tree), PYTHONUNBUFFERED="1",
-                OMP_WAIT_POLICY="PASSIVE")
+                OMP_WAIT_POLICY="PASSIVE", **{ENV_VAR: BENCH_SECRET.value})
 
 
 def affinity(cpus: list[int] | None):
@@ -85,15 +93,23 @@ class RedisProcess:
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
-                redis.Redis(port=self.port).ping()
-                return self
+                admin = redis.Redis(port=self.port)
+                admin.ping()
+                break
             except Exception:
                 time.sleep(0.05)
-        raise RuntimeError("Redis did not come up")
+        else:
+            raise RuntimeError("Redis did not come up")
+        # Locked like a real cluster's Redis, after it is up (a benchmark's private server).
+        for rule in acl_rules(BENCH_SECRET, defaults.REDIS_KEY_PREFIX):
+            admin.execute_command("ACL", "SETUSER", *rule)
+        return self
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """With the admin user's credentials, which every tree uses as given (older trees
+        know no roles; newer ones use credentials in the URL as they are)."""
+        return url_for_role(f"redis://127.0.0.1:{self.port}/0", BENCH_SECRET, ADMIN)
 
     def stop(self) -> None:
         stop_process(self.process)

@@ -13,10 +13,11 @@ several clusters can share one Redis):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from common import defaults
+from common.cluster_secret import ClusterSecret
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,27 @@ class WorkerRecord:
     heartbeat_at: float = 0.0
     pid: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # HMAC of every other field with the cluster secret's signing key (common/cluster_secret.py):
+    # the router routes only to records it can verify, so a record planted in Redis by someone
+    # without the secret (an address of theirs, to capture prompts) is never used.
+    signature: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+    def signed_payload(self) -> bytes:
+        """The canonical bytes the signature covers: all fields but the signature."""
+        fields = asdict(self)
+        del fields["signature"]
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+    def signed(self, secret: ClusterSecret | None) -> WorkerRecord:
+        if secret is None:
+            return self
+        return replace(self, signature=secret.sign(self.signed_payload()))
+
+    def verified_by(self, secret: ClusterSecret) -> bool:
+        return secret.verify(self.signed_payload(), self.signature)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> WorkerRecord:

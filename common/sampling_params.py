@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.structured_output import StructuredOutput
+
 MAX_LOGPROBS = 20  # OpenAI's limit for top_logprobs
 
 
@@ -22,6 +24,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # None: none; k >= 0: chosen token plus the top k
     skip_special_tokens: bool = True
+    structured: StructuredOutput | None = None  # grammar the output must follow
 
     def __post_init__(self) -> None:
         # Accept lists from callers; keep the frozen object hashable.

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "up": ("deploy.cli_up", "run the whole cluster on this machine (Redis, router, workers)"),
     "status": ("deploy.cli_status", "show pools, workers, load and KV usage of a cluster"),
     "scale": ("deploy.cli_scale", "resize the pools of a running cluster: prefill=N decode=M"),
+    "secret": ("deploy.cli_secret", "make a cluster secret, or the Redis ACL file for one"),
     "bench": ("benchmarks.cli_bench", "benchmark an OpenAI-compatible endpoint (or --compare runs)"),
     "ray": ("deploy.cli_ray", "deploy on a Ray cluster: ray up|scale|status|down"),
     "generate": ("engine.cli_generate", "generate text offline with the engine (no cluster)"),

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = parse_sizes(args.sizes)
     state = find_cluster(args)
     keys = Keys(state.redis_prefix)
-    redis.Redis.from_url(state.redis_url).hset(
+    redis.Redis.from_url(state.admin_redis_url()).hset(
         keys.control(), mapping={f"desired_{role}": n for role, n in sizes.items()})
     print(f"[pdserve] scaling to {', '.join(f'{r}={n}' for r, n in sizes.items())}")
     if args.no_wait:

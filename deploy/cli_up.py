@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", type=int, default=1, help="decode workers")
     parser.add_argument("--decode-tp", type=int, default=1, help="tensor parallel size of each "
                         "decode worker")
+    parser.add_argument("--decode-ep", type=int, default=1,
+                        help="MoE models: expert groups across each decode worker's "
+                             "--decode-tp ranks (divides --decode-tp; the KV layout, and so "
+                             "prefill workers, do not depend on it)")
     parser.add_argument("--host", default="127.0.0.1", help="router interface")
     parser.add_argument("--port", type=int, default=8000, help="router HTTP port")
     parser.add_argument("--redis", default=None,
@@ -36,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="router prefill placement policy")
     parser.add_argument("--kv-cache-gib", type=float, default=None,
                         help="KV cache per worker rank (default: the engine's)")
+    parser.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                        help="KV cache element type of every worker (fp8: e4m3, half the "
+                             "bytes to store and to move between prefill and decode)")
+    parser.add_argument("--quantization", choices=["none", "fp8"], default="none",
+                        help="fp8: every worker quantizes a bf16/fp32 model's weights to FP8")
     parser.add_argument("--worker-arg", action="append", default=[],
                         help="extra flag passed to every worker (repeat), e.g. "
                              "--worker-arg=--max-num-seqs=64")
@@ -47,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-workers", type=int, default=1,
                         help="router processes on --port (the router's --workers: SO_REUSEPORT, "
                              "each following the cluster itself; /metrics per process)")
+    parser.add_argument("--chat-template", default=None,
+                        help="the router's --chat-template: a Jinja file replacing the model's")
+    parser.add_argument("--tool-call-parser", default=None,
+                        help="the router's --tool-call-parser (hermes, llama3_json, mistral, "
+                             "none; default auto: from the chat template)")
+    parser.add_argument("--reasoning-parser", default=None,
+                        help="the router's --reasoning-parser (qwen3, deepseek_r1, none; "
+                             "default auto)")
     parser.add_argument("--router-arg", action="append", default=[],
                         help="extra flag passed to the router (repeat)")
     parser.add_argument("--log-dir", type=Path, default=None,
@@ -59,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--decode-tp per decode worker (default: every worker sees all)")
     parser.add_argument("--ready-timeout", type=float, default=600.0,
                         help="seconds to wait for the workers to load")
+    parser.add_argument("--cluster-secret-file", type=Path, default=None,
+                        help="the cluster secret every component authenticates with (default: "
+                             "a new one per run, in the run's log folder, mode 600); workers "
+                             "started elsewhere join with the same file")
     parser.add_argument("--no-smoke", action="store_true",
                         help="skip the test question sent once the cluster is up")
 
@@ -77,6 +98,16 @@ def log_root(args: argparse.Namespace) -> Path:
     return args.log_dir or (args.cache_dir or default_cache_dir()) / "logs"
 
 
+def _parser_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    flags = []
+    for name in ("chat_template", "tool_call_parser", "reasoning_parser"):
+        value = getattr(args, name)
+        if value is not None:  # a template path is made absolute: the router's cwd may differ
+            value = Path(value).resolve() if name == "chat_template" else value
+            flags += ["--" + name.replace("_", "-"), str(value)]
+    return tuple(flags)
+
+
 def run(args: argparse.Namespace) -> int:
     from deploy.local_cluster import ClusterSpec, ClusterState, LocalCluster
 
@@ -89,14 +120,21 @@ def run(args: argparse.Namespace) -> int:
     worker_args = list(args.worker_arg)
     if args.kv_cache_gib is not None:
         worker_args += ["--kv-cache-gib", str(args.kv_cache_gib)]
+    if args.kv_cache_dtype != "auto":
+        worker_args += ["--kv-cache-dtype", args.kv_cache_dtype]
+    if args.quantization != "none":
+        worker_args += ["--quantization", args.quantization]
     spec = ClusterSpec(model=args.model, prefill=args.prefill, decode=args.decode,
-                       decode_tp=args.decode_tp, router_host=args.host, router_port=args.port,
+                       decode_tp=args.decode_tp, decode_ep=args.decode_ep,
+                       router_host=args.host, router_port=args.port,
                        redis_url=args.redis, redis_host=args.redis_host,
                        redis_prefix=args.redis_prefix, policy=args.policy,
                        log_dir=log_root(args), worker_args=tuple(worker_args),
                        prefill_args=tuple(args.prefill_arg), decode_args=tuple(args.decode_arg),
-                       router_args=tuple(args.router_arg), cache_dir=args.cache_dir,
+                       router_args=tuple(args.router_arg) + _parser_flags(args),
+                       cache_dir=args.cache_dir,
                        router_processes=args.router_workers,
+                       secret_file=args.cluster_secret_file,
                        gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else ())
     cluster = LocalCluster(spec, log=say)
     stopping = False
@@ -112,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"[pdserve] logs: {cluster.log_dir}/")
         cluster.start_redis()
         say(f"[pdserve] redis: {cluster.redis_url} ({cluster.redis_kind})")
+        say(f"[pdserve] cluster secret: {cluster.secret_file} (every internal gRPC call and "
+            f"Redis connection authenticates with it)")
         cluster.start_router()
         for _ in range(args.prefill):
             cluster.add_worker("prefill")
@@ -119,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
             cluster.add_worker("decode")
         cluster.publish_desired(args.prefill, args.decode)
         ClusterState(cluster.redis_url, spec.redis_prefix, cluster.router_url,
-                     __import__("os").getpid(), str(cluster.log_dir), args.model
-                     ).save(state_path)
+                     __import__("os").getpid(), str(cluster.log_dir), args.model,
+                     secret_file=str(cluster.secret_file)).save(state_path)
         say(f"[pdserve] starting {args.prefill} prefill + {args.decode} decode worker(s) "
             f"on {args.model}")
         cluster.wait_ready(args.prefill, args.decode, args.ready_timeout,

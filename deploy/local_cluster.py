@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from common import defaults
+from common.cluster_secret import ClusterSecret, read_secret_file, write_secret_file
+from common.redis_acl import ADMIN, url_for_role
 from common.redis_schema import Keys
 from deploy.redis_server import LocalRedis
 
@@ -34,12 +36,37 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+MAX_POOL_SIZE = 64  # a desired size beyond this is a typo or an attack, not a plan
+
+
+def desired_from_control(raw: dict, log=print) -> dict[str, int]:
+    """The pool sizes in the control hash that make sense (0..MAX_POOL_SIZE, decode >= 1);
+    anything else is refused with a log line and changes nothing."""
+    sizes = {}
+    for key, value in raw.items():
+        key = key.decode() if isinstance(key, bytes) else key
+        role = key.removeprefix("desired_")
+        if role not in ("prefill", "decode"):
+            continue
+        try:
+            n = int(value)
+        except ValueError:
+            n = -1
+        if not (role == "decode" and 1 <= n <= MAX_POOL_SIZE or
+                role == "prefill" and 0 <= n <= MAX_POOL_SIZE):
+            log(f"[pdserve] ignoring desired {role} size {value!r} in the control hash")
+            continue
+        sizes[role] = n
+    return sizes
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     model: str = "demo"
     prefill: int = 1
     decode: int = 1
     decode_tp: int = 1
+    decode_ep: int = 1  # MoE: expert groups among a decode worker's decode_tp ranks
     router_host: str = "127.0.0.1"
     router_port: int = 8000
     redis_url: str | None = None
@@ -54,6 +81,9 @@ class ClusterSpec:
     router_processes: int = 1  # the router's --workers (processes sharing the port)
     cache_dir: Path | None = None
     gpus: tuple[int, ...] = ()  # hand these GPUs out: 1 per prefill worker, decode_tp per decode
+    # The cluster secret (common/cluster_secret.py): this file's, else a new one generated
+    # into the run's log folder (mode 600) and handed to every child by path.
+    secret_file: Path | None = None
 
 
 @dataclass
@@ -82,6 +112,11 @@ class ClusterState:
     log_dir: str
     model: str
     started_at: float = field(default_factory=time.time)
+    secret_file: str = ""  # `pdserve scale` writes the control hash as the admin Redis user
+
+    def admin_redis_url(self) -> str:
+        secret = ClusterSecret(read_secret_file(self.secret_file)) if self.secret_file else None
+        return url_for_role(self.redis_url, secret, ADMIN)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,22 +139,43 @@ class LocalCluster:
         self.router_url = f"http://{spec.router_host}:{spec.router_port}"
         self.log_dir = spec.log_dir / time.strftime("%Y%m%d-%H%M%S")
         self.keys = Keys(spec.redis_prefix)
-        self._env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
+        self.secret_file = spec.secret_file or write_secret_file(self.log_dir / "cluster.secret")
+        self.secret = ClusterSecret(read_secret_file(self.secret_file))
+        # Children read the secret from the file named on their command line, never from an
+        # inherited environment variable that may name another cluster's.
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("PDSERVE_CLUSTER_SECRET")}
+        self._env.update(OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
         if spec.cache_dir:
             self._env["PDSERVE_CACHE_DIR"] = str(spec.cache_dir)
 
     # -- start --------------------------------------------------------------------------------
     def start_redis(self) -> None:
         if self.spec.redis_url:
+            self._check_given_redis()
             return
         host = self.spec.redis_host
         self._redis = LocalRedis(host=host, log=self._log_file("redis"),
-                                 preexec_fn=_die_with_parent)
+                                 preexec_fn=_die_with_parent, secret=self.secret,
+                                 prefix=self.spec.redis_prefix)
         # Bound to all interfaces, the URL names this machine as other hosts know it.
         wildcard = host in ("0.0.0.0", "::")
         self.redis_url = self._redis.url_for(socket.gethostname() if wildcard else host)
         self.redis_kind = self._redis.kind
         self._redis.wait()
+
+    def _check_given_redis(self) -> None:
+        """A Redis we did not start must know the roles' users (or the URL its own)."""
+        import redis
+
+        try:
+            redis.Redis.from_url(self.admin_redis_url, socket_timeout=5).ping()
+        except redis.AuthenticationError as e:
+            raise RuntimeError(
+                f"Redis at {self.spec.redis_url} refused pdserve's admin user ({e}): load the "
+                f"cluster's users into it (`pdserve secret --acl --cluster-secret-file "
+                f"{self.secret_file}` prints an ACL file), or put credentials in --redis") from e
+        except redis.RedisError as e:
+            raise RuntimeError(f"Redis at {self.spec.redis_url} is not reachable: {e}") from e
 
     def start_all(self, timeout_s: float = 600.0, on_progress=None) -> None:
         """Redis, the router and the spec's pools; returns once the router sees them all."""
@@ -136,7 +192,8 @@ class LocalCluster:
                "--host", self.spec.router_host, "--port", str(self.spec.router_port),
                "--redis", self.redis_url, "--redis-prefix", self.spec.redis_prefix,
                "--policy", self.spec.policy, "--log-level", "info",
-               "--workers", str(self.spec.router_processes), *self.spec.router_args]
+               "--workers", str(self.spec.router_processes),
+               "--cluster-secret-file", str(self.secret_file), *self.spec.router_args]
         if self.spec.cache_dir:
             cmd += ["--cache-dir", str(self.spec.cache_dir)]
         self._spawn("router", "router", cmd)
@@ -156,10 +213,13 @@ class LocalCluster:
         name = f"{role}-{self._counter[role]}"
         cmd = [sys.executable, "-m", "deploy.cli", role, "--model", self.spec.model,
                "--redis", self.redis_url, "--redis-prefix", self.spec.redis_prefix,
-               "--worker-id", f"{name}-{os.getpid()}", *self.spec.worker_args,
+               "--worker-id", f"{name}-{os.getpid()}",
+               "--cluster-secret-file", str(self.secret_file), *self.spec.worker_args,
                *(self.spec.prefill_args if role == "prefill" else self.spec.decode_args)]
         if role == "decode" and self.spec.decode_tp > 1:
             cmd += ["--tp", str(self.spec.decode_tp)]
+        if role == "decode" and self.spec.decode_ep > 1:
+            cmd += ["--ep", str(self.spec.decode_ep)]
         if self.spec.cache_dir:
             cmd += ["--cache-dir", str(self.spec.cache_dir)]
         gpus = self._take_gpus(self.spec.decode_tp if role == "decode" else 1)
@@ -189,6 +249,10 @@ class LocalCluster:
     def _log_file(self, name: str):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         return open(self.log_dir / f"{name}.log", "ab")
+
+    @property
+    def admin_redis_url(self) -> str:
+        return url_for_role(self.redis_url, self.secret, ADMIN)
 
     # -- readiness and pools ------------------------------------------------------------------
     def wait_ready(self, prefill: int, decode: int, timeout_s: float = 600.0,
@@ -242,17 +306,16 @@ class LocalCluster:
         import redis
 
         try:
-            raw = redis.Redis.from_url(self.redis_url, socket_timeout=1).hgetall(
+            raw = redis.Redis.from_url(self.admin_redis_url, socket_timeout=1).hgetall(
                 self.keys.control())
         except Exception:
             return {}
-        return {k.decode().removeprefix("desired_"): int(v) for k, v in raw.items()
-                if k.decode().startswith("desired_")}
+        return desired_from_control(raw, self.log)
 
     def publish_desired(self, prefill: int, decode: int) -> None:
         import redis
 
-        redis.Redis.from_url(self.redis_url).hset(
+        redis.Redis.from_url(self.admin_redis_url).hset(
             self.keys.control(), mapping={"desired_prefill": prefill, "desired_decode": decode})
 
     def reap(self) -> None:

@@ -38,8 +38,11 @@ def _node_ip() -> str:
 class RedisActor:
     """Redis for the cluster, on every interface of its node (deploy.redis_server)."""
 
-    def __init__(self):
-        self.redis = LocalRedis(host="0.0.0.0")
+    def __init__(self, secret: str | None = None):
+        from common.cluster_secret import ClusterSecret
+
+        # Reachable from every node, so locked: only the roles' users (common/redis_acl.py).
+        self.redis = LocalRedis(host="0.0.0.0", secret=ClusterSecret(secret) if secret else None)
         self.redis.wait()
 
     def url(self, host: str | None = None) -> str:

@@ -10,6 +10,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from common.cluster_secret import ENV_VAR, generate_secret
 from deploy.ray_actors import NAMESPACE, ComponentActor, RedisActor, wait_until
 
 ROUTER, REDIS = "pdserve-router", "pdserve-redis"
@@ -27,6 +28,7 @@ class RaySpec:
     router_processes: int = 1  # the router's --workers: processes of the router actor's node
     worker_args: tuple[str, ...] = ()
     advertise_host: str | None = None  # force component addresses (single-node: 127.0.0.1)
+    cluster_secret: str | None = None  # None: a new one for this deployment
 
 
 def connect(address: str | None) -> None:
@@ -71,10 +73,14 @@ def up(spec: RaySpec, prefill: int, decode: int, log=print, timeout_s: float = 6
     if _actor(ROUTER) is not None:
         raise RuntimeError("a pdserve deployment already runs here: `pdserve ray down` first")
     redis_url = spec.redis_url
+    # One secret per deployment, kept by the config actor (whoever can reach Ray's API controls
+    # the cluster anyway) and handed to each component in its environment, not its argv.
+    secret = spec.cluster_secret or generate_secret()
     if redis_url is None:
-        redis = RedisActor.options(name=REDIS, lifetime="detached").remote()
+        redis = RedisActor.options(name=REDIS, lifetime="detached").remote(secret)
         redis_url = ray.get(redis.url.remote(spec.advertise_host))
-    config = dict(spec.__dict__, redis_url=redis_url, worker_args=list(spec.worker_args))
+    config = dict(spec.__dict__, redis_url=redis_url, worker_args=list(spec.worker_args),
+                  cluster_secret=secret)
     ConfigActor.options(name=CONFIG_KEY, lifetime="detached").remote(config)
     log(f"[pdserve] redis: {redis_url}")
     if spec.model == "demo":  # prepared once by a task, not raced by every worker
@@ -82,7 +88,7 @@ def up(spec: RaySpec, prefill: int, decode: int, log=print, timeout_s: float = 6
     ComponentActor.options(name=ROUTER, lifetime="detached").remote(
         ROUTER, ["router", "--host", "0.0.0.0", "--port", str(spec.router_port), "--redis",
                  redis_url, "--model", spec.model, "--policy", spec.policy,
-                 "--workers", str(spec.router_processes)])
+                 "--workers", str(spec.router_processes)], _secret_env(config))
     scale(prefill, decode, log=log, wait=False)
     url = router_url()
     wait_for_pools(url, prefill, decode, timeout_s, log)
@@ -114,7 +120,11 @@ def _start_worker(role: str, index: int, config: dict) -> None:
         ray.get(pg.ready())
         options.update(num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
             placement_group=pg))
-    ComponentActor.options(**options).remote(name, args)
+    ComponentActor.options(**options).remote(name, args, _secret_env(config))
+
+
+def _secret_env(config: dict) -> dict[str, str]:
+    return {ENV_VAR: config["cluster_secret"]}
 
 
 def scale(prefill: int | None, decode: int | None, log=print, wait: bool = True,

@@ -20,8 +20,20 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     g.add_argument("--dtype", default="auto",
                    help="'auto' (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16")
+    g.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                   help="KV cache element type: auto (the model dtype) or fp8 (e4m3 with "
+                        "per-layer K/V scales from the checkpoint, else 1.0; half the bytes "
+                        "of bf16). Prefill and decode workers must agree")
+    g.add_argument("--quantization", choices=["none", "fp8"], default="none",
+                   help="fp8: quantize a bf16/fp32 checkpoint's linear weights to FP8 at load "
+                        "(per-channel scales, per-token activations). FP8 checkpoints "
+                        "(compressed-tensors, HF fp8) are detected from config.json anyway")
     g.add_argument("--tp", "--tensor-parallel-size", dest="tensor_parallel_size", type=int,
                    default=1, help="tensor-parallel ranks (must divide the KV head count)")
+    g.add_argument("--ep", "--expert-parallel-size", dest="expert_parallel_size", type=int,
+                   default=1, help="MoE models: split the experts into this many groups across "
+                                   "the --tp ranks (must divide --tp and the expert count; "
+                                   "1: each rank holds a slice of every expert)")
     g.add_argument("--block-size", type=int, default=defaults.BLOCK_SIZE_TOKENS, help="tokens per KV block")
     g.add_argument("--kv-cache-gib", type=float, default=None,
                    help="KV cache budget per rank in GiB (default: 0.5 on CPU, "
@@ -52,7 +64,10 @@ def engine_config_from_args(args: argparse.Namespace):
         model=args.model,
         device=args.device,
         dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
+        quantization=args.quantization,
         tensor_parallel_size=args.tensor_parallel_size,
+        expert_parallel_size=args.expert_parallel_size,
         block_size=args.block_size,
         kv_cache_memory_bytes=None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30),
         gpu_memory_utilization=args.gpu_memory_utilization,

@@ -34,6 +34,9 @@ class KVCompat:
     head_dim: int
     block_size: int
     hash_seed: str  # block identities must agree too
+    # An FP8 cache's scales, per layer K then V (empty for other KV dtypes): the same bytes
+    # mean other values under other scales.
+    kv_scales: tuple[float, ...] = ()
 
     @cached_property  # checked on every pull; the record never changes
     def digest(self) -> str:
@@ -50,7 +53,11 @@ class KVCompat:
         ]
         if not diffs:
             diffs = [f"compatibility hash: local {self.digest} vs remote {remote_digest}"]
-        raise IncompatibleKVError("incompatible KV cache: " + "; ".join(diffs))
+        hint = ""
+        if self.kv_dtype != remote.kv_dtype:
+            hint = (f" (the KV cache dtypes differ: this engine stores {self.kv_dtype}, the "
+                    f"owner {remote.kv_dtype}; start both with the same --kv-cache-dtype)")
+        raise IncompatibleKVError("incompatible KV cache: " + "; ".join(diffs) + hint)
 
 
 @dataclass(frozen=True)

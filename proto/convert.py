@@ -80,7 +80,7 @@ def handle_from_pb(msg: pb.KVHandle) -> KVHandle:
         sources=tuple(SourceRank(s.tp_rank, s.agent_name, s.agent_metadata, s.base_address,
                                  s.num_blocks, s.device_id) for s in msg.sources),
         compat=KVCompat(c.model, c.dtype, c.kv_dtype, c.num_layers, c.num_kv_heads, c.head_dim,
-                        c.block_size, c.hash_seed),
+                        c.block_size, c.hash_seed, tuple(c.kv_scales)),
         compat_digest=msg.compat_digest, lease_deadline=msg.lease_deadline,
         memory_kind=msg.memory_kind or "DRAM", protocol_version=msg.protocol_version,
         extra=extra,

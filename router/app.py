@@ -16,14 +16,18 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.redis_acl import ROUTER, url_for_role
 from common.redis_schema import Keys
-from common.sampling_params import SamplingParams
 from router.admission import Admission
+from router.anthropic import errors as anthropic_errors
+from router.anthropic.routes import add_routes as add_anthropic_routes
 from router.auth import APIKeyMiddleware, bearer_key
 from router.body_limit import BodyLimitMiddleware
+from router.chat_route import prepare_chat
 from router.config import RouterConfig
 from router.dispatcher import Dispatcher, GenerateRequest
-from router.errors import APIError, bad_request, http_error, unavailable
+from router.errors import APIError, http_error, unavailable
+from router.extra_routes import add_routes as add_extra_routes
 from router.kv_event_consumer import KVEventConsumer
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
@@ -31,10 +35,12 @@ from router.model_info import ModelInfo
 from router.openai_schema import ChatCompletionRequest, CompletionRequest
 from router.prefix_index import PrefixIndex
 from router.process_header import ProcessHeaderMiddleware
+from router.rate_limit import KeyRateLimiter
 from router.readiness import readiness
 from router.registry import RegistryView
 from router.request_validation import refuse_unsupported, validation_error
 from router.respond import respond
+from router.sampling_request import context_limit, sampling
 from router.tenancy import cache_keys, key_namespace
 from router.worker_clients import WorkerClients
 
@@ -49,29 +55,43 @@ class RouterState:
 
         self.config = config
         self.model = ModelInfo.load(config)
-        self.redis = aioredis.from_url(config.redis_url, socket_timeout=2.0,
+        self.redis = aioredis.from_url(url_for_role(config.redis_url, config.cluster_secret,
+                                                    ROUTER), socket_timeout=2.0,
                                        socket_connect_timeout=2.0)
         self.keys = Keys(config.redis_prefix)
         self.index = PrefixIndex()
         self.metrics = RouterMetrics()
         self.load = LoadTracker()
-        self.clients = WorkerClients()
+        secret = config.cluster_secret
+        self.clients = WorkerClients(token=secret.grpc_token if secret else None)
         self.consumer: KVEventConsumer | None = None
 
         def on_leave(worker_id: str) -> None:
             self.consumer.forget(worker_id)
             self.load.forget(worker_id)
 
-        self.registry = RegistryView(self.redis, self.keys, on_leave=on_leave)
+        self.registry = RegistryView(self.redis, self.keys, on_leave=on_leave, secret=secret)
         self.consumer = KVEventConsumer(self.redis, self.keys, self.index, self.registry)
         self.dispatcher = Dispatcher(config, self.registry, self.index, self.clients,
                                      self.metrics, self.load)
         self.admission = Admission(config.max_in_flight_per_worker,
                                    config.overload_retry_after_s, self.metrics.rejected)
+        self.rate_limiter = KeyRateLimiter(config.rate_limits.per_process(config.processes),
+                                           self.metrics.rejected)
 
-    def admit(self):
-        """A slot for one request, or 429/503 (router/admission.py) before any work on it."""
+    def admit(self, api_key: str | None = None):
+        """A slot for one request, or 429/503 before any work on it: the key's rate limits
+        (router/rate_limit.py), then the cluster's capacity (router/admission.py)."""
+        if self.config.rate_limits.enabled:
+            self.rate_limiter.admit(api_key)
         return self.admission.enter(len(self.registry.live("decode")))
+
+    def on_finish(self, api_key: str | None):
+        """What a request calls when it ends: charges its tokens to the key's budget."""
+        if self.config.rate_limits.tokens_per_s <= 0:
+            return None
+        return lambda prompt_tokens, output_tokens: self.rate_limiter.charge(
+            api_key, prompt_tokens + output_tokens)
 
     def max_model_len(self) -> int | None:
         if self.config.max_model_len:
@@ -106,13 +126,19 @@ def create_app(config: RouterConfig) -> FastAPI:
     app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
     app.add_middleware(ProcessHeaderMiddleware)
 
+    def shaped(request: Request, exc: APIError):
+        """Anthropic's error shape on its routes, OpenAI's everywhere else."""
+        if request.url.path.startswith(anthropic_errors.PATH_PREFIX):
+            return anthropic_errors.response(exc)
+        return exc.response()
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return exc.response()
+        return shaped(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        return validation_error(list(exc.errors())).response()
+        return shaped(request, validation_error(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -121,7 +147,7 @@ def create_app(config: RouterConfig) -> FastAPI:
         where = f"{request.method} {request.url.path}"
         message = {404: f"Unknown request URL: {where}",
                    405: f"Method not allowed: {where}"}.get(exc.status_code, str(exc.detail))
-        return http_error(exc.status_code, message, headers=exc.headers).response()
+        return shaped(request, http_error(exc.status_code, message, headers=exc.headers))
 
     def authorize(request: Request) -> str | None:
         """The caller's API key (None when the router runs without keys). APIKeyMiddleware
@@ -151,39 +177,37 @@ def create_app(config: RouterConfig) -> FastAPI:
                                api_key: str | None = Depends(authorize)):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
-        slot = state.admit()
+        slot = state.admit(api_key)
         try:
-            prompt = await state.model.encode_chat(
-                [{"role": m.role, "content": m.text()} for m in body.messages], _limit(state))
-            max_tokens = body.max_completion_tokens or body.max_tokens
-            params = _sampling(body, state, len(prompt), max_tokens,
-                               logprobs=(body.top_logprobs or 0) if body.logprobs else None)
-            req = GenerateRequest(f"chatcmpl-{uuid.uuid4().hex}", prompt, params,
-                                  salt_of(api_key, body))
+            job = await prepare_chat(state, body, salt_of(api_key, body),
+                                     on_finish=state.on_finish(api_key))
         except BaseException:
             slot.release()
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await respond(state, request, req, body.model, body.stream, "chat",
-                             include_usage, body.logprobs, slot)
+        return await respond(state, request, job.req, body.model, body.stream, "chat",
+                             include_usage, body.logprobs, slot, job.shaper, job.legacy)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request,
                           api_key: str | None = Depends(authorize)):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
-        slot = state.admit()
+        slot = state.admit(api_key)
         try:
-            prompt = await state.model.encode_prompt(body.prompt, _limit(state))
-            params = _sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
+            prompt = await state.model.encode_prompt(body.prompt, context_limit(state))
+            params = sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
             req = GenerateRequest(f"cmpl-{uuid.uuid4().hex}", prompt, params,
-                                  salt_of(api_key, body))
+                                  salt_of(api_key, body), state.on_finish(api_key))
         except BaseException:
             slot.release()
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await respond(state, request, req, body.model, body.stream, "completion",
                              include_usage, body.logprobs is not None, slot)
+
+    add_extra_routes(app, state, authorize)
+    add_anthropic_routes(app, state, authorize, salt_of)
 
     # -- operator routes ----------------------------------------------------------------------
     @app.get("/health")
@@ -247,36 +271,3 @@ def create_app(config: RouterConfig) -> FastAPI:
         }
 
     return app
-
-
-def _limit(state: RouterState) -> int:
-    limit = state.max_model_len()
-    if limit is None:
-        raise unavailable("no decode worker is available", retry_after_s=2)
-    return limit
-
-
-def _sampling(body, state: RouterState, prompt_len: int, max_tokens: int | None,
-              logprobs: int | None) -> SamplingParams:
-    limit = _limit(state)
-    if max_tokens is None:  # the rest of the context, capped by --max-tokens-default
-        max_tokens = limit - prompt_len
-        if state.config.max_tokens_default > 0:
-            max_tokens = min(max_tokens, state.config.max_tokens_default)
-    if prompt_len + max_tokens > limit or max_tokens < 1:
-        raise bad_request(
-            f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
-            f"completion). Please reduce the length of the prompt or completion.",
-            param="max_tokens", code="context_length_exceeded")
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=body.top_k or 0, seed=body.seed, stop=tuple(body.stop_list()),
-            ignore_eos=body.ignore_eos,
-            presence_penalty=body.presence_penalty or 0.0,
-            frequency_penalty=body.frequency_penalty or 0.0, logprobs=logprobs)
-    except ValueError as e:
-        raise bad_request(str(e)) from None

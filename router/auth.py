@@ -20,12 +20,16 @@ _LOG_EVERY_S = 1.0  # refusals are logged at most once a second, with their coun
 
 
 def bearer_key(headers) -> str:
-    """The key of an ``Authorization: Bearer KEY`` header (any case of "bearer"), else ''."""
+    """The key of an ``Authorization: Bearer KEY`` header (any case of "bearer"), else that
+    of an ``x-api-key`` header (how Anthropic's clients send it), else ''."""
+    api_key = ""
     for name, value in headers:
         if name == b"authorization":
             text = value.decode("latin-1")
             return text[7:].strip() if text[:7].lower() == "bearer " else ""
-    return ""
+        if name == b"x-api-key":
+            api_key = value.decode("latin-1").strip()
+    return api_key
 
 
 class APIKeyMiddleware:

@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from common import defaults
+from common.cluster_secret import add_secret_arguments, secret_from_args
 
 COMMAND = "router"
 HELP = "run the OpenAI-compatible router"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from router import reasoning, tool_parsers
     from router.policies import POLICIES
 
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
@@ -58,9 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output cap when a request omits max_tokens (then: the smaller of "
                              "this and the rest of the context); 0: the rest of the context")
     parser.add_argument("--lenient", action="store_true",
-                        help="ignore request fields pdserve does not implement (tools, "
+                        help="ignore request fields pdserve does not implement ("
                              "response_format, logit_bias, unknown fields...) with a warning, "
                              "instead of refusing them with 400")
+    parser.add_argument("--chat-template", default=None,
+                        help="a Jinja chat template file used instead of the model's own (e.g. "
+                             "one that renders tools)")
+    parser.add_argument("--tool-call-parser", choices=tool_parsers.CHOICES, default="auto",
+                        help="how the model writes tool calls: hermes (<tool_call>, Qwen), "
+                             "llama3_json, mistral ([TOOL_CALLS]); auto: the one the chat "
+                             "template writes; none: tool_choice auto is refused")
+    parser.add_argument("--reasoning-parser", choices=reasoning.CHOICES, default="auto",
+                        help="split <think>...</think> into reasoning_content: qwen3, "
+                             "deepseek_r1 (thinking open from the start); auto: qwen3 when the "
+                             "chat template writes <think>; none: leave it in the content")
     parser.add_argument("--workers", type=int, default=1,
                         help="router processes serving --port (SO_REUSEPORT: the kernel spreads "
                              "client connections across them). Not prefill/decode workers. Each "
@@ -75,6 +88,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "With --workers N the cluster-wide bound is N times this")
     parser.add_argument("--overload-retry-after-s", type=int, default=1,
                         help="seconds in the Retry-After header of a 429")
+    parser.add_argument("--rate-limit-rps", type=float, default=0.0,
+                        help="requests per second each API key may send (all clients together "
+                             "without keys); beyond it 429 with Retry-After. 0: unlimited")
+    parser.add_argument("--rate-limit-tps", type=float, default=0.0,
+                        help="tokens per second (prompt + output) each API key may use; a key "
+                             "over it waits until its debt is paid back. 0: unlimited")
+    parser.add_argument("--rate-limit-burst-s", type=float, default=2.0,
+                        help="a key may spend this many seconds' worth of its rates at once")
+    add_secret_arguments(parser)
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error", "critical"],
                         help="info logs one line per request (router.requests); warning "
@@ -84,6 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     from router.config import RouterConfig
     from router.policies import PolicyWeights
+    from router.rate_limit import RateLimits
 
     keys = set(args.api_key)
     if args.api_keys_file:
@@ -101,8 +124,12 @@ def config_from_args(args: argparse.Namespace):
         docs=args.docs,
         max_model_len=args.max_model_len,
         max_tokens_default=args.max_tokens_default, lenient=args.lenient,
+        chat_template=args.chat_template, tool_call_parser=args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser,
         processes=args.workers, max_in_flight_per_worker=args.max_in_flight_per_worker,
         overload_retry_after_s=args.overload_retry_after_s,
+        cluster_secret=secret_from_args(args, "pdserve router"),
+        rate_limits=RateLimits(args.rate_limit_rps, args.rate_limit_tps, args.rate_limit_burst_s),
     )
 
 

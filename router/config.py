@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common import defaults
+from common.cluster_secret import ClusterSecret
 from router.policies import PolicyWeights
+from router.rate_limit import RateLimits
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class RouterConfig:
     # vLLM's default), so a chat request cannot run to the context limit by accident.
     max_tokens_default: int = 1024
     lenient: bool = False  # ignore (with a warning) request fields we do not implement
+    chat_template: str | None = None  # a Jinja file replacing the model's chat template
+    tool_call_parser: str = "auto"  # router/tool_parsers/; auto: from the chat template
+    reasoning_parser: str = "auto"  # router/reasoning/; auto: qwen3 if the template thinks
     cache_dir: str | None = None
     # Router processes serving the port (SO_REUSEPORT, router/serve.py). Each one follows the
     # registry and the KV-event stream itself, so nothing here is shared between them.
@@ -47,6 +52,11 @@ class RouterConfig:
     # not yet finished) per eligible decode worker; beyond it, 429 + Retry-After. 0: unbounded.
     max_in_flight_per_worker: int = 256
     overload_retry_after_s: int = 1
+    # Authenticates the router to the workers (gRPC token) and to Redis (its read-only user),
+    # and verifies the workers' signed registry records. None only with --insecure.
+    cluster_secret: ClusterSecret | None = None
+    # Per API key (router/rate_limit.py): requests/s and tokens/s, 429 + Retry-After beyond.
+    rate_limits: RateLimits = field(default_factory=RateLimits)
 
     @property
     def requires_auth(self) -> bool:

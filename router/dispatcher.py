@@ -23,12 +23,12 @@ from itertools import count
 import grpc
 
 from common.redis_schema import WorkerRecord
-from common.sampling_params import SamplingParams
 from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb
 from proto.convert import logprob_from_pb, sampling_to_pb
 from router.config import RouterConfig
 from router.decode_outputs import DecodeOutputs, OutputsLost
+from router.generate_request import GenerateRequest
 from router.index_accuracy import IndexAccuracy
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
@@ -64,14 +64,6 @@ class BadRequestError(ValueError):
 
 class UpstreamError(RuntimeError):
     """Every attempt failed (HTTP 502)."""
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    request_id: str
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    cache_salt: tuple[str, ...] = ()
 
 
 @dataclass
@@ -152,7 +144,8 @@ class Dispatcher:
     async def generate(self, req: GenerateRequest) -> AsyncIterator[TokenEvent]:
         # Every event goes through record.on_event before its yield, so the outcome and the
         # latencies are settled before a consumer that stops at the finish reason closes us.
-        record = RequestRecord(req.request_id, len(req.prompt_token_ids))
+        record = RequestRecord(req.request_id, len(req.prompt_token_ids),
+                               on_close=req.on_finish)
         try:
             plan = self.plan(req)
             record.decode_worker = plan.decode.worker_id

@@ -62,6 +62,7 @@ class RouterMetrics:
         self.workers = Gauge("pdserve_router_workers", "Live workers by role", ["role"],
                              registry=r)
         # reason: overloaded (429, every eligible decode worker full: router/admission.py),
-        # no_workers (503). The _total suffix is prometheus_client's.
+        # no_workers (503), rate_limit_requests / rate_limit_tokens (429, an API key over its
+        # limits: router/rate_limit.py). The _total suffix is prometheus_client's.
         self.rejected = Counter("pdserve_router_rejected", "Requests refused before routing",
                                 ["reason"], registry=r)

@@ -17,6 +17,7 @@ import jinja2
 from common.model_ref import ModelRef, is_demo_prepared, parse_model_spec
 from common.paths import default_cache_dir
 from engine.text.tokenizer import ChatTemplateError, Tokenizer
+from router import reasoning, tool_parsers
 from router.config import RouterConfig
 from router.errors import APIError, bad_request
 from router.prompt_bound import max_chars_per_token, max_prompt_chars
@@ -35,6 +36,8 @@ class ModelInfo:
     created: float = field(default_factory=time.time)
     vocab_size: int | None = None  # None: unknown here (the workers still check)
     chars_per_token: float | None = None  # see router/prompt_bound.py; None: no bound
+    tool_parser: str | None = None  # router/tool_parsers/ name; None: calls are not parsed
+    reasoning_parser: str | None = None  # router/reasoning/ name; None: no thinking split
 
     @classmethod
     def load(cls, config: RouterConfig) -> ModelInfo:
@@ -58,9 +61,14 @@ class ModelInfo:
             tokenizer = Tokenizer.from_dir(tokenizer_dir)
             bound = max_chars_per_token(tokenizer.backend.to_str(),
                                         tokenizer.backend.get_vocab(with_added_tokens=True))
+        if tokenizer is not None and config.chat_template:
+            tokenizer.chat_template = Path(config.chat_template).read_text()
+        template = tokenizer.chat_template if tokenizer is not None else None
         model_dir = Path(ref.location) if ref.kind == "hf_dir" else None
         return cls(names, tokenizer, vocab_size=_vocab_size(ref, model_dir),
-                   chars_per_token=bound)
+                   chars_per_token=bound,
+                   tool_parser=tool_parsers.resolve(config.tool_call_parser, template),
+                   reasoning_parser=reasoning.resolve(config.reasoning_parser, template))
 
     def check_name(self, name: str) -> None:
         if name not in self.names:
@@ -68,14 +76,23 @@ class ModelInfo:
                            f"{', '.join(self.names)}", param="model", code="model_not_found")
 
     async def encode_chat(self, messages: list[dict], max_model_len: int) -> list[int]:
+        return (await self.render_chat(messages, max_model_len))[1]
+
+    async def render_chat(self, messages: list[dict], max_model_len: int,
+                          tools: list[dict] | None = None,
+                          template_kwargs: dict | None = None) -> tuple[str, list[int]]:
+        """The prompt's text and token ids: ``tools`` (OpenAI's shape) and ``template_kwargs``
+        go to the template as transformers' ``apply_chat_template`` passes them."""
         if self.tokenizer is None:
             raise bad_request("this model has no tokenizer or chat template; send token ids "
                               "to /v1/completions")
-        chars = sum(len(m["content"]) for m in messages)
+        chars = sum(len(str(m.get("content") or "")) for m in messages)
+        chars += len(json.dumps(tools)) if tools else 0
 
-        def work() -> list[int]:
+        def work() -> tuple[str, list[int]]:
             try:
-                text = self.tokenizer.render_chat(messages)
+                text = self.tokenizer.render_chat(messages, tools=tools or None,
+                                                  **(template_kwargs or {}))
             except ChatTemplateError as e:
                 raise bad_request(f"the chat template rejected the messages: {e}",
                                   param="messages") from None
@@ -83,7 +100,7 @@ class ModelInfo:
                 raise bad_request(f"the chat template failed on these messages: "
                                   f"{type(e).__name__}", param="messages") from None
             self._refuse_by_length(len(text), max_model_len, "messages")
-            return self._encode(text, add_special_tokens=False)
+            return text, self._encode(text, add_special_tokens=False)
 
         return await asyncio.to_thread(work) if chars > OFF_LOOP_CHARS else work()
 

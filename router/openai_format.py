@@ -55,11 +55,11 @@ def chat_logprobs(logprobs: list[TokenLogprob], text_of: TokenText) -> dict:
     ]}
 
 
-def chat_response(rid: str, model: str, text: str, finish_reason: str | None,
+def chat_response(rid: str, model: str, message: dict, finish_reason: str | None,
                   logprobs: dict | None, usage_body: dict) -> dict:
     return {
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+        "choices": [{"index": 0, "message": message,
                      "logprobs": logprobs, "finish_reason": finish_reason}],
         "usage": usage_body,
     }

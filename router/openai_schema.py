@@ -18,13 +18,11 @@ Fields this schema does not declare are kept (``extra="allow"``) so that
 ``router/request_validation.py`` can refuse them by name (400, ``param`` set) or, with the
 router's ``--lenient``, ignore them with a warning. A field sent with a value that asks for
 nothing we do not do is accepted, because common clients send such defaults explicitly: any
-field set to ``null``, and ``tools: []``, ``functions: []``, ``tool_choice: "none"``,
-``function_call: "none"``, ``parallel_tool_calls`` (meaningless without tools, which are
-refused), ``response_format: {"type": "text"}``, ``logit_bias: {}``, ``min_tokens: 0``,
+field set to ``null``, and ``response_format: {"type": "text"}``, ``logit_bias: {}``, ``min_tokens: 0``,
 ``repetition_penalty: 1``, ``include_stop_str_in_output: false``, ``store: false``,
 ``modalities: ["text"]``, ``stop_token_ids: []``, ``best_of: 1``,
-``stream_options.continuous_usage_stats: false``, and an assistant message's
-``tool_calls: []``. Everything else unknown is refused; the list lives in
+``stream_options.continuous_usage_stats: false``. Tools and the calls in the history are
+declared here and honoured (router/chat_request.py). Everything else unknown is refused; the list lives in
 ``request_validation.INERT_VALUES``.
 """
 
@@ -73,11 +71,44 @@ class ContentPart(BaseModel):
     text: Text
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+class FunctionCall(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+    arguments: Text = ""  # JSON text, as the model wrote it
+
+
+class ToolCall(BaseModel):
+    model_config = _STRICT
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(BaseModel):
+    model_config = _STRICT
+    name: FunctionName
+    description: Text | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionDef
+
+
 class ChatMessage(BaseModel):
     model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Any = None  # a string, a list of text parts, or null (validated below)
     name: Text | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls
+    tool_call_id: Text | None = None  # a tool message: which call it answers
+    function_call: FunctionCall | None = None  # the legacy form of one call
 
     @field_validator("content")
     @classmethod
@@ -178,6 +209,13 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: int | None = Field(default=None, ge=1, lt=UINT32_LIMIT)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Tool calling (router/chat_request.py); functions / function_call are the legacy form.
+    tools: list[Tool] | None = None
+    tool_choice: Any = None  # "none" | "auto" | "required" | {"type": "function", ...}
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDef] | None = None
+    function_call: Any = None  # "none" | "auto" | {"name": ...}
+    chat_template_kwargs: dict[str, Any] | None = None  # extra template variables (vLLM's)
 
 
 def _check_token_ids(ids: list, where: str) -> list[int]:

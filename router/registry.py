@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from common import defaults
+from common.cluster_secret import ClusterSecret
 from common.redis_schema import Keys, WorkerRecord
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,12 @@ log = logging.getLogger(__name__)
 class RegistryView:
     def __init__(self, redis, keys: Keys, ttl_s: float = defaults.WORKER_RECORD_TTL_S, poll_s: float = 0.5,
                  on_leave: Callable[[str], None] = lambda worker_id: None,
-                 on_change: Callable[[], None] = lambda: None):
+                 on_change: Callable[[], None] = lambda: None,
+                 secret: ClusterSecret | None = None):
+        """``secret``: only records signed with it are used (None: every record, --insecure)."""
         self.redis = redis
+        self.secret = secret
+        self._refused: set[tuple[str, str]] = set()  # (worker id, signature) already logged
         self.keys = keys
         self.ttl_s = ttl_s
         self.poll_s = poll_s
@@ -75,7 +80,9 @@ class RegistryView:
         fresh: dict[str, WorkerRecord] = {}
         for worker_id, blob in zip(ids, raw, strict=True):
             if blob is not None:  # None: the TTL ran out on Redis's clock, or it deregistered
-                fresh[worker_id] = WorkerRecord.from_json(blob)
+                record = self._trusted(worker_id, blob)
+                if record is not None:
+                    fresh[worker_id] = record
         if now < self._grace_until:
             for worker_id, record in self.workers.items():
                 fresh.setdefault(worker_id, record)
@@ -91,6 +98,30 @@ class RegistryView:
         self.last_refresh = time.time()
         if changed:
             self.on_change()
+
+    def _trusted(self, worker_id: str, blob: bytes) -> WorkerRecord | None:
+        """The record, if it parses, names its own key's id, and carries a valid signature.
+        Anything else was not written by a worker of this cluster: never routed to, logged
+        once per (id, signature)."""
+        try:
+            record = WorkerRecord.from_json(blob)
+        except (ValueError, TypeError) as e:
+            return self._refuse(worker_id, "", f"unreadable record ({e})")
+        if record.worker_id != worker_id:
+            return self._refuse(worker_id, record.signature,
+                                f"record names another worker ({record.worker_id!r})")
+        if self.secret is not None and not record.verified_by(self.secret):
+            why = "unsigned" if not record.signature else "bad signature"
+            return self._refuse(worker_id, record.signature,
+                                f"{why} record (address {record.address}): not written by a "
+                                "holder of this cluster's secret")
+        return record
+
+    def _refuse(self, worker_id: str, signature: str, why: str) -> None:
+        if (worker_id, signature) not in self._refused:
+            self._refused.add((worker_id, signature))
+            log.warning("ignoring registry entry %r: %s", worker_id, why)
+        return None
 
     def fence(self, worker_id: str, seconds: float) -> None:
         """Keep a worker out of rotation for a while (it just failed a call)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from router.metrics import RouterMetrics
@@ -33,6 +34,7 @@ class RequestRecord:
     output_tokens: int = 0
     ttft_s: float | None = None
     outcome: str = ERROR
+    on_close: Callable[[int, int], None] | None = None  # (prompt_tokens, output_tokens)
     _last_token_s: float | None = None
     _closed: bool = False
 
@@ -71,3 +73,5 @@ class RequestRecord:
                  self.cached_tokens, self.output_tokens,
                  "-" if self.ttft_s is None else f"{self.ttft_s * 1e3:.1f}", e2e_s * 1e3,
                  self.outcome)
+        if self.on_close is not None:
+            self.on_close(self.prompt_tokens, self.output_tokens)

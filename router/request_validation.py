@@ -19,11 +19,6 @@ _NOTHING = object()  # "any value is inert" marker
 # Fields we do not implement, each with the values that ask for nothing we do not do (sent
 # explicitly by common clients); null is always inert. See router/openai_schema.py.
 INERT_VALUES: dict[str, tuple] = {
-    "tools": ([],),
-    "functions": ([],),
-    "tool_choice": ("none",),
-    "function_call": ("none",),
-    "parallel_tool_calls": (_NOTHING,),  # moot: tools are refused
     "response_format": ({"type": "text"},),
     "logit_bias": ({},),
     "min_tokens": (0,),
@@ -35,7 +30,7 @@ INERT_VALUES: dict[str, tuple] = {
     "best_of": (1,),
 }
 STREAM_OPTIONS_INERT: dict[str, tuple] = {"continuous_usage_stats": (False,)}
-MESSAGE_INERT: dict[str, tuple] = {"tool_calls": ([],), "tool_call_id": ()}
+MESSAGE_INERT: dict[str, tuple] = {}
 _KNOWN_UNSUPPORTED = {*INERT_VALUES, *STREAM_OPTIONS_INERT, *MESSAGE_INERT}
 
 _warned: set[str] = set()  # field names already warned about (--lenient), once per process

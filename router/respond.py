@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from router import openai_format as fmt
 from router.admission import Slot
+from router.chat_output import OutputShaper, legacy_finish, openai_delta, openai_message
 from router.dispatcher import (
     BadRequestError,
     GenerateRequest,
@@ -25,7 +26,8 @@ from router.streaming import ClosingStreamingResponse
 
 
 async def respond(state, request: Request, req: GenerateRequest, model: str, stream: bool,
-                  kind: str, include_usage: bool, want_logprobs: bool, slot: Slot):
+                  kind: str, include_usage: bool, want_logprobs: bool, slot: Slot,
+                  shaper: OutputShaper | None = None, legacy: bool = False):
     """Owns ``slot`` from here on: released when the response ends, or now if this raises."""
     agen = state.dispatcher.generate(req)
     try:
@@ -35,7 +37,8 @@ async def respond(state, request: Request, req: GenerateRequest, model: str, str
         raise
     text_of = state.model.token_text
     if stream:
-        body = _stream(agen, first, req, model, kind, include_usage, want_logprobs, text_of)
+        body = _stream(agen, first, req, model, kind, include_usage, want_logprobs, text_of,
+                       shaper or OutputShaper(), legacy)
         return ClosingStreamingResponse(_Body(body, agen, slot), media_type="text/event-stream",
                                         headers={"Cache-Control": "no-cache"})
     try:
@@ -51,7 +54,11 @@ async def respond(state, request: Request, req: GenerateRequest, model: str, str
     usage = fmt.usage(len(req.prompt_token_ids), tokens, events[0].num_cached_tokens)
     if kind == "chat":
         lp = fmt.chat_logprobs(logprobs, text_of) if want_logprobs else None
-        return fmt.JSONBody(fmt.chat_response(req.request_id, model, text, finish, lp, usage))
+        shaper = shaper or OutputShaper()
+        shaper.feed(text, final=True)
+        finish = legacy_finish(shaper.finish_reason(finish), legacy)
+        return fmt.JSONBody(fmt.chat_response(req.request_id, model,
+                                              openai_message(shaper, legacy), finish, lp, usage))
     lp = fmt.completion_logprobs(logprobs, text_of, 0) if want_logprobs else None
     return fmt.JSONBody(fmt.completion_response(req.request_id, model, text, finish, lp, usage))
 
@@ -124,7 +131,8 @@ async def _collect(agen: AsyncIterator[TokenEvent], first: TokenEvent) -> list[T
 
 
 async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: GenerateRequest,
-                  model: str, kind: str, include_usage: bool, want_logprobs: bool, text_of):
+                  model: str, kind: str, include_usage: bool, want_logprobs: bool, text_of,
+                  shaper: OutputShaper, legacy: bool):
     created = int(time.time())
     rid = req.request_id
     completion_tokens = 0
@@ -133,27 +141,31 @@ async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: Gener
     if kind == "chat":
         yield fmt.sse(fmt.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}))
 
-    def chunk(event: TokenEvent) -> dict:
+    def chunks(event: TokenEvent) -> list[dict]:
         nonlocal text_offset
         if kind == "chat":
-            lp = fmt.chat_logprobs(event.logprobs, text_of) if want_logprobs else None
-            delta = {"content": event.text} if event.text or not event.finish_reason else {}
-            return fmt.chat_chunk(rid, model, created, delta, event.finish_reason, lp)
+            return _chat_chunks(event, rid, model, created, shaper, legacy,
+                                fmt.chat_logprobs(event.logprobs, text_of)
+                                if want_logprobs else None)
         lp = (fmt.completion_logprobs(event.logprobs, text_of, text_offset)
               if want_logprobs else None)
         text_offset += len(event.text)
-        return fmt.completion_chunk(rid, model, created, event.text, event.finish_reason, lp)
+        return [fmt.completion_chunk(rid, model, created, event.text, event.finish_reason, lp)]
 
     try:
         event = first
         while True:
             completion_tokens += len(event.token_ids)
-            yield fmt.sse(chunk(event))
+            for c in chunks(event):
+                yield fmt.sse(c)
             if event.finish_reason:
                 break
             try:
                 event = await agen.__anext__()
             except StopAsyncIteration:
+                if kind == "chat":  # ended without a finish reason: what was held back
+                    for c in chunks(TokenEvent([], finish_reason=None, text="")):
+                        yield fmt.sse(c)
                 break
         if include_usage:
             usage = fmt.usage(len(req.prompt_token_ids), completion_tokens, cached)
@@ -166,3 +178,18 @@ async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: Gener
     finally:
         await agen.aclose()
     yield fmt.SSE_DONE
+
+
+def _chat_chunks(event: TokenEvent, rid: str, model: str, created: int, shaper: OutputShaper,
+                 legacy: bool, lp: dict | None) -> list[dict]:
+    """One event's chunks: one per part of the output (content, reasoning, a call's start, its
+    argument fragments), the finish reason on the last. Text held back sends nothing."""
+    final = bool(event.finish_reason)
+    bodies = [openai_delta(d, legacy) for d in shaper.feed(event.text, final)]
+    finish = legacy_finish(shaper.finish_reason(event.finish_reason), legacy) if final else None
+    if not bodies:
+        if not final and lp is None:
+            return []
+        bodies = [{}]
+    return [fmt.chat_chunk(rid, model, created, b, finish if i == len(bodies) - 1 else None,
+                           lp if i == 0 else None) for i, b in enumerate(bodies)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from common import defaults
-from proto import keepalive, pb_grpc
+from proto import auth, keepalive, pb_grpc
 
 _MESSAGE_OPTIONS = [
     ("grpc.max_receive_message_length", defaults.GRPC_MAX_MESSAGE_BYTES),
@@ -14,9 +14,12 @@ _MESSAGE_OPTIONS = [
 
 
 class WorkerClients:
-    def __init__(self, keepalive_time_ms: int = keepalive.KEEPALIVE_TIME_MS) -> None:
+    def __init__(self, keepalive_time_ms: int = keepalive.KEEPALIVE_TIME_MS,
+                 token: str | None = None) -> None:
         """``keepalive_time_ms``: how often each connection is pinged; the workers' servers
-        accept the default (``proto/keepalive.py``), tests shorten both sides."""
+        accept the default (``proto/keepalive.py``), tests shorten both sides. ``token``: the
+        cluster's gRPC token, sent on every call (``proto/auth.py``; None: --insecure)."""
+        self._interceptors = auth.client_interceptors(token)
         self._options = _MESSAGE_OPTIONS + keepalive.channel_options(keepalive_time_ms)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pb_grpc.WorkerStub] = {}
@@ -32,7 +35,7 @@ class WorkerClients:
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=self._options)
+                address, options=self._options, interceptors=self._interceptors)
         return channel
 
     async def drop(self, address: str) -> None:

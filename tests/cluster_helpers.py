@@ -10,23 +10,42 @@ import threading
 import time
 from pathlib import Path
 
+from common.cluster_secret import ENV_VAR, ClusterSecret
 from deploy.redis_server import LocalRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cluster_secret() -> ClusterSecret:
+    """The session's secret (tests/conftest.py puts it in the environment)."""
+    return ClusterSecret(os.environ[ENV_VAR])
+
+
+def worker_channel(address: str, **kwargs):
+    """A gRPC channel to a worker that authenticates as the router does."""
+    import grpc
+
+    from proto import auth
+
+    return grpc.aio.insecure_channel(
+        address, interceptors=auth.client_interceptors(cluster_secret().grpc_token), **kwargs)
+
+
 class RedisServer(LocalRedis):
     """A real ``redis-server`` when installed (CI installs it); otherwise fakeredis's TCP
-    server, which speaks the real protocol, so the code under test is the same."""
+    server, which speaks the real protocol, so the code under test is the same. Locked with
+    the session's cluster secret, like every cluster's Redis; its roles' key patterns take any
+    prefix ("*"), since the test modules run clusters of their own prefixes on it."""
 
     def __init__(self, port: int | None = None):
-        super().__init__(port=port)
+        super().__init__(port=port, secret=cluster_secret(), prefix="*")
         self.wait()
 
     def client(self):
+        """A client as the admin user (tests inspect and plant keys with it)."""
         import redis
 
-        return redis.Redis.from_url(self.url)
+        return redis.Redis.from_url(self.admin_url())
 
     def restart(self) -> RedisServer:
         """A new, empty server on the same port (as after a Redis crash)."""

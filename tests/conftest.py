@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Every component the tests start authenticates with this session's cluster secret: the
+# variable reaches each child process, and tests/cluster_helpers.py locks Redis with it.
+os.environ.setdefault("PDSERVE_CLUSTER_SECRET", "test-" + os.urandom(16).hex())
 
 
 def pytest_collection_modifyitems(config, items):

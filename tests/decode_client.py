@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-
 from proto import pb, pb_grpc
 from router.decode_outputs import DecodeOutputs
+from tests.cluster_helpers import worker_channel
 
 
 class DecodeClient:
     def __init__(self, address: str):
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = worker_channel(address)
         self.stub = pb_grpc.WorkerStub(self.channel)
         self.outputs = DecodeOutputs(lambda _: self.stub)
 

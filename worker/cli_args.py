@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from common import defaults
+from common.cluster_secret import add_secret_arguments, secret_from_args
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser, role: str) -> None:
@@ -34,6 +35,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, role: str) -> None:
                    help="decode: seconds before an unfinished KV pull fails")
     g.add_argument("--drain-timeout-s", type=float, default=120.0,
                    help="on SIGTERM, wait this long for requests in flight to finish")
+    add_secret_arguments(parser)
     add_engine_arguments(parser)
     parser.set_defaults(_role=role)
 
@@ -55,6 +57,7 @@ def worker_config_from_args(args: argparse.Namespace, role: str):
         redis_prefix=args.redis_prefix,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         worker_id=args.worker_id, drain_timeout_s=args.drain_timeout_s,
+        cluster_secret=secret_from_args(args, f"pdserve {role}"),
     )
 
 

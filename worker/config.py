@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common import defaults
+from common.cluster_secret import ClusterSecret
 from engine.config import EngineConfig
 
 
@@ -21,3 +22,6 @@ class WorkerConfig:
     worker_id: str | None = None
     heartbeat_s: float = defaults.HEARTBEAT_S
     drain_timeout_s: float = 120.0
+    # Authenticates every call to this worker (a token derived from it), its Redis user and
+    # the signature on its registry record. None only with --insecure.
+    cluster_secret: ClusterSecret | None = None

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from common import defaults
+from common.redis_acl import redacted
 from common.redis_schema import CLEARED, REMOVED, STORED, Keys, KVEventEntry, WorkerRecord
 from engine.core.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
@@ -165,10 +166,10 @@ class WorkerPresence:
 
     def _set_connected(self, ok: bool, error: Exception | None = None) -> None:
         if ok and self._connected is not True:
-            log.info("connected to Redis at %s", self.redis_url)
+            log.info("connected to Redis at %s", redacted(self.redis_url))
             if self._connected is False:
                 self._snapshot_due = True  # consumers may have missed events meanwhile
         elif not ok and self._connected is not False:
-            log.warning("Redis at %s unavailable (%s); serving on, will retry", self.redis_url,
-                        error)
+            log.warning("Redis at %s unavailable (%s); serving on, will retry",
+                        redacted(self.redis_url), error)
         self._connected = ok

@@ -18,9 +18,10 @@ from dataclasses import replace
 import grpc
 
 from common import defaults
+from common.redis_acl import WORKER, url_for_role
 from common.redis_schema import Keys
 from engine.async_engine import AsyncEngine
-from proto import keepalive, pb_grpc
+from proto import auth, keepalive, pb_grpc
 from worker.config import WorkerConfig
 from worker.record import worker_record
 from worker.servicer_base import BaseServicer
@@ -44,7 +45,12 @@ async def run_worker(config: WorkerConfig, servicer_cls: type[BaseServicer]) -> 
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", defaults.GRPC_MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", defaults.GRPC_MAX_MESSAGE_BYTES),
-                                      *keepalive.server_options()])  # the router's pings
+                                      *keepalive.server_options()],  # the router's pings
+                             interceptors=auth.server_interceptors(
+                                 secret.grpc_token if (secret := config.cluster_secret) else None))
+    if secret is None:
+        log.warning("no cluster secret (--insecure): anyone who reaches %s:%s can call this "
+                    "worker, and its registry record is unsigned", config.host, config.port)
     pb_grpc.add_WorkerServicer_to_server(servicer_cls(engine, state), server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()
@@ -68,9 +74,10 @@ async def run_worker(config: WorkerConfig, servicer_cls: type[BaseServicer]) -> 
     if config.redis_url:
         from worker.presence import WorkerPresence
 
-        presence = WorkerPresence(config.redis_url, Keys(config.redis_prefix),
-                                  lambda: worker_record(state, engine), engine.kv_events,
-                                  heartbeat_s=config.heartbeat_s)
+        presence = WorkerPresence(url_for_role(config.redis_url, secret, WORKER),
+                                  Keys(config.redis_prefix),
+                                  lambda: worker_record(state, engine).signed(secret),
+                                  engine.kv_events, heartbeat_s=config.heartbeat_s)
         await presence.start()
 
     stop = asyncio.Event()

@@ -8,6 +8,10 @@ log-sum-exp. Pass 2, grid (seqs, q_heads): merges the splits.
 
 The cache is the engine's strided per-layer view ``[blocks, kv_heads, block_size, head_dim]``.
 Launch parameters depend only on shapes, so both passes can be captured in a CUDA graph.
+
+An FP8 cache (engine/model/layers/kv_quant.py): pages are read as e4m3 (half the bytes) and
+widened to q's dtype in registers; the per-layer K scale multiplies the scores and the V scale
+the output, so neither touches each element.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ _TOKENS_PER_ITER = 64
 @triton.jit
 def _decode_partial(
     q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, o_ptr, lse_ptr,
-    scale,
+    scale, v_scale,
     stride_qb, stride_qh,
     stride_kb, stride_kh, stride_kt,
     stride_tb,
@@ -57,6 +61,7 @@ def _decode_partial(
         page = tl.load(tables_ptr + b * stride_tb + pos // BLOCK_SIZE, mask=valid, other=0)
         row = page.to(tl.int64) * stride_kb + kvh * stride_kh + (pos % BLOCK_SIZE) * stride_kt
         k = tl.load(k_ptr + row[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+        k = k.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [GROUP_PAD, TOKENS]
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -64,11 +69,12 @@ def _decode_partial(
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_ptr + row[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+        v = v.to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
     has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    out = acc / tl.where(has, l_i, 1.0)[:, None] * v_scale
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
     tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + split * stride_os + d[None, :],
              out, mask=g_mask[:, None])
@@ -105,9 +111,11 @@ def num_splits(num_seqs: int, num_kv_heads: int, num_sms: int) -> int:
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                           splits: int) -> torch.Tensor:
-    """q [B, Hq, D]; caches [blocks, Hkv, block_size, D] (strided views); block_tables
-    [B, max_blocks] int32; seq_lens [B] int32. Returns [B, Hq, D] in q's dtype."""
+                           splits: int, k_scale: float = 1.0,
+                           v_scale: float = 1.0) -> torch.Tensor:
+    """q [B, Hq, D]; caches [blocks, Hkv, block_size, D] (strided views; q's dtype or
+    float8_e4m3fn, dequantized with ``k_scale`` / ``v_scale``); block_tables [B, max_blocks]
+    int32; seq_lens [B] int32. Returns [B, Hq, D] in q's dtype."""
     num_seqs, num_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
     group = num_heads // num_kv_heads
@@ -116,7 +124,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                           dtype=torch.float32)
     lse = torch.empty(num_seqs, num_heads, splits, device=q.device, dtype=torch.float32)
     _decode_partial[(num_seqs, num_kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, partial, lse, scale,
+        q, k_cache, v_cache, block_tables, seq_lens, partial, lse, scale * k_scale, v_scale,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),

@@ -8,6 +8,10 @@ the v at the token's slot. Numerics: cos and sin are rounded to the activation d
 eager path rounds them, but the rotation itself runs in fp32 and is rounded once (eager rounds
 each product and the sum), so a value may differ from eager by a rounding step of its operands'
 scale; v is copied bit for bit.
+
+An FP8 cache (engine/model/layers/kv_quant.py) gets k and v divided by the layer's scales and
+rounded to e4m3, from the values rounded to the activation dtype first: bit for bit what
+``kv_quant.quantize`` makes of the eager path's k and v.
 """
 
 from __future__ import annotations
@@ -25,10 +29,17 @@ def _rotate(x1, x2, c, s, dtype: tl.constexpr):
 
 
 @triton.jit
+def _to_fp8(x, scale, dtype: tl.constexpr):
+    """x / scale, clamped to e4m3's range, rounded to the nearest e4m3."""
+    y = x.to(tl.float32) / scale
+    return tl.minimum(tl.maximum(y, -448.0), 448.0).to(dtype)
+
+
+@triton.jit
 def _rope_write_kv(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr,
                    q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h,
                    table_stride, cache_stride_b, cache_stride_h, cache_stride_t, block_size,
-                   num_q_heads, HALF: tl.constexpr):
+                   num_q_heads, k_scale, v_scale, HALF: tl.constexpr, FP8: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     dtype = q_ptr.dtype.element_ty
@@ -51,10 +62,17 @@ def _rope_write_kv(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_
         slot = tl.load(slot_ptr + t)
         dst = (slot // block_size) * cache_stride_b + kh * cache_stride_h + \
             (slot % block_size) * cache_stride_t
-        tl.store(kc_ptr + dst + d, o1)
-        tl.store(kc_ptr + dst + HALF + d, o2)
         full = tl.arange(0, 2 * HALF)
-        tl.store(vc_ptr + dst + full, tl.load(v_ptr + t * v_stride_t + kh * v_stride_h + full))
+        vals = tl.load(v_ptr + t * v_stride_t + kh * v_stride_h + full)
+        if FP8:
+            cdt = kc_ptr.dtype.element_ty
+            tl.store(kc_ptr + dst + d, _to_fp8(o1, k_scale, cdt))
+            tl.store(kc_ptr + dst + HALF + d, _to_fp8(o2, k_scale, cdt))
+            tl.store(vc_ptr + dst + full, _to_fp8(vals, v_scale, cdt))
+        else:
+            tl.store(kc_ptr + dst + d, o1)
+            tl.store(kc_ptr + dst + HALF + d, o2)
+            tl.store(vc_ptr + dst + full, vals)
 
 
 def supports(head_dim: int) -> bool:
@@ -64,9 +82,11 @@ def supports(head_dim: int) -> bool:
 
 def rope_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                       cos_table: torch.Tensor, sin_table: torch.Tensor, k_cache: torch.Tensor,
-                      v_cache: torch.Tensor, slot_mapping: torch.Tensor, block_size: int) -> None:
+                      v_cache: torch.Tensor, slot_mapping: torch.Tensor, block_size: int,
+                      k_scale: float = 1.0, v_scale: float = 1.0) -> None:
     """Rotate q [T, Hq, D] and k [T, Hkv, D] in place; store k and v [T, Hkv, D] at their
-    slots of the HND caches [blocks, Hkv, block_size, D] (k_cache and v_cache share strides)."""
+    slots of the HND caches [blocks, Hkv, block_size, D] (k_cache and v_cache share strides;
+    float8_e4m3fn caches: quantized with ``k_scale`` / ``v_scale``)."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     assert supports(head_dim) and q.stride(2) == k.stride(2) == v.stride(2) == 1
@@ -78,4 +98,5 @@ def rope_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positio
         q, k, v, positions, cos_table, sin_table, slot_mapping, k_cache, v_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos_table.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_size, num_q_heads, HALF=head_dim // 2, num_warps=1)
+        block_size, num_q_heads, float(k_scale), float(v_scale), HALF=head_dim // 2,
+        FP8=k_cache.dtype == torch.float8_e4m3fn, num_warps=1)

@@ -1,7 +1,8 @@
 """The architecture of a Llama-family model, read from a Hugging Face ``config.json``.
 
 One frozen dataclass covers Llama 2/3/3.1, Mistral, Qwen2, Qwen3 and SmolLM2: they differ only in
-the flags below (qkv bias, q/k RMSNorm, rope scaling, tied embeddings).
+the flags below (qkv bias, q/k RMSNorm, rope scaling, tied embeddings). The mixture-of-experts
+families (Qwen3-MoE, Qwen2-MoE, Mixtral) are the same plus ``moe`` (engine/model/moe_config.py).
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.model.moe_config import MoEConfig, moe_config_from_hf, moe_to_hf
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "MixtralForCausalLM": "mixtral",
 }
 
 
@@ -32,7 +38,7 @@ class RopeScaling:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model_type: str  # llama | mistral | qwen2 | qwen3
+    model_type: str  # llama | mistral | qwen2 | qwen3 | qwen3_moe | qwen2_moe | mixtral
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -50,6 +56,7 @@ class ModelConfig:
     sliding_window: int | None = None  # Mistral v0.1; we cap the context length instead
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    moe: MoEConfig | None = None  # mixture-of-experts layers; None: every MLP is dense
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
@@ -79,7 +86,21 @@ class ModelConfig:
         if self.qk_norm:
             per_layer += 2 * self.head_dim
         head = 0 if self.tie_word_embeddings else v * h
-        return v * h + self.num_hidden_layers * per_layer + h + head
+        total = v * h + self.num_hidden_layers * per_layer + h + head
+        if self.moe is not None:  # a sparse layer's experts replace its dense MLP
+            sparse = self.num_hidden_layers - len(self.moe.dense_layers)
+            total += sparse * (self.moe.expert_params(h) - 3 * h * i)
+        return total
+
+    @property
+    def num_active_params(self) -> int:
+        """Parameters one token reads (MoE: only its top-k experts); embeddings counted once."""
+        if self.moe is None:
+            return self.num_params
+        h = self.hidden_size
+        sparse = self.num_hidden_layers - len(self.moe.dense_layers)
+        return self.num_params - sparse * (self.moe.expert_params(h)
+                                           - self.moe.active_expert_params(h))
 
     @classmethod
     def from_hf_dict(cls, cfg: dict[str, Any]) -> ModelConfig:
@@ -129,12 +150,14 @@ class ModelConfig:
             rope_scaling=scaling,
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
-            qk_norm=model_type == "qwen3",
+            attention_bias=bool(cfg.get("attention_bias", cfg.get(
+                "qkv_bias", model_type in ("qwen2", "qwen2_moe")))),
+            qk_norm=model_type in ("qwen3", "qwen3_moe"),
             sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", True)
-            and model_type == "mistral" else None,
+            and model_type in ("mistral", "mixtral") else None,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
+            moe=moe_config_from_hf(cfg, model_type, cfg["num_hidden_layers"]),
         )
 
     @classmethod
@@ -161,6 +184,10 @@ class ModelConfig:
         }
         if self.model_type == "llama":
             d["attention_bias"] = self.attention_bias
+        if self.moe is not None:
+            d.update(moe_to_hf(self.moe, self.model_type))
+        if self.model_type == "qwen2_moe":
+            d["qkv_bias"] = self.attention_bias
         if self.rope_scaling is not None:
             d["rope_scaling"] = asdict(self.rope_scaling)
         if self.sliding_window is not None:

@@ -13,6 +13,7 @@ import torch
 from engine.model.config import ModelConfig
 from engine.model.layers.attention import AttentionMetadata
 from engine.model.llama import LlamaForCausalLM
+from engine.model.moe_families import MoEForCausalLM
 
 
 class CausalLM(Protocol):
@@ -41,6 +42,19 @@ MODEL_CLASSES: dict[str, type[CausalLM]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    "Qwen3MoeForCausalLM": MoEForCausalLM,
+    "Qwen2MoeForCausalLM": MoEForCausalLM,
+    "MixtralForCausalLM": MoEForCausalLM,
+}
+
+# The next family, not built: DeepSeek-V2/V3 (and Kimi-K2) = MLA attention (a low-rank
+# compressed KV: ``kv_a_proj_with_mqa`` + ``kv_b_proj``, one latent "head" per token in the
+# paged cache, so KVCacheLayout and kv_transfer's head slicing need a latent-width variant) +
+# MoE with shared experts and grouped sigmoid top-k (``MoEConfig.scoring``). It goes in
+# ``engine/model/deepseek.py`` (an ``MLAAttention`` in layers/) and is registered here.
+PLANNED_ARCHITECTURES = {
+    "DeepseekV2ForCausalLM": "MLA attention + grouped top-k MoE (not built yet)",
+    "DeepseekV3ForCausalLM": "MLA attention + grouped top-k MoE (not built yet)",
 }
 
 

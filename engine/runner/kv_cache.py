@@ -81,12 +81,25 @@ def region_layout(layout: KVCacheLayout, kv_buffer: torch.Tensor) -> RegionLayou
                         layout.block_size, layout.head_dim, kv_buffer.element_size())
 
 
+def kv_scales(model: torch.nn.Module) -> tuple[float, ...]:
+    """Every attention layer's FP8 KV scales, K then V (engine/model/layers/kv_quant.py)."""
+    scales = []
+    for module in model.modules():
+        if hasattr(module, "k_scale") and hasattr(module, "k_cache"):
+            scales += [float(module.k_scale), float(module.v_scale)]
+    return tuple(scales)
+
+
 def kv_compat(config: EngineConfig, model_config: ModelConfig, model_name: str,
-              dtype: torch.dtype) -> KVCompat:
-    """What a peer's KV must match for its blocks to be usable here."""
+              dtype: torch.dtype, kv_dtype: torch.dtype | None = None,
+              scales: tuple[float, ...] = ()) -> KVCompat:
+    """What a peer's KV must match for its blocks to be usable here: with an FP8 cache, its
+    per-layer scales too (the same bytes mean other values under other scales)."""
     mc = model_config
     name = str(dtype).removeprefix("torch.")
-    return KVCompat(model=model_name, dtype=name, kv_dtype=name,
+    kv_name = str(kv_dtype or dtype).removeprefix("torch.")
+    fp8 = kv_dtype == torch.float8_e4m3fn
+    return KVCompat(model=model_name, dtype=name, kv_dtype=kv_name,
                     num_layers=mc.num_hidden_layers, num_kv_heads=mc.num_key_value_heads,
                     head_dim=mc.head_dim, block_size=config.block_size,
-                    hash_seed=config.hash_seed)
+                    hash_seed=config.hash_seed, kv_scales=tuple(scales) if fp8 else ())

@@ -21,7 +21,7 @@ from engine.model.llama import fuse_projections
 from engine.model.loaders.source import ModelSource, load_weights
 from engine.model.tensor_parallel import apply_tensor_parallel, check_tp_size
 from engine.runner.host_copy import to_device
-from engine.runner.kv_cache import kv_compat, region_layout, size_kv_cache
+from engine.runner.kv_cache import kv_compat, kv_scales, region_layout, size_kv_cache
 from engine.runner.sampler import SamplingRow, sample, sample_tokens
 from engine.runner.tp_control import TPControl
 from kv_transfer.factory import build_connector
@@ -67,21 +67,22 @@ class ModelRunner:
         # Rank 0's channel to the followers (steps, KV transfer control); see tp_control.py.
         self.control = TPControl(world, self.device) if world > 1 else None
         self.model_config = model_config
-        check_tp_size(model_config, world)
+        check_tp_size(model_config, world, config.expert_parallel_size)
         self.model = load_weights(
-            source, model_config, self.dtype, self.device, max_model_len, config.seed
-        )
-        apply_tensor_parallel(self.model, rank, world)
+            source, model_config, self.dtype, self.device, max_model_len, config.seed,
+            config.quantization)
+        apply_tensor_parallel(self.model, rank, world, config.expert_parallel_size)
         if self.device.type == "cuda":
             fuse_projections(self.model)  # one GEMM for q/k/v and one for gate/up
             if config.fused_kernels:
                 self.model.use_fused_kernels()
-        self.layout = size_kv_cache(config, model_config, world, self.device, self.dtype)
+        self.kv_dtype = config.resolved_kv_dtype()
+        self.layout = size_kv_cache(config, model_config, world, self.device, self.kv_dtype)
         # One extra block past the pool's: a scratch block that padded rows of a captured
         # decode batch write to and read from.
         self.scratch_block = self.layout.num_blocks
         shape = (self.layout.num_blocks + 1, *self.layout.shape[1:])
-        self.kv_buffer = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv_buffer = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         self.model.bind_kv_cache(
             [(self.kv_buffer[:, :, i, 0], self.kv_buffer[:, :, i, 1])
              for i in range(self.layout.num_layers)]
@@ -107,7 +108,8 @@ class ModelRunner:
 
     def kv_compat(self, source: ModelSource) -> KVCompat:
         """What a peer's KV must match for its blocks to be usable here."""
-        return kv_compat(self.config, self.model_config, source.name, self.dtype)
+        return kv_compat(self.config, self.model_config, source.name, self.dtype, self.kv_dtype,
+                         kv_scales(self.model))
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor | None:

@@ -4,12 +4,11 @@ cache, never recomputed where it is missing. Real router, prefill and decode wor
 import asyncio
 import time
 
-import grpc
 import httpx
 import pytest
 
 from proto import pb, pb_grpc
-from tests.cluster_helpers import RouterProcess, WorkerProcess
+from tests.cluster_helpers import RouterProcess, WorkerProcess, worker_channel
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
 
@@ -22,7 +21,7 @@ THRESHOLD = 32  # the router's default, stated so the prompt is surely longer
 
 
 async def _stats(addr: str) -> pb.StatsResponse:
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with worker_channel(addr) as ch:
         return await pb_grpc.WorkerStub(ch).Stats(pb.StatsRequest())
 
 

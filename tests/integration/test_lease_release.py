@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from proto import API_VERSION, pb, pb_grpc
-from tests.cluster_helpers import RouterProcess, WorkerProcess
+from tests.cluster_helpers import RouterProcess, WorkerProcess, worker_channel
 from tests.decode_client import DecodeClient
 from tests.helpers import random_prompts
 
@@ -27,7 +27,7 @@ STORY = ("Once upon a time, in a harbour town famous for its bakeries, a young a
 
 
 async def _stats(addr: str) -> pb.StatsResponse:
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with worker_channel(addr) as ch:
         return await pb_grpc.WorkerStub(ch).Stats(pb.StatsRequest())
 
 
@@ -120,7 +120,7 @@ def test_decode_worker_refusing_a_handle_releases_it(redis_server):
     sampling = pb.SamplingParams(max_tokens=16, temperature=0.0, top_p=1.0, ignore_eos=True)
     try:
         async def main():
-            async with grpc.aio.insecure_channel(prefill.address) as pch:
+            async with worker_channel(prefill.address) as pch:
                 first = await pb_grpc.WorkerStub(pch).Prefill(pb.PrefillRequest(
                     api_version=API_VERSION, request_id="refused", prompt_token_ids=prompt,
                     sampling=sampling))

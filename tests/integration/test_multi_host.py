@@ -16,9 +16,11 @@ import time
 import httpx
 import pytest
 
+from common import defaults
+from common.redis_acl import ADMIN, acl_file_text, url_for_role
 from deploy import health_probe
 from engine import LLM, SamplingParams
-from tests.cluster_helpers import RouterProcess, WorkerProcess
+from tests.cluster_helpers import RouterProcess, WorkerProcess, cluster_secret
 from tests.netns import NetnsHosts, require_netns
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
@@ -76,17 +78,20 @@ def net():
         yield hosts
 
 
-def test_cluster_across_three_hosts(net, demo_model_dir, reference):
+def test_cluster_across_three_hosts(net, demo_model_dir, reference, tmp_path):
     import redis
 
     a, b, c = net.hosts
     started = []  # stopped in reverse before the namespaces go
+    # Locked like every cluster's Redis: the roles' users from the session's cluster secret.
+    acl = tmp_path / "users.acl"
+    acl.write_text(acl_file_text(cluster_secret(), defaults.REDIS_KEY_PREFIX))
     redis_proc = subprocess.Popen(a.cmd("redis-server", "--port", str(REDIS_PORT), "--bind",
                                         a.ip, "--save", "", "--appendonly", "no",
-                                        "--protected-mode", "no"),
+                                        "--protected-mode", "no", "--aclfile", str(acl)),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    redis_url = f"redis://{a.ip}:{REDIS_PORT}/0"
-    rc = redis.Redis.from_url(redis_url)
+    redis_url = f"redis://{a.ip}:{REDIS_PORT}/0"  # each component adds its role's user
+    rc = redis.Redis.from_url(url_for_role(redis_url, cluster_secret(), ADMIN))
     model = ["--model", str(demo_model_dir)]
     # Small prefill chunks: a long prompt takes many steps, so the cut lands mid-prefill.
     prefill_args = model + ["--host", "0.0.0.0", "--worker-id", "prefill-b", "--kv-lease-s",

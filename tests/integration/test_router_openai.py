@@ -219,8 +219,7 @@ HOSTILE = [
     ("logit_bias", {"messages": QUESTION, "logit_bias": {"5": 10}}),
     ("stream_options.continuous_usage_stats", {"messages": QUESTION, "stream": True,
                                                "stream_options": {"continuous_usage_stats": True}}),
-    ("messages.1.tool_call_id", {"messages": [*QUESTION, {"role": "tool", "content": "Paris",
-                                                          "tool_call_id": "call_1"}]}),
+    ("tool_choice", {"messages": QUESTION, "tool_choice": "required"}),  # and no tools
     ("frobnicate", {"messages": QUESTION, "frobnicate": True}),
 ]
 
@@ -342,9 +341,10 @@ def test_max_tokens_default_and_lenient(cluster, redis_server, demo_model_dir):
         for _ in range(2):
             r = lenient.chat.completions.create(
                 model=demo_model_dir.name, messages=QUESTION, extra_body={"ignore_eos": True},
-                tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+                logit_bias={"5": 10})
             assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
-        warnings = [line for line in router.log_lines if "ignoring request field 'tools'" in line]
+        warnings = [line for line in router.log_lines
+                    if "ignoring request field 'logit_bias'" in line]
         assert len(warnings) == 1, router.log_lines[-20:]
     finally:
         router.stop()

@@ -12,7 +12,7 @@ from common.redis_schema import Keys, KVEventEntry, WorkerRecord
 from engine import LLM, SamplingParams
 from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb, pb_grpc
-from tests.cluster_helpers import WorkerProcess
+from tests.cluster_helpers import WorkerProcess, worker_channel
 from tests.decode_client import DecodeClient
 from tests.helpers import random_prompts
 
@@ -43,7 +43,7 @@ async def disaggregated(prefill_addr, decode_addr, rid, prompt, max_tokens=16, c
                         client: DecodeClient | None = None):
     """Prefill on one worker, decode on the other; ``client``: a shared decode client (one
     Outputs stream for many requests, as one router has), else one of its own."""
-    async with grpc.aio.insecure_channel(prefill_addr) as pch:
+    async with worker_channel(prefill_addr) as pch:
         first = await pb_grpc.WorkerStub(pch).Prefill(pb.PrefillRequest(
             api_version=API_VERSION, request_id=rid, prompt_token_ids=prompt,
             sampling=sampling(max_tokens)))
@@ -63,7 +63,7 @@ async def disaggregated(prefill_addr, decode_addr, rid, prompt, max_tokens=16, c
 
 
 async def stats(addr) -> pb.StatsResponse:
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with worker_channel(addr) as ch:
         return await pb_grpc.WorkerStub(ch).Stats(pb.StatsRequest())
 
 
@@ -185,7 +185,7 @@ def test_unpulled_handle_is_freed_at_lease_expiry(redis_server):
     prefill = WorkerProcess("prefill", MODEL_ARGS, redis_server.url, ["--kv-lease-s", "0.5"])
     try:
         async def main():
-            async with grpc.aio.insecure_channel(prefill.address) as ch:
+            async with worker_channel(prefill.address) as ch:
                 first = await pb_grpc.WorkerStub(ch).Prefill(pb.PrefillRequest(
                     api_version=API_VERSION, request_id="orphan",
                     prompt_token_ids=list(range(5, 60)), sampling=sampling()))
@@ -219,7 +219,7 @@ def test_killed_prefill_worker_gives_clear_errors(redis_server, workers):
     prompt = list(range(5, 70))
 
     async def main():
-        async with grpc.aio.insecure_channel(prefill.address) as ch:
+        async with worker_channel(prefill.address) as ch:
             first = await pb_grpc.WorkerStub(ch).Prefill(pb.PrefillRequest(
                 api_version=API_VERSION, request_id="k1", prompt_token_ids=prompt,
                 sampling=sampling()))
@@ -234,7 +234,7 @@ def test_killed_prefill_worker_gives_clear_errors(redis_server, workers):
         assert "unreachable" in chunks[-1].error or "failed" in chunks[-1].error
         assert time.time() - started < 15
         # A call to the dead worker fails fast with UNAVAILABLE instead of hanging.
-        async with grpc.aio.insecure_channel(prefill.address) as ch:
+        async with worker_channel(prefill.address) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await pb_grpc.WorkerStub(ch).Prefill(pb.PrefillRequest(
                     api_version=API_VERSION, request_id="k2", prompt_token_ids=prompt,
@@ -250,7 +250,7 @@ def test_bad_requests_get_clear_status(workers):
     prefill, decode = workers
 
     async def main():
-        async with grpc.aio.insecure_channel(prefill.address) as ch:
+        async with worker_channel(prefill.address) as ch:
             stub = pb_grpc.WorkerStub(ch)
             cases = [
                 (pb.PrefillRequest(api_version=99, request_id="v", prompt_token_ids=[5],
@@ -305,7 +305,7 @@ def test_client_cancel_reaches_prefill_before_handoff(redis_server, demo_model_d
                                         "--max-num-batched-tokens", "64"], redis_server.url)
     try:
         async def main():
-            async with grpc.aio.insecure_channel(prefill.address) as ch:
+            async with worker_channel(prefill.address) as ch:
                 stub = pb_grpc.WorkerStub(ch)
                 call = stub.Prefill(pb.PrefillRequest(
                     api_version=API_VERSION, request_id="cancel-me",

@@ -7,7 +7,8 @@ from engine import LLM, SamplingParams
 from tests.helpers import engine_prompt_logits, random_prompts
 from tests.hf_reference import hf_greedy, hf_logits, hf_model_like
 
-FAMILIES = ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-llama-tp"]
+FAMILIES = ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-llama-tp",
+            "tiny-qwen3-moe", "tiny-qwen2-moe"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -8,6 +8,10 @@ A step's tokens come flattened: ``T`` tokens from ``B`` sequences, sequence ``b`
 ``query_start_loc[b]:query_start_loc[b+1]`` at the *end* of its context of ``seq_lens[b]``
 tokens. This path gathers each sequence's pages and calls SDPA; the fast GPU kernels are
 chosen in the GPU issue and must match it.
+
+An FP8 cache (``layers/kv_quant.py``) is quantized on write and dequantized where pages are
+read; a sequence whose whole context is new this step attends to its K/V rounded through FP8,
+the values any later read of the cache gives.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from engine.model.layers import kv_quant
 from engine.runner.host_copy import to_device
 
 
@@ -68,18 +73,27 @@ def write_kv(
     v: torch.Tensor,
     slot_mapping: torch.Tensor,
     block_size: int,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
-    """Store the new tokens' K and V ([T, kv_heads, head_dim]) at their slots."""
+    """Store the new tokens' K and V ([T, kv_heads, head_dim]) at their slots (an FP8 cache:
+    quantized with the layer's scales)."""
     block_ids = torch.div(slot_mapping, block_size, rounding_mode="floor")
     offsets = slot_mapping % block_size
+    if kv_quant.is_fp8(k_cache):
+        k, v = kv_quant.quantize(k, k_scale), kv_quant.quantize(v, v_scale)
     # Advanced indices split by a slice put the index dims first: the target is [T, H, D].
     k_cache[block_ids, :, offsets, :] = k
     v_cache[block_ids, :, offsets, :] = v
 
 
-def gather_kv(cache: torch.Tensor, index: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """A sequence's cached K or V as [kv_heads, seq_len, head_dim]; ``index``: its blocks."""
+def gather_kv(cache: torch.Tensor, index: torch.Tensor, seq_len: int, scale: float = 1.0,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A sequence's cached K or V as [kv_heads, seq_len, head_dim]; ``index``: its blocks.
+    From an FP8 cache: dequantized to ``dtype`` with ``scale``."""
     pages = cache.index_select(0, index)  # [nb, H, bs, D]
+    if kv_quant.is_fp8(cache):
+        pages = kv_quant.dequantize(pages, scale, dtype)
     num_heads, head_dim = pages.shape[1], pages.shape[3]
     return pages.transpose(0, 1).reshape(num_heads, -1, head_dim)[:, :seq_len]
 
@@ -92,21 +106,27 @@ def paged_attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal attention of q ([T, heads, head_dim]) over each sequence's cached context.
 
     ``k``/``v`` are this step's new keys and values (already written to the cache): a
     sequence whose whole context is new this step attends to them directly, without
-    gathering pages.
+    gathering pages. ``k_scale``/``v_scale``: the FP8 cache's scales (unused otherwise).
     """
+    scales = (k_scale, v_scale)
     if meta.block_table_tensor is not None and meta.decode_seqs is None:  # decode-only step
-        return _decode_attention(q, k_cache, v_cache, meta, scale)
+        return _decode_attention(q, k_cache, v_cache, meta, scale, scales)
     out = torch.empty_like(q)
     batched = frozenset()
     if meta.decode_seqs is not None:  # the decoding sequences of a mixed step, in one call
         rows = meta.decode_rows
-        out[rows] = _decode_attention(q.index_select(0, rows), k_cache, v_cache, meta, scale)
+        out[rows] = _decode_attention(q.index_select(0, rows), k_cache, v_cache, meta, scale,
+                                      scales)
         batched = meta.decode_seqs
+    if kv_quant.is_fp8(k_cache):
+        k, v = kv_quant.round_trip(k, k_scale), kv_quant.round_trip(v, v_scale)
     loc = meta.query_start_loc
     for b in range(meta.num_seqs):
         if b in batched:
@@ -119,8 +139,8 @@ def paged_attention(
             vb = v[start:end].transpose(0, 1).unsqueeze(0)
         else:
             blocks = meta.block_index(b, k_cache.device)
-            kb = gather_kv(k_cache, blocks, seq_len).unsqueeze(0)
-            vb = gather_kv(v_cache, blocks, seq_len).unsqueeze(0)
+            kb = gather_kv(k_cache, blocks, seq_len, k_scale, q.dtype).unsqueeze(0)
+            vb = gather_kv(v_cache, blocks, seq_len, v_scale, q.dtype).unsqueeze(0)
         qb = q[start:end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
         gqa = kb.shape[1] != qb.shape[1]
         if num_query == 1:
@@ -143,14 +163,16 @@ def paged_attention(
 
 
 def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                      meta: AttentionMetadata, scale: float,
+                      kv_scales: tuple[float, float]) -> torch.Tensor:
     """One query token per sequence of ``meta.block_table_tensor``: q is [D, heads, dim]."""
     if q.is_cuda:
         from engine.kernels.decode_attention import paged_decode_attention
 
         return paged_decode_attention(q, k_cache, v_cache, meta.block_table_tensor,
-                                      meta.seq_lens_tensor, scale, meta.decode_splits)
-    return _batched_decode_attention(q, k_cache, v_cache, meta, scale)
+                                      meta.seq_lens_tensor, scale, meta.decode_splits,
+                                      *kv_scales)
+    return _batched_decode_attention(q, k_cache, v_cache, meta, scale, kv_scales)
 
 
 def _batched_decode_attention(
@@ -159,6 +181,7 @@ def _batched_decode_attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    kv_scales: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
     """One query token per sequence: gather padded pages for all sequences, mask the padding."""
     tables = meta.block_table_tensor
@@ -166,11 +189,13 @@ def _batched_decode_attention(
     _, num_kv_heads, block_size, head_dim = k_cache.shape
     max_len = max_blocks * block_size
 
-    def gather(cache: torch.Tensor) -> torch.Tensor:  # -> [B, H, max_len, D]
+    def gather(cache: torch.Tensor, kv_scale: float) -> torch.Tensor:  # -> [B, H, max_len, D]
         pages = cache[tables]  # [B, nb, H, bs, D]
+        if kv_quant.is_fp8(cache):
+            pages = kv_quant.dequantize(pages, kv_scale, q.dtype)
         return pages.transpose(1, 2).reshape(num_seqs, num_kv_heads, max_len, head_dim)
 
-    k, v = gather(k_cache), gather(v_cache)
+    k, v = gather(k_cache, kv_scales[0]), gather(v_cache, kv_scales[1])
     positions = torch.arange(max_len, device=q.device)
     mask = (positions[None, :] < meta.seq_lens_tensor[:, None])[:, None, None, :]  # [B,1,1,L]
     o = F.scaled_dot_product_attention(

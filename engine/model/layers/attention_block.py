@@ -41,6 +41,9 @@ class AttentionBlock(nn.Module):
         self.fused_rope_kv = False  # CUDA: rotation and KV write in one kernel (use_fused_kernels)
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
+        # An FP8 cache's per-layer scales (layers/kv_quant.py): 1.0 unless the checkpoint
+        # has ``self_attn.k_scale`` / ``v_scale`` (loaders/weights.py sets them).
+        self.k_scale = self.v_scale = 1.0
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
@@ -61,11 +64,14 @@ class AttentionBlock(nn.Module):
             from engine.kernels.rope_kv import rope_and_write_kv
 
             rope_and_write_kv(q, k, v, positions, self.rope.cos_table, self.rope.sin_table,
-                              self.k_cache, self.v_cache, meta.slot_mapping, meta.block_size)
+                              self.k_cache, self.v_cache, meta.slot_mapping, meta.block_size,
+                              self.k_scale, self.v_scale)
         else:
             q, k = self.rope(positions, q, k)
-            write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping, meta.block_size)
-        o = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+            write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping, meta.block_size,
+                     self.k_scale, self.v_scale)
+        o = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale,
+                            self.k_scale, self.v_scale)
         return self.o_proj(o.reshape(num_tokens, self.num_heads * self.head_dim))
 
     def fuse_projections(self) -> None:

@@ -5,12 +5,13 @@ they are loaded, and computes ``x @ W.T (+ b)`` (vLLM's quant_method, reduced to
 uses). ``UnquantizedLinearMethod`` is the one implementation: a half- or full-precision weight
 ``[out_features, in_features]`` under transformers' parameter names, so checkpoints load as is.
 
-FP8 plugs in here next, as a second ``LinearMethod``: ``create_weights`` registers the fp8
-weight and its scales (their checkpoint names, so ``load_state`` fills them), and
-``process_weights_after_loading`` repacks them for the kernel that ``apply`` calls. The family
-passes the method to each ``Linear`` it builds. Two places outside this file handle the
-unquantized tensors directly and would need the new ones too: ``concat_linears`` below (fused
-q/k/v and gate/up) and ``engine.model.tensor_parallel._shard``.
+FP8 is the second method (``fp8_linear.py``): ``create_weights`` registers the fp8 weight and
+its scales (their checkpoint names, so ``load_state`` fills them), and
+``process_weights_after_loading`` repacks them for the kernel that ``apply`` calls. The loaders
+swap it in by module name while the model is on the meta device
+(``loaders/quant_config.py``), so families build plain ``Linear``s. A method with scales
+stacks its own parts for ``concat_linears`` (its ``concat``); ``tensor_parallel._shard`` sees
+only unquantized tensors (FP8 layers are dequantized on CPU, where TP runs in the tests).
 """
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ class Linear(nn.Module):
 def concat_linears(parts: list[Linear]) -> Linear:
     """One linear whose output is the parts' outputs side by side (one GEMM instead of several).
 
-    Concatenates the unquantized tensors: a method with scales must say how its own combine.
+    Concatenates the unquantized tensors: a method with scales says how its own combine.
     """
+    if hasattr(parts[0].method, "concat"):
+        return parts[0].method.concat(parts)
     has_bias = parts[0].bias is not None
     with torch.no_grad():
         weight = torch.cat([p.weight for p in parts])

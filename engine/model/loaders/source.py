@@ -68,18 +68,39 @@ def load_weights(
     device: torch.device,
     max_positions: int,
     seed: int = 0,
+    quantization: str = "none",
 ) -> CausalLM:
+    """``quantization='fp8'``: quantize a full-precision checkpoint's linears (not the LM head)
+    to FP8 after loading; an FP8 checkpoint (quant_config.py) loads as FP8 whatever it says."""
     from engine.model.layers.linear import process_weights_after_loading
+    from engine.model.loaders.expert_stacking import stack_experts
     from engine.model.loaders.weights import empty_model, init_random, iter_safetensors, load_state
 
-    model = empty_model(config, dtype, device, max_positions)
+    scheme = None
     if source.kind == "hf_dir":
-        load_state(model, iter_safetensors(Path(source.location)))
+        from engine.model.loaders.quant_config import read_fp8_scheme
+
+        scheme = read_fp8_scheme(source.location)
+    elif source.kind == "random":
+        from engine.model.named_shapes import named_quantization
+
+        if named_quantization(source.location) == "fp8":
+            quantization = "fp8"
+    model = empty_model(config, dtype, device, max_positions, scheme)
+    if source.kind == "hf_dir":
+        load_state(model, stack_experts(iter_safetensors(Path(source.location)), config))
     elif source.kind == "gguf":
         from engine.model.loaders.gguf_file import GGUFModel
 
         load_state(model, GGUFModel(source.location).tensors())
     else:
         init_random(model, seed)
+    if quantization == "fp8" and scheme is None:
+        from engine.model.layers.fp8_linear import quantize_online
+        from engine.model.layers.linear import Linear
+
+        for name, module in model.named_modules():
+            if isinstance(module, Linear) and name != "lm_head":
+                quantize_online(module)
     process_weights_after_loading(model)
     return model.eval()

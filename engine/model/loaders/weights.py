@@ -13,14 +13,21 @@ from engine.model.registry import CausalLM, model_class
 
 
 def empty_model(
-    config: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int
+    config: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int,
+    fp8_scheme=None,
 ) -> CausalLM:
-    """Allocate the model uninitialised on ``device`` (no wasted init of large weights)."""
+    """Allocate the model uninitialised on ``device`` (no wasted init of large weights);
+    ``fp8_scheme`` (loaders/quant_config.py): the linears an FP8 checkpoint stores as FP8."""
     cls = model_class(config)
     with torch.device("meta"):
         model = cls(config, max_positions)
     # Cast on meta first (free), so the weights are allocated once, already in dtype.
-    model = model.to(dtype).to_empty(device=device)
+    model = model.to(dtype)
+    if fp8_scheme is not None:  # after the cast: FP8 weights and fp32 scales keep their dtypes
+        from engine.model.loaders.quant_config import apply_fp8_scheme
+
+        apply_fp8_scheme(model, fp8_scheme)
+    model = model.to_empty(device=device)
     if config.tie_word_embeddings:  # to_empty() unties shared parameters
         model.lm_head.weight = model.model.embed_tokens.weight
     # The RoPE table is data, not a weight: recompute it in float32 on the device.
@@ -29,6 +36,9 @@ def empty_model(
     for layer in model.model.layers:
         layer.self_attn.rope = fresh
     return model
+
+
+_KV_SCALE_SUFFIXES = (".self_attn.k_scale", ".self_attn.v_scale")
 
 
 def load_state(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -43,8 +53,14 @@ def load_state(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> 
         if name not in params:
             if name.endswith("rotary_emb.inv_freq"):
                 continue
+            if name.endswith(_KV_SCALE_SUFFIXES):  # an FP8 KV cache's scales (kv_quant.py)
+                module, attr = name.rsplit(".", 1)
+                setattr(model.get_submodule(module), attr, float(tensor.float().item()))
+                continue
             raise ValueError(f"checkpoint tensor {name!r} has no place in the model")
         target = params[name]
+        if name.endswith(".weight_scale") and tensor.numel() == target.numel():
+            tensor = tensor.reshape(target.shape)  # per-tensor scales come as () or (1,)
         if tuple(tensor.shape) != tuple(target.shape):
             raise ValueError(
                 f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, "

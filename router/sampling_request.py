@@ -1,0 +1,40 @@
+"""A request's sampling parameters and output budget, from an API body (the OpenAI routes and
+the Anthropic one share it)."""
+
+from __future__ import annotations
+
+from common.sampling_params import SamplingParams
+from router.errors import bad_request, unavailable
+
+
+def context_limit(state) -> int:
+    limit = state.max_model_len()
+    if limit is None:
+        raise unavailable("no decode worker is available", retry_after_s=2)
+    return limit
+
+
+def sampling(body, state, prompt_len: int, max_tokens: int | None, logprobs: int | None,
+             **extra) -> SamplingParams:
+    limit = context_limit(state)
+    if max_tokens is None:  # the rest of the context, capped by --max-tokens-default
+        max_tokens = limit - prompt_len
+        if state.config.max_tokens_default > 0:
+            max_tokens = min(max_tokens, state.config.max_tokens_default)
+    if prompt_len + max_tokens > limit or max_tokens < 1:
+        raise bad_request(
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
+            f"completion). Please reduce the length of the prompt or completion.",
+            param="max_tokens", code="context_length_exceeded")
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=body.top_k or 0, seed=body.seed, stop=tuple(body.stop_list()),
+            ignore_eos=body.ignore_eos,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0, logprobs=logprobs, **extra)
+    except ValueError as e:
+        raise bad_request(str(e)) from None
