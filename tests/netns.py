@@ -58,10 +58,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
     """A random 10.x.y.0/24 that no interface here uses (parallel runs pick different ones)."""
     used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
     for _ in range(100):
-        net = ipaddress.IPv4Network(f"10.{secrets.randbelow(200) + 50}."
-                                    f"{secrets.randbelow(254) + 1}.0/24")
-        if f" {net.network_address}"[:-1] not in used:
-            return net
+        prefix = f"10.{secrets.randbelow(200) + 50}.{secrets.randbelow(254) + 1}"
+        if f" {prefix}." not in used:  # `ip -o addr` lists "inet 10.x.y.z/24"
+            return ipaddress.IPv4Network(f"{prefix}.0/24")
     raise RuntimeError("no free private /24 found")
 
 
