@@ -5,14 +5,13 @@ NIXL), compared with one engine on the same weights."""
 import asyncio
 import json
 
-import grpc
 import pytest
 
 from common.sampling_params import SamplingParams
 from common.structured_output import StructuredOutput
 from engine import LLM
 from proto import pb, pb_grpc
-from tests.cluster_helpers import RouterProcess, WorkerProcess
+from tests.cluster_helpers import RouterProcess, WorkerProcess, worker_channel
 from tests.structured_schemas import SCHEMAS
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
@@ -49,7 +48,7 @@ def reference(demo_model_dir):
 
 def stats(address: str) -> pb.StatsResponse:
     async def call():
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with worker_channel(address) as ch:
             return await pb_grpc.WorkerStub(ch).Stats(pb.StatsRequest())
     return asyncio.run(call())
 
