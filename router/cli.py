@@ -60,9 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output cap when a request omits max_tokens (then: the smaller of "
                              "this and the rest of the context); 0: the rest of the context")
     parser.add_argument("--lenient", action="store_true",
-                        help="ignore request fields pdserve does not implement ("
-                             "response_format, logit_bias, unknown fields...) with a warning, "
-                             "instead of refusing them with 400")
+                        help="ignore request fields pdserve does not implement (unknown "
+                             "fields, store: true, audio modalities...) with a warning, instead "
+                             "of refusing them with 400")
     parser.add_argument("--chat-template", default=None,
                         help="a Jinja chat template file used instead of the model's own (e.g. "
                              "one that renders tools)")
