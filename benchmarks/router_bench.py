@@ -41,6 +41,7 @@ from benchmarks.router_workload import (
     usage_of,
 )
 from benchmarks.serving_metrics import percentile
+from common import defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_PATH = "/v1/chat/completions"
@@ -95,7 +96,7 @@ def measure_window(router_pid: int, mock_pids: list[int], redis_pid: int | None,
 
 
 def measure_run(tree: Path, procs: int, redis: stack.RedisProcess, args, run_id: int) -> dict:
-    prefix = f"rbench{os.getpid()}r{run_id}:"
+    prefix = f"{defaults.REDIS_KEY_PREFIX}rbench{os.getpid()}r{run_id}:"  # inside the ACL's keys
     spawned: list = []
     try:
         p_mock, p_addr = stack.start_mock(tree, redis.url, prefix, 1, 0, args.others_cpus)
