@@ -109,7 +109,7 @@ def measure_run(tree: Path, procs: int, redis: stack.RedisProcess, args, run_id:
                    "--local-prefill-threshold", "0"])
         spawned.append(router)
         router.start()
-        bodies = chat_bodies(args.model)
+        bodies = chat_bodies(args.model, count=args.bodies)
         usage = probe_usage(router.port, bodies[0])
         tokens = usage.get("completion_tokens", OUTPUT_TOKENS)
         direct = stack.direct_latencies(tree, p_addr["prefill"], d_addr["decode"],
@@ -209,6 +209,9 @@ def parse_args(argv=None):
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2],
                    help="router process counts to measure (>1 needs the tree's --workers)")
     p.add_argument("--model", default="demo", help="router --model (tokenizer, chat template)")
+    p.add_argument("--bodies", type=int, default=8192,
+                   help="distinct request bodies, cycled (enough that a window rarely repeats "
+                        "one: only the 16 system prompts recur, as in real traffic)")
     p.add_argument("--serial-requests", type=int, default=500,
                    help="requests in the 1-client window")
     p.add_argument("--serial-max-s", type=float, default=30.0,
