@@ -1,8 +1,10 @@
 """The served model as the router sees it: its names, vocabulary size and tokenizer (no
 weights, no torch). Tokenizing a long text takes seconds (~0.5 s per million characters here),
-so texts longer than ``OFF_LOOP_CHARS`` are rendered and tokenized in a thread, with the
-tokenizer's GIL-releasing batch call, and texts that cannot fit the context are refused by
-length first (``router/prompt_bound.py``)."""
+so a prompt with more than ``OFF_LOOP_CHARS`` characters to encode is tokenized in a thread,
+with the tokenizer's GIL-releasing batch call, and texts that cannot fit the context are refused
+by length first (``router/prompt_bound.py``). Chat prompts are encoded piece by piece between
+special tokens, the pieces seen before (system prompts) from a cache
+(``router/prompt_tokens.py``), so only what is new counts toward that bound."""
 
 from __future__ import annotations
 
