@@ -153,7 +153,17 @@ def run_engine(args, prompts, warm) -> dict:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = env_gpu
-    result = out.get(timeout=args.ready_timeout + 600)
+    import queue
+
+    deadline = time.monotonic() + args.ready_timeout + 600
+    while True:  # a child that dies without answering (CUDA OOM, a kill) fails the run now
+        try:
+            result = out.get(timeout=5)
+            break
+        except queue.Empty:
+            if not child.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the offline engine exited ({child.exitcode}) without "
+                                   f"results") from None
     child.join(timeout=60)
     if isinstance(result, Exception):
         raise result
