@@ -240,8 +240,9 @@ def bench_gpu(args) -> dict:
     print(f"batch-64 / batch-1 step: ours {ours_ratio:.2f}, "
           f"at the roofline {b64['roofline_step_ms'] / b1['roofline_step_ms']:.2f} "
           f"(64 x {ctx}+ tokens of KV read each step besides the weights)")
-    if "fp8" in out:
-        print(f"FP8 weights + FP8 KV, batch-64 / batch-1 step: {out['fp8']['batch64_over_batch1']:.2f}")
+    for path, r in out.get("fp8", {}).items():
+        print(f"FP8 weights + FP8 KV ({path}), batch-64 / batch-1 step: "
+              f"{r['batch64_over_batch1']:.2f}")
     return {"model": args.model, "dtype": "bfloat16", "gen_tokens": args.gen, **out,
             "table": table}
 
@@ -258,6 +259,9 @@ def main() -> None:
     parser.add_argument("--no-fp8", action="store_true",
                         help="GPU: skip the FP8 rows (FP8 weights and KV, engine_bench_fp8.py)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
+    from benchmarks.engine_bench_fp8 import add_paths_flag
+
+    add_paths_flag(parser)
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args.model = args.model or ("random:llama-3.1-8b" if args.gpu else "demo")

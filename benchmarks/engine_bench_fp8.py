@@ -5,13 +5,26 @@ per-channel, quantized at load) and an FP8 KV cache, against FP8 ceilings measur
   weight, the bf16 LM head 2) plus the FP8 KV read, over the HBM copy rate;
 - batch-64 decode at 1k context, and its ratio to batch 1 (target ≤ 1.3);
 - prefill of 4k tokens vs the FP8 GEMM rate (``torch._scaled_mm``, 8192³, row-wise scales).
+
+Each row twice, same GPU, same run (``--fp8-paths``): ``kernels`` (the FP8 GEMV at batch 1,
+one-kernel activation quantization before ``_scaled_mm``) and ``torch`` (what came before:
+torch ops quantize every linear's activations, ``_scaled_mm`` on 16 padded rows at batch 1).
+
+    python -m benchmarks.engine_bench_fp8 [--fp8-paths kernels,torch] [--out ...]   # FP8 only
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
+from pathlib import Path
+
 import torch
 
-from benchmarks.report import median_time
+from benchmarks.report import machine_info, median_time, print_table, save_json
+from engine.model.layers import fp8_linear
+
+PATHS = {"kernels": True, "torch": False}  # fp8_linear.TRITON_KERNELS while the engine loads
 
 
 def fp8_gemm_flops(device: torch.device, sync) -> float:
@@ -29,10 +42,24 @@ def fp8_gemm_flops(device: torch.device, sync) -> float:
 
 
 def bench_fp8(args, ceilings: dict, ours_generate, random_prompts, sync) -> dict:
+    """One FP8 engine per path of ``args.fp8_paths``, one after the other."""
+    ceilings["fp8_gemm_flops"] = fp8_gemm_flops(torch.device("cuda"), sync)
+    out = {}
+    for path in args.fp8_paths.split(","):
+        fp8_linear.TRITON_KERNELS = PATHS[path]
+        try:
+            out[path] = bench_fp8_path(args, ceilings, ours_generate, random_prompts, sync)
+        finally:
+            fp8_linear.TRITON_KERNELS = True
+        gc.collect()
+        torch.cuda.empty_cache()
+    return out
+
+
+def bench_fp8_path(args, ceilings: dict, ours_generate, random_prompts, sync) -> dict:
     from engine import EngineConfig, LLMEngine, SamplingParams
 
     device = torch.device("cuda")
-    ceilings["fp8_gemm_flops"] = fp8_gemm_flops(device, sync)
     engine = LLMEngine(EngineConfig(model=args.model + "-fp8", device="cuda", dtype="bfloat16",
                                     kv_cache_dtype="fp8",
                                     kv_cache_memory_bytes=int(args.kv_gib * 2**30),
@@ -75,15 +102,56 @@ def bench_fp8(args, ceilings: dict, ours_generate, random_prompts, sync) -> dict
 
 
 def fp8_rows(fp8: dict, ceilings: dict) -> list[list]:
+    """Table rows (engine_bench's columns), each path's beside the others'."""
     rows = []
-    for key, r in fp8["decode"].items():
-        ms = r["ours"]["decode_step_ms"]
-        rows.append([f"FP8 decode {key} step ms", ms, "-", "-", r["roofline_step_ms"],
-                     r["roofline_step_ms"] / ms])
-    for key, r in fp8["prefill"].items():
-        rows.append([f"FP8 prefill {key} ms", 1e3 * r["ours_s"], "-", "-",
-                     1e3 * r["model_flops"] / ceilings["fp8_gemm_flops"],
-                     r["ours_fp8_gemm_fraction"]])
-    b1, b64 = fp8["decode"]["batch1"], fp8["decode"]["batch64"]
-    fp8["batch64_over_batch1"] = b64["ours"]["decode_step_ms"] / b1["ours"]["decode_step_ms"]
+    for path, r in fp8.items():
+        for key, d in r["decode"].items():
+            ms = d["ours"]["decode_step_ms"]
+            rows.append([f"FP8 decode {key} step ms ({path})", ms, "-", "-",
+                         d["roofline_step_ms"], d["roofline_step_ms"] / ms])
+        for key, p in r["prefill"].items():
+            rows.append([f"FP8 prefill {key} ms ({path})", 1e3 * p["ours_s"], "-", "-",
+                         1e3 * p["model_flops"] / ceilings["fp8_gemm_flops"],
+                         p["ours_fp8_gemm_fraction"]])
+        b1, b64 = r["decode"]["batch1"], r["decode"]["batch64"]
+        r["batch64_over_batch1"] = b64["ours"]["decode_step_ms"] / b1["ours"]["decode_step_ms"]
     return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="random:llama-3.1-8b",
+                        help="the bf16 shape; its -fp8 variant is benchmarked")
+    parser.add_argument("--gen", type=int, default=32, help="tokens generated per request")
+    parser.add_argument("--kv-gib", type=float, default=20.0, help="GPU KV budget")
+    add_paths_flag(parser)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine_gpu_fp8.json"),
+                        help="JSON output path")
+    args = parser.parse_args()
+    from benchmarks.engine_bench import measure_ceilings, ours_generate, random_prompts, sync
+
+    ceilings = measure_ceilings(torch.device("cuda"))
+    fp8 = bench_fp8(args, ceilings, ours_generate, random_prompts, sync)
+    rows = fp8_rows(fp8, ceilings)
+    print(f"ceilings: HBM copy {ceilings['hbm_copy_bytes_per_s'] / 1e9:.0f} GB/s, "
+          f"FP8 GEMM {ceilings['fp8_gemm_flops'] / 1e12:.0f} TFLOP/s")
+    table = print_table(["metric", "pdserve", "ceiling", "ours vs ceiling"],
+                        [[r[0], r[1], r[4], r[5]] for r in rows])
+    for path, r in fp8.items():
+        print(f"FP8 weights + FP8 KV ({path}), batch-64 / batch-1 step: "
+              f"{r['batch64_over_batch1']:.2f}")
+    save_json(args.out, {"model": args.model + "-fp8", "dtype": "bfloat16", "gen_tokens": args.gen,
+                         "ceilings": ceilings, "fp8": fp8, "table": table,
+                         "machine": machine_info()})
+
+
+def add_paths_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fp8-paths", default="kernels,torch",
+                        help="FP8 linear paths to run, comma-separated: kernels (Triton FP8 "
+                             "GEMV + fused quantization), torch (torch-op quantization, "
+                             "_scaled_mm at every batch size)")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,7 @@ from benchmarks import compare, workloads
 from benchmarks.load_driver import DriveSpec, drive
 from benchmarks.report import machine_info, print_table, save_json
 from benchmarks.serving_metrics import aggregate
+from benchmarks.worker_counters import pull_delta, secret_file, worker_stats
 from deploy.local_cluster import ClusterSpec, LocalCluster
 from deploy.redis_server import free_port
 
@@ -60,7 +61,7 @@ def running_cluster(args, label: str, prefill: int, decode: int, decode_tp: int 
                        router_port=free_port(), policy=policy,
                        log_dir=args.out_dir / "logs" / label, worker_args=worker_args,
                        prefill_args=prefill_args, router_args=tuple(args.router_arg),
-                       gpus=args.gpu_ids)
+                       gpus=args.gpu_ids, secret_file=secret_file())
     cluster = LocalCluster(spec, log=lambda *a: None)
     started = time.perf_counter()
     try:
@@ -140,36 +141,6 @@ def token_agreement(got: list[list[int]], want: list[list[int]]) -> dict:
     return {"prompts": len(want), "identical_sequences": same_seq,
             "tokens_before_first_difference": sum(matched),
             "tokens": sum(len(w) for w in want), "first_difference_at": first_diff}
-
-
-# -- worker counters ---------------------------------------------------------------------------
-def worker_stats(url: str, role: str) -> list[dict]:
-    import grpc
-
-    from proto import pb, pb_grpc
-
-    view = httpx.get(f"{url.removesuffix('/v1')}/v1/cluster", timeout=10).json()
-    stats = []
-    for w in view["workers"]:
-        if w["role"] != role:
-            continue
-        with grpc.insecure_channel(w["address"]) as channel:
-            s = pb_grpc.WorkerStub(channel).Stats(pb.StatsRequest(), timeout=10)
-        stats.append({"worker_id": w["worker_id"], "pulls_ok": s.pulls_ok,
-                      "pulls_failed": s.pulls_failed, "bytes_pulled": s.bytes_pulled,
-                      "seconds_pulling": s.seconds_pulling,
-                      "prefix_hit_tokens": s.prefix_hit_tokens,
-                      "prefix_query_tokens": s.prefix_query_tokens})
-    return stats
-
-
-def pull_delta(before: list[dict], after: list[dict]) -> dict:
-    keys = ("pulls_ok", "pulls_failed", "bytes_pulled", "seconds_pulling")
-    d = {k: sum(a[k] for a in after) - sum(b[k] for b in before) for k in keys}
-    d["bytes_per_s"] = d["bytes_pulled"] / d["seconds_pulling"] if d["seconds_pulling"] else 0.0
-    d["mean_bytes_per_pull"] = d["bytes_pulled"] / d["pulls_ok"] if d["pulls_ok"] else 0.0
-    d["mean_seconds_per_pull"] = (d["seconds_pulling"] / d["pulls_ok"]) if d["pulls_ok"] else 0.0
-    return d
 
 
 def run_load(url: str, model: str, workload, rate: float, duration_s: float | None,

@@ -13,6 +13,9 @@ descriptors (what the link can do), and a memcpy of the same bytes (CPU: in-proc
 GPU: a device-to-device copy from the owner's GPU).
 
     python -m benchmarks.kv_transfer_bench [--device cpu|cuda] [--out FILE]
+
+Between simulated hosts (network namespaces, UCX over TCP, with added delay) beside this
+same-host figure: ``benchmarks/kv_transfer_hosts.py``.
 """
 
 from __future__ import annotations

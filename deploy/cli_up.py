@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", default=None,
                         help="use this Redis (default: a private redis-server if installed, "
                              "else an embedded one)")
+    parser.add_argument("--redis-host", default="127.0.0.1",
+                        help="bind the private Redis here and hand out this address: an "
+                             "address of this host that others reach, so workers on other "
+                             "hosts can join (pdserve prefill|decode --redis URL); Redis has no "
+                             "password here, so only on a trusted network")
     parser.add_argument("--redis-prefix", default=defaults.REDIS_KEY_PREFIX,
                         help="key prefix of this cluster")
     parser.add_argument("--policy", default="kv_aware",
@@ -122,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     spec = ClusterSpec(model=args.model, prefill=args.prefill, decode=args.decode,
                        decode_tp=args.decode_tp, decode_ep=args.decode_ep,
                        router_host=args.host, router_port=args.port,
-                       redis_url=args.redis, redis_prefix=args.redis_prefix, policy=args.policy,
+                       redis_url=args.redis, redis_host=args.redis_host,
+                       redis_prefix=args.redis_prefix, policy=args.policy,
                        log_dir=log_root(args), worker_args=tuple(worker_args),
                        prefill_args=tuple(args.prefill_arg), decode_args=tuple(args.decode_arg),
                        router_args=tuple(args.router_arg) + _parser_flags(args),
@@ -143,8 +149,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         say(f"[pdserve] logs: {cluster.log_dir}/")
         cluster.start_redis()
-        say(f"[pdserve] redis: {cluster.redis_url} ({cluster.redis_kind}); cluster secret: "
-            f"{cluster.secret_file} (internal gRPC and Redis authenticated)")
+        say(f"[pdserve] redis: {cluster.redis_url} ({cluster.redis_kind})")
+        say(f"[pdserve] cluster secret: {cluster.secret_file} (every internal gRPC call and "
+            f"Redis connection authenticates with it)")
         cluster.start_router()
         for _ in range(args.prefill):
             cluster.add_worker("prefill")

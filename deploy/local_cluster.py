@@ -13,6 +13,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +70,7 @@ class ClusterSpec:
     router_host: str = "127.0.0.1"
     router_port: int = 8000
     redis_url: str | None = None
+    redis_host: str = "127.0.0.1"  # the private Redis's bind address (and the one handed out)
     redis_prefix: str = defaults.REDIS_KEY_PREFIX
     policy: str = "kv_aware"
     log_dir: Path = Path("pdserve-logs")
@@ -151,9 +153,14 @@ class LocalCluster:
         if self.spec.redis_url:
             self._check_given_redis()
             return
-        self._redis = LocalRedis(log=self._log_file("redis"), preexec_fn=_die_with_parent,
-                                 secret=self.secret, prefix=self.spec.redis_prefix)
-        self.redis_url, self.redis_kind = self._redis.url, self._redis.kind
+        host = self.spec.redis_host
+        self._redis = LocalRedis(host=host, log=self._log_file("redis"),
+                                 preexec_fn=_die_with_parent, secret=self.secret,
+                                 prefix=self.spec.redis_prefix)
+        # Bound to all interfaces, the URL names this machine as other hosts know it.
+        wildcard = host in ("0.0.0.0", "::")
+        self.redis_url = self._redis.url_for(socket.gethostname() if wildcard else host)
+        self.redis_kind = self._redis.kind
         self._redis.wait()
 
     def _check_given_redis(self) -> None:

@@ -86,7 +86,8 @@ class LocalRedis:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             try:
-                redis.Redis.from_url(self.admin_url()).ping()
+                local = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+                redis.Redis.from_url(self.admin_url(local)).ping()
                 return
             except Exception:
                 time.sleep(0.05)

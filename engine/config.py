@@ -48,6 +48,7 @@ class EngineConfig:
     kv_transfer: str = "none"  # 'none' or 'nixl': hand KV blocks to / pull them from peers
     kv_lease_s: float = defaults.KV_LEASE_S  # how long an owner holds blocks for a receiver that never pulls
     kv_pull_timeout_s: float = defaults.KV_PULL_TIMEOUT_S  # a pull not finished by then fails
+    kv_transfer_host: str | None = None  # the address peers reach this KV agent at; None: local
     engine_id: str | None = None  # unique per engine instance; None: generated
     cuda_graphs: bool = True  # CUDA: replay captured decode steps (batch buckets up to ...)
     max_graph_batch: int = 128  # ... this many sequences; larger decode batches run eagerly

@@ -24,8 +24,8 @@ from engine.overlap import OverlappedDecode
 from engine.pd.remote_kv import RemoteKV, TransferStats
 from engine.request_table import RequestTable
 from engine.runner.model_runner import ModelRunner
-from engine.runner.sampler import SamplingRow
 from engine.step_builder import build_step_input
+from engine.structured.matcher import GrammarCompiler, GrammarMatcher
 from engine.text.tokenizer import Tokenizer
 from kv_transfer.block_hash import BlockHasher
 from kv_transfer.connector import KVConnector
@@ -84,6 +84,8 @@ class LLMEngine:
             self.kv,
         )
         self.requests = RequestTable(self.tokenizer, self.runner.device)
+        self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size,
+                                        self.eos_token_ids)
         self.seqs = self.requests.seqs  # live requests by id (read-only for callers)
         self.emitter = TokenEmitter(self.requests, self.scheduler)
         self.remote: RemoteKV | None = None
@@ -120,16 +122,31 @@ class LLMEngine:
         request_id: str | None = None,
         extra_keys: tuple[str, ...] = (),
         hold_kv: bool = False,
+        num_generated_tokens: int = 0,
     ) -> str:
         """Queue a request. ``hold_kv`` (prefill role): when it stops at ``max_tokens``, keep
-        its prompt KV under a lease and report a handle instead of freeing the blocks."""
+        its prompt KV under a lease and report a handle instead of freeing the blocks.
+        ``num_generated_tokens``: the prompt's last tokens were generated before (a migrated
+        stream); its grammar, if any, replays them."""
         if hold_kv and self.remote is None:
             raise ValueError("hold_kv needs an engine with kv_transfer enabled")
+        if not 0 <= num_generated_tokens < len(prompt_token_ids):
+            raise ValueError("num_generated_tokens must be less than the prompt's length")
         seq = self._new_sequence(prompt_token_ids, params, request_id, extra_keys)
+        replay = prompt_token_ids[len(prompt_token_ids) - num_generated_tokens:]
+        matcher = self._matcher(seq, replay if num_generated_tokens else [])
         seq.hold_kv = hold_kv
         self.scheduler.add(seq)
-        self.requests.track(seq)
+        self.requests.track(seq, matcher)
         return seq.request_id
+
+    def _matcher(self, seq: Sequence, replay: list[int]) -> GrammarMatcher | None:
+        """The grammar state of a constrained request (ValueError: the grammar is refused).
+        Compiled in the engine thread, never on a server's event loop; cached by spec."""
+        structured = seq.sampling_params.structured
+        if structured is None:
+            return None
+        return self.grammars.matcher(structured, replay, seq.request_id)
 
     def add_prefilled_request(
         self,
@@ -156,7 +173,7 @@ class LLMEngine:
         if seq.num_tokens + 1 >= self.max_model_len:
             raise ValueError(f"prompt has {seq.num_tokens} tokens; the context limit is "
                              f"{self.max_model_len}")
-        self.requests.track(seq)
+        self.requests.track(seq, self._matcher(seq, []))  # it replays first_token when sampling
         seq.append_token(first_token, first_logprob)
         self.requests.text(seq.request_id).add_sent_tokens([first_token])
         reason = self.scheduler.check_token_stop(seq)
@@ -228,10 +245,7 @@ class LLMEngine:
         to_sample = self.scheduler.update(batch)
         if not to_sample:
             return deltas
-        rows = [
-            SamplingRow(s.sampling_params, s.output_token_ids, self.requests.generator(s.request_id))
-            for s in to_sample
-        ]
+        rows = [self.requests.sampling_row(s) for s in to_sample]
         tokens, logprobs = self.runner.sample(logits, rows)
         deltas.extend(self.emitter.append(seq, t, lp)
                       for seq, t, lp in zip(to_sample, tokens, logprobs, strict=True))

@@ -16,6 +16,12 @@ whose pending token surely ends them (max_tokens, the context limit) are left ou
 Only plain decode steps overlap. A step that admits or prefills a request, a sequence that needs
 penalties or logprobs (host data), or a cache that cannot give every sequence its next block
 without preempting: the engine drains the pipeline and runs that step synchronously.
+
+A constrained request (a grammar) overlaps too, at a price: its step N+1 mask needs step N's
+token on the host. The forward pass of N+1 is launched first (its input token comes from the
+device as usual), then the host waits for N's tokens, advances the matchers and fills the
+mask while the GPU runs that forward pass, and only then samples N+1. So the host's wait
+moves from after N+1's launch to before its sampling; the GPU stays busy with the forward.
 """
 
 from __future__ import annotations
@@ -111,9 +117,7 @@ class OverlappedDecode:
                     step_input.feed_from.append(row_of[seq.request_id])
         step_input.share_sampled = True
         logits = self.runner.execute(step_input)
-        generator = self.emitter.requests.generator
-        rows = [SamplingRow(s.sampling_params, [], generator(s.request_id)) for s in batch.seqs]
-        tokens = self.runner.sample_tokens(logits, rows)
+        tokens = self.runner.sample_tokens(logits, self._rows(batch.seqs, previous))
         self.runner.publish_sampled(tokens)
         launched = _LaunchedStep(batch.seqs, tokens, *_copy_to_host(tokens))
         deltas = self._process(previous, successor=launched) if previous is not None else []
@@ -125,6 +129,26 @@ class OverlappedDecode:
         self.in_flight = launched
         self.num_steps += 1
         return deltas
+
+    def _rows(self, seqs: list[Sequence], previous: _LaunchedStep | None) -> list[SamplingRow]:
+        requests = self.emitter.requests
+        if not requests.any_constrained or not any(requests.matcher(s.request_id)
+                                                   for s in seqs):
+            return [requests.sampling_row(s, with_history=False) for s in seqs]
+        # A grammar needs step N's tokens: wait for them now (step N+1's forward is queued).
+        last: dict[str, int] = {}
+        if previous is not None:
+            if previous.done is not None:
+                previous.done.synchronize()
+            last = dict(zip((s.request_id for s in previous.seqs),
+                            previous.host_tokens.tolist(), strict=True))
+        rows = []
+        for seq in seqs:
+            out = None
+            if requests.matcher(seq.request_id) is not None and seq.has_pending_token:
+                out = seq.output_token_ids[:-1] + [last[seq.request_id]]
+            rows.append(requests.sampling_row(seq, out, with_history=False))
+        return rows
 
     def drain(self) -> list[RequestDelta]:
         """Wait for the step in flight, if any, and process its tokens."""

@@ -28,18 +28,22 @@ def build_connector(
     compat: KVCompat,
     pull_timeout_s: float,
     control: ControlChannel | None,
+    advertise_host: str | None = None,
 ) -> KVConnector | None:
     """This rank's connector, or None for ``kind == "none"``.
 
-    With ``world > 1`` every rank of the group must call this at the same point: the ranks
-    exchange their sources over ``control`` so rank 0 can advertise all of them in its handles.
+    ``advertise_host`` is where peers reach this rank's agent (None: this machine only); it
+    picks UCX's transport and interface. With ``world > 1`` every rank of the group must call
+    this at the same point: the ranks exchange their sources over ``control`` so rank 0 can
+    advertise all of them in its handles.
     """
     if kind == "none":
         return None
     if kind != "nixl":
         raise ValueError(f"kv_transfer must be 'none' or 'nixl', got {kind!r}")
     assert engine_id, "the engine assigns an id before building runners"
-    settings = NixlSettings.for_device(kv_buffer.device, pull_timeout_s=pull_timeout_s)
+    settings = NixlSettings.for_device(kv_buffer.device, advertise_host,
+                                       pull_timeout_s=pull_timeout_s)
     connector = NixlConnector(engine_id, rank, world, kv_buffer, layout, compat, settings)
     if world == 1:
         return connector

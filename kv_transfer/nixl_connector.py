@@ -10,7 +10,8 @@ prepped path merge them).
 
 Agent metadata travels inside the handle and is loaded once per peer agent. On CPU, UCX is told
 to use shared memory (``UCX_TLS=shm,self``), no error-handling mode and no progress thread
-(which would spin a core), as measured in DESIGN.md §4.
+(which would spin a core), as measured in DESIGN.md §4; a worker that advertises a non-loopback
+address uses TCP on that address's interface instead (``NixlSettings.for_device``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from common.net_address import interface_of, is_loopback
 from kv_transfer.connector import KVConnector, PullResult
 from kv_transfer.handle import KVCompat, KVHandle, SourceRank
 from kv_transfer.layout import RegionLayout, plan_head_slices
@@ -59,10 +61,22 @@ class NixlSettings:
     lease_grace_s: float = 1.0  # owner waits this long past a deadline before reuse
 
     @classmethod
-    def for_device(cls, device: torch.device, **overrides) -> NixlSettings:
+    def for_device(cls, device: torch.device, advertise_host: str | None = None,
+                   **overrides) -> NixlSettings:
+        """Settings for a KV buffer on ``device`` whose agent peers reach at
+        ``advertise_host`` (None or loopback: every peer is on this machine).
+
+        Reachable from other hosts on CPU: UCX over TCP on the interface holding that address
+        (shm cannot cross hosts, nor containers that share a kernel but not /dev/shm, where
+        UCX would still think the peer local). On GPU UCX chooses (NVLink, RDMA, TCP)."""
         if device.type == "cuda":
             return cls(ucx_tls=None, ucx_net_devices=None, **overrides)
-        return cls(**overrides)
+        if advertise_host is None or is_loopback(advertise_host):
+            return cls(**overrides)
+        # An address no local interface holds (NAT, a name for a load balancer): let UCX use
+        # every interface rather than guess.
+        return cls(ucx_tls="tcp,self", ucx_net_devices=interface_of(advertise_host),
+                   **overrides)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError
 
 from common.outputs import TokenLogprob
 from common.sampling_params import SamplingParams
+from common.structured_output import StructuredOutput
 from kv_transfer.handle import IncompatibleKVError, KVCompat, KVHandle, SourceRank
 from proto import pb
 
@@ -20,8 +21,13 @@ def sampling_to_pb(p: SamplingParams) -> pb.SamplingParams:
         stop=list(p.stop), stop_token_ids=list(p.stop_token_ids), ignore_eos=p.ignore_eos,
         include_stop_str_in_output=p.include_stop_str_in_output,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
-        skip_special_tokens=p.skip_special_tokens,
+        skip_special_tokens=p.skip_special_tokens, logit_bias=dict(p.logit_bias),
+        min_tokens=p.min_tokens,
     )
+    if p.structured is not None:
+        msg.structured_kind, msg.structured_spec = p.structured.kind, p.structured.spec
+    if p.repetition_penalty != 1.0:
+        msg.repetition_penalty = p.repetition_penalty
     if p.seed is not None:
         msg.seed = p.seed
     if p.logprobs is not None:
@@ -39,6 +45,11 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
         presence_penalty=msg.presence_penalty, frequency_penalty=msg.frequency_penalty,
         logprobs=msg.logprobs if msg.HasField("logprobs") else None,
         skip_special_tokens=msg.skip_special_tokens,
+        structured=(StructuredOutput(msg.structured_kind, msg.structured_spec)
+                    if msg.structured_kind else None),
+        logit_bias=dict(msg.logit_bias), min_tokens=msg.min_tokens,
+        repetition_penalty=(msg.repetition_penalty if msg.HasField("repetition_penalty")
+                            else 1.0),
     )
 
 

@@ -186,9 +186,11 @@ def create_app(config: RouterConfig) -> FastAPI:
         except BaseException:
             slot.release()
             raise
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        opts = body.stream_options
         return await respond(state, request, job.req, body.model, body.stream, "chat",
-                             include_usage, body.logprobs, slot, job.shaper, job.legacy)
+                             bool(opts and opts.include_usage), body.logprobs, slot, job.shaper,
+                             job.legacy, n=body.n,
+                             continuous_usage=bool(opts and opts.continuous_usage_stats))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request,
@@ -204,9 +206,10 @@ def create_app(config: RouterConfig) -> FastAPI:
         except BaseException:
             slot.release()
             raise
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        opts = body.stream_options
         return await respond(state, request, req, body.model, body.stream, "completion",
-                             include_usage, body.logprobs is not None, slot)
+                             bool(opts and opts.include_usage), body.logprobs is not None, slot,
+                             n=body.n, continuous_usage=bool(opts and opts.continuous_usage_stats))
 
     add_extra_routes(app, state, authorize)
     add_anthropic_routes(app, state, authorize, salt_of)

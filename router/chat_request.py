@@ -119,12 +119,3 @@ def template_kwargs(body: ChatCompletionRequest) -> dict:
         raise bad_request(f"chat_template_kwargs may not set {', '.join(clash)}",
                           param="chat_template_kwargs")
     return kwargs
-
-
-def engine_takes_grammars() -> bool:
-    """Whether the wire to the workers carries a grammar (the engine side of issue 18). Until
-    it does, ``tool_choice`` required / named would not be forced, so they are refused."""
-    from proto import pb
-
-    return any("struct" in name or "grammar" in name
-               for name in pb.SamplingParams.DESCRIPTOR.fields_by_name)

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from router import reasoning
 from router.chat_output import OutputShaper
 from router.chat_request import (
-    engine_takes_grammars,
     template_kwargs,
     template_messages,
     tool_setup,
 )
 from router.dispatcher import GenerateRequest
-from router.errors import APIError, bad_request
+from router.errors import bad_request
 from router.openai_schema import ChatCompletionRequest
 from router.sampling_request import context_limit, sampling
 from router.tool_parsers import PARSERS
@@ -37,11 +36,6 @@ async def prepare_chat(state, body: ChatCompletionRequest, salt: tuple[str, ...]
     model = state.model
     setup = tool_setup(body)
     forced = setup.mode in ("required", "named")
-    param = "function_call" if setup.legacy else "tool_choice"
-    if forced and not engine_takes_grammars():
-        raise APIError(400, f"{param} {setup.mode!r} needs grammar-constrained decoding, which "
-                       f"these workers do not offer yet", param=param,
-                       code="unsupported_parameter")
     if setup.mode == "auto" and model.tool_parser is None:
         raise bad_request("this model's chat template has no tool-call format pdserve can "
                           "read: start the router with --tool-call-parser (and, if need be, "

@@ -28,6 +28,7 @@ from proto import API_VERSION, pb
 from proto.convert import logprob_from_pb, sampling_to_pb
 from router.config import RouterConfig
 from router.decode_outputs import DecodeOutputs, OutputsLost
+from router.dispatch_errors import BadRequestError, NoWorkersError, UpstreamError
 from router.generate_request import GenerateRequest
 from router.index_accuracy import IndexAccuracy
 from router.load_tracker import LoadTracker
@@ -54,16 +55,6 @@ _SUBMIT_TIMEOUT_S = 30.0  # Submit only checks and queues the request: a worker 
 _BACKGROUND: set[asyncio.Task] = set()  # fire-and-forget aborts still running
 
 
-class NoWorkersError(RuntimeError):
-    """No worker can take the request now (HTTP 503)."""
-
-
-class BadRequestError(ValueError):
-    """The workers refused the request as invalid (HTTP 400)."""
-
-
-class UpstreamError(RuntimeError):
-    """Every attempt failed (HTTP 502)."""
 
 
 @dataclass
@@ -97,12 +88,15 @@ class Dispatcher:
         self._rng = random.Random(0)
         self._prompt_total = 0
         self._cached_total = 0
+        self.placements: dict[str, str] = {}  # request id -> its decode worker, while it runs
 
     # -- routing ------------------------------------------------------------------------------
     def plan(self, req: GenerateRequest) -> RoutePlan:
         started = time.perf_counter()
         n = next(self._counter)
         decodes = self.registry.live("decode")
+        pinned = [r for r in decodes if r.worker_id == req.decode_worker_id]
+        decodes = pinned or decodes
         if not decodes:
             raise NoWorkersError("no decode worker is available")
         chosen_decode = choose_decode(self._decode_candidates(decodes), self.config.weights, n)
@@ -129,6 +123,7 @@ class Dispatcher:
         local_reason = local_prefill_reason(prompt_len, cached_here, predicted,
                                             self.config.local_prefill_threshold_tokens,
                                             len(candidates), saturated, self.config.weights)
+        local_reason = "n_choice" if pinned else local_reason
         if local_reason:
             predicted = cached_here
         self.metrics.routing_seconds.observe(time.perf_counter() - started)
@@ -148,7 +143,7 @@ class Dispatcher:
                                on_close=req.on_finish)
         try:
             plan = self.plan(req)
-            record.decode_worker = plan.decode.worker_id
+            record.decode_worker = self.placements[req.request_id] = plan.decode.worker_id
             first = None
             if plan.prefill is not None:
                 first = await self._prefill(req, plan)
@@ -193,6 +188,7 @@ class Dispatcher:
             record.interrupted(ERROR)
             raise
         finally:
+            self.placements.pop(req.request_id, None)
             record.close(self.metrics, self.config.policy)
 
     async def _prefill(self, req: GenerateRequest, plan: RoutePlan) -> pb.PrefillResponse | None:
@@ -304,6 +300,9 @@ class Dispatcher:
                 request.prefill_here.SetInParent()
                 request.prompt_token_ids.extend(req.prompt_token_ids + generated)
                 request.sampling.max_tokens = remaining_tokens
+                # The generated tokens ride in the prompt: a grammar replays them there.
+                request.num_generated_tokens = len(generated)
+                request.sampling.min_tokens = max(req.params.min_tokens - len(generated), 0)
             request.router_id = self.outputs.router_id
             # Until a token comes back, the prefill worker still holds the prompt KV for this
             # attempt; any way out of it before then (a refusal, an error, a dead worker, the

@@ -17,3 +17,6 @@ class GenerateRequest:
     # Called once when the request ends, with its prompt and output token counts (per-key
     # token rate limits charge them there: router/rate_limit.py).
     on_finish: Callable[[int, int], None] | None = None
+    # Pin to this decode worker and prefill there (choices 2..n of one prompt: its KV is
+    # there already, router/choices.py); None: route as usual.
+    decode_worker_id: str | None = None

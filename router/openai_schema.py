@@ -18,12 +18,16 @@ Fields this schema does not declare are kept (``extra="allow"``) so that
 ``router/request_validation.py`` can refuse them by name (400, ``param`` set) or, with the
 router's ``--lenient``, ignore them with a warning. A field sent with a value that asks for
 nothing we do not do is accepted, because common clients send such defaults explicitly: any
-field set to ``null``, and ``response_format: {"type": "text"}``, ``logit_bias: {}``, ``min_tokens: 0``,
-``repetition_penalty: 1``, ``include_stop_str_in_output: false``, ``store: false``,
-``modalities: ["text"]``, ``stop_token_ids: []``, ``best_of: 1``,
-``stream_options.continuous_usage_stats: false``. Tools and the calls in the history are
-declared here and honoured (router/chat_request.py). Everything else unknown is refused; the list lives in
+field set to ``null``, and ``store: false``, ``modalities: ["text"]``, ``stop_token_ids: []``,
+``best_of: 1``. Everything else unknown is refused; the list lives in
 ``request_validation.INERT_VALUES``.
+
+Honoured beyond the basics (issue 18): tools, ``tool_choice``, the legacy ``functions`` /
+``function_call`` and the calls in the history (router/chat_request.py); ``response_format``
+(text, json_object, json_schema; enforced by grammar-constrained decoding,
+router/structured_map.py), ``logit_bias``, ``min_tokens``, ``repetition_penalty``,
+``include_stop_str_in_output``, ``stream_options.continuous_usage_stats`` and ``n`` up to
+``MAX_CHOICES``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT32_LIMIT = 2**32  # exclusive
 GREEDY_TEMPERATURE = 1e-5  # below this, sampling is greedy (see the module docstring)
 SMALLEST_FLOAT32 = struct.unpack("<f", struct.pack("<I", 1))[0]  # 1.4e-45, subnormal
+MAX_CHOICES = 8  # n: choices per request (one prefill, the choices share its KV)
 
 
 def check_unicode(text: str) -> str:
@@ -63,6 +68,21 @@ _STRICT = ConfigDict(extra="allow", allow_inf_nan=False)
 class StreamOptions(BaseModel):
     model_config = _STRICT
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # usage on every chunk (vLLM's extension)
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = _STRICT
+    name: Text = Field(min_length=1, max_length=64)
+    description: Text | None = None
+    schema_: dict | bool = Field(alias="schema")
+    strict: bool | None = None  # enforced either way: the grammar always constrains
+
+
+class ResponseFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 class ContentPart(BaseModel):
@@ -147,7 +167,7 @@ class _Common(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stop: Any = None  # a string or up to 4 strings (validated below)
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -157,13 +177,21 @@ class _Common(BaseModel):
     top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)
     cache_salt: Text | None = None
     ignore_eos: bool = False
+    response_format: ResponseFormat | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> [-100, 100]
+    min_tokens: int | None = Field(default=None, ge=0, lt=UINT32_LIMIT)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    include_stop_str_in_output: bool = False
 
-    @field_validator("n")
+    @field_validator("logit_bias")
     @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
+    def _bias(cls, bias):
+        for key, value in (bias or {}).items():
+            if not (key.isascii() and key.isdigit()) or int(key) >= UINT32_LIMIT:
+                raise ValueError(f"logit_bias keys must be token ids, got {key[:32]!r}")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {value}")
+        return bias
 
     @field_validator("temperature")
     @classmethod

@@ -19,17 +19,12 @@ _NOTHING = object()  # "any value is inert" marker
 # Fields we do not implement, each with the values that ask for nothing we do not do (sent
 # explicitly by common clients); null is always inert. See router/openai_schema.py.
 INERT_VALUES: dict[str, tuple] = {
-    "response_format": ({"type": "text"},),
-    "logit_bias": ({},),
-    "min_tokens": (0,),
-    "repetition_penalty": (1.0,),
-    "include_stop_str_in_output": (False,),
     "store": (False,),
     "modalities": (["text"],),
     "stop_token_ids": ([],),
     "best_of": (1,),
 }
-STREAM_OPTIONS_INERT: dict[str, tuple] = {"continuous_usage_stats": (False,)}
+STREAM_OPTIONS_INERT: dict[str, tuple] = {}
 MESSAGE_INERT: dict[str, tuple] = {}
 _KNOWN_UNSUPPORTED = {*INERT_VALUES, *STREAM_OPTIONS_INERT, *MESSAGE_INERT}
 

@@ -27,8 +27,15 @@ from router.streaming import ClosingStreamingResponse
 
 async def respond(state, request: Request, req: GenerateRequest, model: str, stream: bool,
                   kind: str, include_usage: bool, want_logprobs: bool, slot: Slot,
-                  shaper: OutputShaper | None = None, legacy: bool = False):
-    """Owns ``slot`` from here on: released when the response ends, or now if this raises."""
+                  shaper: OutputShaper | None = None, legacy: bool = False, n: int = 1,
+                  continuous_usage: bool = False):
+    """Owns ``slot`` from here on: released when the response ends, or now if this raises.
+    ``continuous_usage``: every stream chunk carries the usage so far."""
+    if n > 1:
+        from router.respond_choices import respond_choices
+
+        return await respond_choices(state, request, req, model, stream, kind, include_usage,
+                                     want_logprobs, slot, n, continuous_usage)
     agen = state.dispatcher.generate(req)
     try:
         first = await _prime(state, agen)
@@ -38,7 +45,7 @@ async def respond(state, request: Request, req: GenerateRequest, model: str, str
     text_of = state.model.token_text
     if stream:
         body = _stream(agen, first, req, model, kind, include_usage, want_logprobs, text_of,
-                       shaper or OutputShaper(), legacy)
+                       shaper or OutputShaper(), legacy, continuous_usage)
         return ClosingStreamingResponse(_Body(body, agen, slot), media_type="text/event-stream",
                                         headers={"Cache-Control": "no-cache"})
     try:
@@ -132,7 +139,7 @@ async def _collect(agen: AsyncIterator[TokenEvent], first: TokenEvent) -> list[T
 
 async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: GenerateRequest,
                   model: str, kind: str, include_usage: bool, want_logprobs: bool, text_of,
-                  shaper: OutputShaper, legacy: bool):
+                  shaper: OutputShaper, legacy: bool, continuous_usage: bool = False):
     """The SSE body, one write per token event: the chunks of one event (the role chunk with
     the first; the finish chunk with the usage chunk and ``[DONE]``) go out together, as
     several ``data:`` events in one write, which SSE clients read as they would apart. Each
@@ -142,10 +149,13 @@ async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: Gener
     completion_tokens = 0
     text_offset = 0
     cached = first.num_cached_tokens
+    prompt_tokens = len(req.prompt_token_ids)
     pending: list[bytes] = []  # SSE events of the write being assembled
     if kind == "chat":
-        pending.append(fmt.sse(fmt.chat_chunk(rid, model, created,
-                                              {"role": "assistant", "content": ""})))
+        role = fmt.chat_chunk(rid, model, created, {"role": "assistant", "content": ""})
+        if continuous_usage:
+            role["usage"] = fmt.usage(prompt_tokens, 0, cached)
+        pending.append(fmt.sse(role))
 
     def chunks(event: TokenEvent) -> list[dict]:
         nonlocal text_offset
@@ -162,7 +172,10 @@ async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: Gener
         event = first
         while True:
             completion_tokens += len(event.token_ids)
-            pending.extend(fmt.sse(c) for c in chunks(event))
+            for c in chunks(event):
+                if continuous_usage:
+                    c["usage"] = fmt.usage(prompt_tokens, completion_tokens, cached)
+                pending.append(fmt.sse(c))
             if event.finish_reason:
                 break
             if pending:

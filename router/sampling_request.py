@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from common.sampling_params import SamplingParams
 from router.errors import bad_request, unavailable
+from router.structured_map import sampling_extras
 
 
 def context_limit(state) -> int:
@@ -27,6 +28,12 @@ def sampling(body, state, prompt_len: int, max_tokens: int | None, logprobs: int
             f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
             f"completion). Please reduce the length of the prompt or completion.",
             param="max_tokens", code="context_length_exceeded")
+    fields = sampling_extras(body, state.model.vocab_size, max_tokens)
+    if extra.get("structured") is not None and fields["structured"] is not None:
+        raise bad_request("response_format cannot be combined with a forced tool_choice "
+                          "(required or a named function): both constrain the output",
+                          param="response_format")
+    fields.update({k: v for k, v in extra.items() if v is not None or k != "structured"})
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -35,6 +42,6 @@ def sampling(body, state, prompt_len: int, max_tokens: int | None, logprobs: int
             top_k=body.top_k or 0, seed=body.seed, stop=tuple(body.stop_list()),
             ignore_eos=body.ignore_eos,
             presence_penalty=body.presence_penalty or 0.0,
-            frequency_penalty=body.frequency_penalty or 0.0, logprobs=logprobs, **extra)
+            frequency_penalty=body.frequency_penalty or 0.0, logprobs=logprobs, **fields)
     except ValueError as e:
         raise bad_request(str(e)) from None

@@ -57,9 +57,11 @@ class WorkerProcess:
     """``pdserve prefill|decode`` in a subprocess; ready once it prints its address."""
 
     def __init__(self, role: str, model_args: list[str], redis_url: str | None,
-                 extra: list[str] | None = None, timeout: float = 120.0):
+                 extra: list[str] | None = None, timeout: float = 120.0,
+                 prefix: list[str] | None = None):
+        """``prefix`` wraps the command (e.g. ``ip netns exec NS``: another simulated host)."""
         self.role = role
-        cmd = [sys.executable, "-m", "deploy.cli", role, *model_args,
+        cmd = [*(prefix or []), sys.executable, "-m", "deploy.cli", role, *model_args,
                "--redis", redis_url or "none", *(extra or [])]
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
         self.log_lines: list[str] = []
@@ -105,13 +107,14 @@ class RouterProcess:
     ``--workers N``, ready once N distinct router pids have answered, in ``self.pids``)."""
 
     def __init__(self, redis_url: str, extra: list[str] | None = None, timeout: float = 60.0,
-                 wait_for: tuple[int, int] = (0, 1), processes: int = 1):
+                 wait_for: tuple[int, int] = (0, 1), processes: int = 1,
+                 host: str = "127.0.0.1", prefix: list[str] | None = None):
         import httpx
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "deploy.cli", "router", "--redis", redis_url,
-               "--port", str(self.port), *(extra or [])]
+        self.port = free_port()  # free here; in another namespace every port is
+        self.url = f"http://{host}:{self.port}"
+        cmd = [*(prefix or []), sys.executable, "-m", "deploy.cli", "router", "--redis",
+               redis_url, "--host", host, "--port", str(self.port), *(extra or [])]
         if processes > 1:
             cmd += ["--workers", str(processes)]
         self.pids: set[int] = set()

@@ -30,8 +30,11 @@ async def submit_decode(engine: AsyncEngine, stream: OutputStream, request: pb.D
     stream.add(request.request_id)
     try:
         if source == "prefill_here":
+            # After a migration the prompt ends with the tokens generated so far: a grammar
+            # replays them (a ValueError, INVALID_ARGUMENT, if they do not follow it).
             await engine.submit(request.request_id, stream, prompt_token_ids=prompt,
-                                params=params, extra_keys=salt)
+                                params=params, extra_keys=salt,
+                                num_generated_tokens=request.num_generated_tokens)
         else:
             pull = request.pull_kv
             first_logprob = (logprob_from_pb(pull.first_logprob)

@@ -40,6 +40,7 @@ async def serve_prefill(engine: AsyncEngine, state: WorkerState, request: pb.Pre
     if final is None or final.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
         await context.abort(grpc.StatusCode.ABORTED,
                             final.error if final and final.error else "request aborted")
+    state.prefills_served += 1
     response = pb.PrefillResponse(
         request_id=request.request_id, first_token=final.new_token_ids[0],
         num_prompt_tokens=final.num_prompt_tokens,

@@ -67,4 +67,5 @@ class BaseServicer(pb_grpc.WorkerServicer):
             pulls_failed=t.pulls_failed if t else 0, bytes_pulled=t.bytes_pulled if t else 0,
             seconds_pulling=t.seconds_pulling if t else 0.0, num_preemptions=s.num_preemptions,
             num_blocks_in_use=s.num_blocks - s.num_free_blocks,
+            prefills_served=self.state.prefills_served,
         )

@@ -14,6 +14,7 @@ class WorkerState:
         self.worker_id = worker_id
         self.draining = False
         self.in_flight = 0  # role RPCs running (InFlight); draining waits for zero
+        self.prefills_served = 0  # Prefill RPCs answered with a first token
         self.stats: EngineStats | None = None  # refreshed by the server's loop
         self.address = ""
         self.metrics_port = 0

@@ -51,6 +51,16 @@ def _shard(linear: Linear, dim: int, rank: int, world: int) -> None:
         if scale is not None and dim == 0:
             s = scale.detach().chunk(world, dim=1)[rank].clone()
             linear.weight_scale = nn.Parameter(s, requires_grad=False)
+        tiles = getattr(linear, "weight_scale_inv", None)  # FP8 block-wise: one per 128x128
+        if tiles is not None:
+            part = linear.weight.shape[dim]
+            if part % 128:
+                raise ValueError(f"tensor parallel size {world} cuts the 128x128 FP8 scale tiles "
+                                 f"of a {tuple(linear.weight.shape)} shard (needs a multiple of "
+                                 "128 along the split)")
+            t = tiles.detach()[(slice(None),) * dim + (slice(rank * part // 128,
+                                                             (rank + 1) * part // 128),)]
+            linear.weight_scale_inv = nn.Parameter(t.contiguous(), requires_grad=False)
     if dim == 0:
         linear.out_features //= world
     else:

@@ -91,7 +91,7 @@ class ModelRunner:
             config.kv_transfer, engine_id=config.engine_id, rank=rank, world=world,
             kv_buffer=self.kv_buffer, layout=region_layout(self.layout, self.kv_buffer),
             compat=self.kv_compat(source), pull_timeout_s=config.kv_pull_timeout_s,
-            control=self.control)
+            control=self.control, advertise_host=config.kv_transfer_host)
         self._sampled: torch.Tensor | None = None  # the last overlapped step's tokens
         self.num_forward_passes = 0
         self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count

@@ -8,20 +8,31 @@ noise vector per row, so a per-request seed is just a per-row generator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from common.sampling_params import SamplingParams
 from engine.core.sequence import TokenLogprob
 from engine.runner.host_copy import to_device
+from engine.runner.logits_processors import process_logits
 
 
 @dataclass
 class SamplingRow:
     params: SamplingParams
-    output_token_ids: list[int]  # for presence/frequency penalties
+    output_token_ids: list[int]  # for penalties and the grammar (may be [] where unused)
     generator: torch.Generator | None  # set for seeded requests
+    prompt_token_ids: list[int] = field(default_factory=list)  # for repetition_penalty
+    eos_token_ids: tuple[int, ...] = ()  # masked until min_tokens
+    num_output_tokens: int | None = None  # tokens generated so far; None: output_token_ids'
+    matcher: object | None = None  # engine.structured.matcher.GrammarMatcher, caught up
+
+    @property
+    def generated(self) -> int:
+        if self.num_output_tokens is not None:
+            return self.num_output_tokens
+        return len(self.output_token_ids)
 
 
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> tuple[list[int], list[TokenLogprob | None]]:
@@ -47,34 +58,22 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> tuple[list[int], li
 
 
 def samples_on_device(params: SamplingParams) -> bool:
-    """Whether a row's next token needs nothing from the host but its logits (no penalty
-    over its output ids, no logprobs to report): such rows can be sampled ahead."""
+    """Whether a row's next token needs nothing from the host but its logits and what the
+    host knows ahead (no penalty over its token ids, no logprobs to report; logit_bias and
+    min_tokens are known ahead; a grammar is handled by the overlapped loop itself): such
+    rows can be sampled ahead."""
     return not params.has_penalties and params.logprobs is None
 
 
 def sample_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """The next token of every row, as a device tensor [B]; no host sync unless a row has
     penalties (their output ids are copied up)."""
-    logits = _apply_penalties(logits.float(), rows)
+    logits = process_logits(logits.float(), rows)
     tokens = logits.argmax(dim=-1)
     if all(r.params.greedy for r in rows):
         return tokens
     greedy = to_device([r.params.greedy for r in rows], torch.bool, logits.device)
     return torch.where(greedy, tokens, _random_sample(logits, rows))
-
-
-def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    copied = False
-    for i, row in enumerate(rows):
-        p = row.params
-        if not p.has_penalties or not row.output_token_ids:
-            continue
-        if not copied:  # leave the caller's logits (a graph's output buffer) as they are
-            logits, copied = logits.clone(), True
-        ids = torch.tensor(row.output_token_ids, device=logits.device)
-        counts = torch.bincount(ids, minlength=logits.shape[1]).to(logits.dtype)
-        logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
-    return logits
 
 
 def _random_sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

@@ -14,7 +14,7 @@ def setup(redis_server):
     import redis.asyncio as aioredis
 
     keys = Keys(f"t{uuid.uuid4().hex[:6]}:")
-    client = aioredis.from_url(redis_server.url)
+    client = aioredis.from_url(redis_server.admin_url())
     registry = RegistryView(client, keys)
     registry.workers = {"w": WorkerRecord("w", "prefill", "h:1", "m", "d", 1, 16, 100,
                                           started_at=1.0)}

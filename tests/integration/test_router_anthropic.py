@@ -7,7 +7,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.chat_request import engine_takes_grammars
 from tests.cluster_helpers import RouterProcess, WorkerProcess
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
@@ -109,9 +108,6 @@ def test_tool_result_round_trips(cluster, claude, gpt, name):
     assert r.content[0].text == chat.choices[0].message.content
 
 
-@pytest.mark.skipif(not engine_takes_grammars(),
-                    reason="tool_choice any/tool need the engine's grammar-constrained "
-                           "decoding (issue 18, worktree wt-18e); run after that merge")
 @pytest.mark.parametrize("choice", [{"type": "any"}, {"type": "tool", "name": "get_weather"}])
 def test_forced_tool_use_stream_and_not(claude, name, choice):
     kwargs = dict(model=name, max_tokens=100, extra_body=GREEDY, tools=[TOOL],

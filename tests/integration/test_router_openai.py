@@ -133,7 +133,7 @@ def test_operator_endpoints(cluster, client):
 BAD_INPUTS = [
     ("malformed json", b"{not json", 400),
     ("schema", {"messages": QUESTION, "temperature": 5}, 400),
-    ("n", {"messages": QUESTION, "n": 2}, 400),
+    ("n", {"messages": QUESTION, "n": 9}, 400),  # at most 8 choices
     ("empty messages", {"messages": []}, 400),
     ("context", {"messages": QUESTION, "max_tokens": 100000}, 400),
     ("unknown model", {"model": "gpt-17", "messages": QUESTION}, 404),
@@ -215,10 +215,13 @@ HOSTILE = [
     ("user", {"messages": QUESTION, "user": "\ud800"}),
     ("tools", {"messages": QUESTION, "tools": [{"type": "function",
                                                 "function": {"name": "f"}}]}),
-    ("response_format", {"messages": QUESTION, "response_format": {"type": "json_object"}}),
-    ("logit_bias", {"messages": QUESTION, "logit_bias": {"5": 10}}),
+    ("response_format", {"messages": QUESTION, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}}),
+    ("logit_bias", {"messages": QUESTION, "logit_bias": {"5": 500}}),
+    ("logit_bias", {"messages": QUESTION, "logit_bias": {"10000000": 1}}),  # past the vocabulary
+    ("min_tokens", {"messages": QUESTION, "min_tokens": 5}),  # above max_tokens (2)
     ("stream_options.continuous_usage_stats", {"messages": QUESTION, "stream": True,
-                                               "stream_options": {"continuous_usage_stats": True}}),
+                                               "stream_options": {"continuous_usage_stats": "x"}}),
     ("tool_choice", {"messages": QUESTION, "tool_choice": "required"}),  # and no tools
     ("frobnicate", {"messages": QUESTION, "frobnicate": True}),
 ]

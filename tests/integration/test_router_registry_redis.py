@@ -25,9 +25,10 @@ from collections import deque
 import httpx
 import pytest
 
+from common.redis_acl import ROUTER, WORKER, url_for_role
 from common.redis_schema import Keys, WorkerRecord
 from router.registry import RegistryView
-from tests.cluster_helpers import RedisServer, RouterProcess, WorkerProcess
+from tests.cluster_helpers import RedisServer, RouterProcess, WorkerProcess, cluster_secret
 from worker.presence import WorkerPresence
 
 
@@ -114,6 +115,11 @@ def stallable_redis():
     redis.stop()
 
 
+def _as(role: str, url: str) -> str:
+    """``url`` with the credentials of a cluster role (the session's Redis is locked)."""
+    return url_for_role(url, cluster_secret(), role)
+
+
 def _record(i: int, clock_offset_s: float = 0.0):
     base = WorkerRecord(worker_id=f"w{i}", role="decode" if i % 2 else "prefill",
                         address=f"127.0.0.1:{10000 + i}", model="m", compat_digest="c",
@@ -140,12 +146,12 @@ def test_stall_longer_than_the_ttl_evicts_nobody_but_a_dead_worker_still_leaves(
 
         keys = Keys(f"stall-{uuid.uuid4().hex[:8]}:")
         router_link, workers_link = stallable_redis.link(), stallable_redis.link()
-        presences = [WorkerPresence(workers_link, keys, _record(i), deque(),
+        presences = [WorkerPresence(_as(WORKER, workers_link), keys, _record(i), deque(),
                                     heartbeat_s=0.25, ttl_s=ttl_s) for i in range(4)]
         for p in presences:
             await p.start()
         left: list[str] = []
-        client = aioredis.from_url(router_link, socket_timeout=0.5,
+        client = aioredis.from_url(_as(ROUTER, router_link), socket_timeout=0.5,
                                    socket_connect_timeout=0.5)
         registry = RegistryView(client, keys, ttl_s=ttl_s, poll_s=0.1, on_leave=left.append)
         sizes: list[int] = []
@@ -194,10 +200,11 @@ def test_liveness_is_judged_by_redis_not_by_the_clocks_of_router_and_worker(
 
         keys = Keys(f"skew-{uuid.uuid4().hex[:8]}:")
         # A worker host whose clock is an hour behind the router's.
-        presence = WorkerPresence(stallable_redis.server.url, keys, _record(1, clock_offset_s=-3600),
-                                  deque(), heartbeat_s=0.25, ttl_s=2.0)
+        presence = WorkerPresence(_as(WORKER, stallable_redis.server.url), keys,
+                                  _record(1, clock_offset_s=-3600), deque(), heartbeat_s=0.25,
+                                  ttl_s=2.0)
         await presence.start()
-        client = aioredis.from_url(stallable_redis.server.url)
+        client = aioredis.from_url(_as(ROUTER, stallable_redis.server.url))
         registry = RegistryView(client, keys, ttl_s=2.0)
         try:
             await _until(lambda: presence._connected, 10, "the first heartbeat")

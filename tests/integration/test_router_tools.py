@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.chat_request import engine_takes_grammars
 from tests.cluster_helpers import RouterProcess, WorkerProcess
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
@@ -32,10 +31,6 @@ HISTORY = [*QUESTION,
                "id": "call_1", "type": "function", "function": {
                    "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
            {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees, sunny"}]
-needs_grammar = pytest.mark.skipif(
-    not engine_takes_grammars(),
-    reason="tool_choice required/named need the engine's grammar-constrained decoding (issue 18, "
-           "the engine side: worktree wt-18e); run after that merge")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +121,6 @@ def _streamed_calls(chunks) -> list[dict]:
     return [calls[i] for i in sorted(calls)]
 
 
-@needs_grammar
 @pytest.mark.parametrize("temperature", [0, 1.0])
 def test_tool_choice_required_is_forced_and_validates(client, name, temperature):
     r = client.chat.completions.create(model=name, messages=QUESTION, tools=TOOLS,
@@ -137,7 +131,6 @@ def test_tool_choice_required_is_forced_and_validates(client, name, temperature)
     assert choice.finish_reason == "tool_calls"
 
 
-@needs_grammar
 def test_tool_choice_named_is_forced_streamed_and_not(client, name):
     kwargs = dict(model=name, messages=QUESTION, tools=TOOLS, temperature=0, max_tokens=200,
                   tool_choice={"type": "function", "function": {"name": "get_time"}})
@@ -149,7 +142,6 @@ def test_tool_choice_named_is_forced_streamed_and_not(client, name):
         [(c.function.name, c.function.arguments) for c in whole.message.tool_calls]
 
 
-@needs_grammar
 def test_tool_choice_required_streams_as_openai_does(client, name):
     kwargs = dict(model=name, messages=QUESTION, tools=TOOLS, tool_choice="required",
                   temperature=0, max_tokens=200)
@@ -160,15 +152,6 @@ def test_tool_choice_required_streams_as_openai_does(client, name):
         [(c.function.name, c.function.arguments) for c in whole]
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == \
         ["tool_calls"]
-
-
-@pytest.mark.skipif(engine_takes_grammars(), reason="the engine forces tool calls now")
-def test_forced_tool_choice_is_refused_by_name_until_the_engine_can_force_it(client, name):
-    for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
-        with pytest.raises(openai.BadRequestError) as info:
-            client.chat.completions.create(model=name, messages=QUESTION, tools=TOOLS,
-                                           tool_choice=choice, max_tokens=4)
-        assert info.value.body["param"] == "tool_choice"
 
 
 def test_bad_tool_requests_get_400_naming_the_param(client, name):

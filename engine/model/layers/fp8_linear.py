@@ -16,8 +16,16 @@ How the product runs, decided once after loading (``process_weights_after_loadin
 - CUDA, ``tensor`` / ``channel``: activations are quantized per token on the fly (dynamic, one
   scale per row) and ``torch._scaled_mm`` multiplies the two FP8 operands with row-wise scales
   (tensor scales are widened to one per row first).
-- CUDA, ``block``: dequantized to the model dtype at load (no block-scaled GEMM here yet): the
-  format loads and is right, with bf16's memory and speed.
+- CUDA, ``block``: kept in FP8 with its tile scales. With fused kernels, activations are
+  quantized per token and 128-wide slice and multiplied by the block-scaled Triton GEMM
+  (engine/kernels/fp8_block_gemm.py); without (the eager reference path), the weight is
+  dequantized at each call: correct, slow.
+
+With fused kernels on (``use_fused_kernels``, CUDA), a one-row input (a batch-1 decode step)
+goes through the FP8 GEMV of engine/kernels/fp8_gemv.py (bf16 activations, the weight widened
+in registers: no activation quantization, no padding; all three granularities), and the
+per-token quantization before ``_scaled_mm`` is one Triton kernel (engine/kernels/fp8_quant.py)
+instead of eight torch ops.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
 BLOCK = 128  # the tile of the block-wise format (weight_block_size [128, 128])
 STRATEGIES = ("tensor", "channel", "block")
+# False: ``use_fused_kernels`` keeps the torch path (torch quantization ops, _scaled_mm at batch
+# 1 too), so engine_bench_fp8 can measure both in one run. Read once, when kernels are chosen.
+TRITON_KERNELS = True
 
 
 def quantize_per_row(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,27 +90,65 @@ class Fp8LinearMethod(LinearMethod):
     def process_weights_after_loading(self, layer: Linear) -> None:
         scale = getattr(layer, self.scale_name)
         dtype = layer.compute_dtype or torch.float32
-        if layer.weight.device.type != "cuda" or self.strategy == "block":
+        if self.strategy == "block" and layer.weight.device.type == "cuda":
+            return  # as loaded: e4m3 [out, in], weight_scale_inv [out/128, in/128]
+        if layer.weight.device.type != "cuda":
             w = dequantize(layer.weight.data, scale.data, self.strategy, dtype)
             delattr(layer, self.scale_name)
             layer.weight = nn.Parameter(w, requires_grad=False)
             layer.method = UnquantizedLinearMethod()
             return
-        # _scaled_mm's row-wise mode: one fp32 scale per output row, laid out [1, out].
+        self.repack_for_scaled_mm(layer)
+
+    def repack_for_scaled_mm(self, layer: Linear) -> None:
+        """Tensor / channel scales as _scaled_mm's row-wise mode wants them: one fp32 scale per
+        output row, laid out [1, out] (the FP8 GEMV reads the same)."""
+        scale = getattr(layer, self.scale_name)
         row_scale = scale.data.float().reshape(-1, 1).expand(layer.out_features, 1)
         delattr(layer, self.scale_name)
         layer.weight_scale = nn.Parameter(row_scale.reshape(1, -1).contiguous(),
                                           requires_grad=False)
         self.strategy, self.scale_name = "channel", "weight_scale"
 
+    def use_fused_kernels(self, layer: Linear) -> None:
+        if not TRITON_KERNELS:
+            return
+        from engine.kernels.fp8_gemv import applies
+
+        # Decided once here, not per call, as the bf16 GEMV is (linear.py).
+        layer.decode_gemv = applies(layer.weight, getattr(layer, self.scale_name),
+                                    blockwise=self.strategy == "block")
+        layer.fp8_kernels = True
+
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        blockwise = self.strategy == "block"
+        scale = getattr(layer, self.scale_name)
+        if layer.decode_gemv and x.shape[0] == 1 and x.dim() == 2:
+            from engine.kernels.fp8_gemv import fp8_gemv
+
+            return fp8_gemv(x, layer.weight, scale, layer.bias, blockwise=blockwise)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         rows = x2.shape[0]
-        pad = -rows % 16  # cuBLASLt's FP8 GEMM wants the row count a multiple of 16
-        if pad:
-            x2 = F.pad(x2, (0, 0, 0, pad))
-        xq, xs = quantize_per_row(x2)
+        if blockwise:
+            if not layer.fp8_kernels:  # the eager reference path
+                w = dequantize(layer.weight, scale, "block", x.dtype)
+                return F.linear(x, w, layer.bias)
+            from engine.kernels.fp8_block_gemm import block_gemm
+            from engine.kernels.fp8_quant import quantize_rows
+
+            xq, xs = quantize_rows(x2.contiguous(), group=BLOCK)
+            y = block_gemm(xq, xs, layer.weight, scale, layer.bias, x.dtype)
+            return y.reshape(*shape[:-1], layer.out_features)
+        if layer.fp8_kernels:
+            from engine.kernels.fp8_quant import quantize_rows
+
+            xq, xs = quantize_rows(x2.contiguous(), pad_rows_to=16)
+        else:
+            pad = -rows % 16  # cuBLASLt's FP8 GEMM wants the row count a multiple of 16
+            if pad:
+                x2 = F.pad(x2, (0, 0, 0, pad))
+            xq, xs = quantize_per_row(x2)
         y = torch._scaled_mm(xq, layer.weight.t(), scale_a=xs, scale_b=layer.weight_scale,
                              bias=layer.bias, out_dtype=x.dtype)
         return y[:rows].reshape(*shape[:-1], layer.out_features)
@@ -111,14 +160,35 @@ class Fp8LinearMethod(LinearMethod):
         nn.Module.__init__(fused)
         fused.in_features = first.in_features
         fused.out_features = sum(p.out_features for p in parts)
-        fused.method, fused.decode_gemv, fused.compute_dtype = self, False, first.compute_dtype
+        fused.method, fused.compute_dtype = self, first.compute_dtype
+        fused.decode_gemv = fused.fp8_kernels = False  # use_fused_kernels sets them
+        if self.strategy == "block" and any(p.out_features % BLOCK for p in parts[:-1]):
+            return _dequantized_concat(parts)  # tiles would straddle two parts
         fused.weight = nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)
-        fused.weight_scale = nn.Parameter(torch.cat([p.weight_scale.data for p in parts], dim=1),
-                                          requires_grad=False)
+        # row-wise [1, out] side by side; block-wise tile rows [out/128, in/128] stacked
+        dim = 0 if self.strategy == "block" else 1
+        setattr(fused, self.scale_name, nn.Parameter(
+            torch.cat([getattr(p, self.scale_name).data for p in parts], dim=dim),
+            requires_grad=False))
         bias = [p.bias for p in parts]
         fused.bias = (nn.Parameter(torch.cat([b.data for b in bias]), requires_grad=False)
                       if bias[0] is not None else None)
         return fused
+
+
+def _dequantized_concat(parts: list[Linear]) -> Linear:
+    """Block-wise parts whose tiles do not line up: one unquantized linear of them."""
+    dtype = parts[0].compute_dtype or torch.float32
+    weight = torch.cat([dequantize(p.weight.data, p.weight_scale_inv.data, "block", dtype)
+                        for p in parts])
+    bias = [p.bias for p in parts]
+    fused = Linear(weight.shape[1], weight.shape[0], bias=bias[0] is not None,
+                   device=weight.device, dtype=dtype)
+    with torch.no_grad():
+        fused.weight.copy_(weight)
+        if bias[0] is not None:
+            fused.bias.copy_(torch.cat([b.data for b in bias]))
+    return fused
 
 
 def quantize_online(layer: Linear) -> None:

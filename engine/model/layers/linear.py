@@ -78,7 +78,8 @@ class Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.method = method or UnquantizedLinearMethod()
-        self.decode_gemv = False  # UnquantizedLinearMethod.use_fused_kernels sets it
+        self.decode_gemv = False  # the methods' use_fused_kernels set it
+        self.fp8_kernels = False  # Fp8LinearMethod.use_fused_kernels sets it
         self.method.create_weights(self, bias, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
