@@ -41,6 +41,7 @@ from benchmarks.router_workload import (
     usage_of,
 )
 from benchmarks.serving_metrics import percentile
+from common import defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_PATH = "/v1/chat/completions"
@@ -95,7 +96,7 @@ def measure_window(router_pid: int, mock_pids: list[int], redis_pid: int | None,
 
 
 def measure_run(tree: Path, procs: int, redis: stack.RedisProcess, args, run_id: int) -> dict:
-    prefix = f"rbench{os.getpid()}r{run_id}:"
+    prefix = f"{defaults.REDIS_KEY_PREFIX}rbench{os.getpid()}r{run_id}:"  # inside the ACL's keys
     spawned: list = []
     try:
         p_mock, p_addr = stack.start_mock(tree, redis.url, prefix, 1, 0, args.others_cpus)
@@ -108,7 +109,7 @@ def measure_run(tree: Path, procs: int, redis: stack.RedisProcess, args, run_id:
                    "--local-prefill-threshold", "0"])
         spawned.append(router)
         router.start()
-        bodies = chat_bodies(args.model)
+        bodies = chat_bodies(args.model, count=args.bodies)
         usage = probe_usage(router.port, bodies[0])
         tokens = usage.get("completion_tokens", OUTPUT_TOKENS)
         direct = stack.direct_latencies(tree, p_addr["prefill"], d_addr["decode"],
@@ -208,6 +209,9 @@ def parse_args(argv=None):
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2],
                    help="router process counts to measure (>1 needs the tree's --workers)")
     p.add_argument("--model", default="demo", help="router --model (tokenizer, chat template)")
+    p.add_argument("--bodies", type=int, default=8192,
+                   help="distinct request bodies, cycled (enough that a window rarely repeats "
+                        "one: only the 16 system prompts recur, as in real traffic)")
     p.add_argument("--serial-requests", type=int, default=500,
                    help="requests in the 1-client window")
     p.add_argument("--serial-max-s", type=float, default=30.0,

@@ -149,9 +149,11 @@ def create_app(config: RouterConfig) -> FastAPI:
                    405: f"Method not allowed: {where}"}.get(exc.status_code, str(exc.detail))
         return shaped(request, http_error(exc.status_code, message, headers=exc.headers))
 
-    def authorize(request: Request) -> str | None:
+    async def authorize(request: Request) -> str | None:
         """The caller's API key (None when the router runs without keys). APIKeyMiddleware
-        has refused bad keys before the body was read; this checks again where it is used."""
+        has refused bad keys before the body was read; this checks again where it is used.
+        ``async``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
+        per request for a dictionary lookup."""
         if not config.requires_auth:
             return None
         key = bearer_key(request.scope.get("headers") or ())

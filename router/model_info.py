@@ -1,8 +1,10 @@
 """The served model as the router sees it: its names, vocabulary size and tokenizer (no
 weights, no torch). Tokenizing a long text takes seconds (~0.5 s per million characters here),
-so texts longer than ``OFF_LOOP_CHARS`` are rendered and tokenized in a thread, with the
-tokenizer's GIL-releasing batch call, and texts that cannot fit the context are refused by
-length first (``router/prompt_bound.py``)."""
+so a prompt with more than ``OFF_LOOP_CHARS`` characters to encode is tokenized in a thread,
+with the tokenizer's GIL-releasing batch call, and texts that cannot fit the context are refused
+by length first (``router/prompt_bound.py``). Chat prompts are encoded piece by piece between
+special tokens, the pieces seen before (system prompts) from a cache
+(``router/prompt_tokens.py``), so only what is new counts toward that bound."""
 
 from __future__ import annotations
 
@@ -21,12 +23,15 @@ from router import reasoning, tool_parsers
 from router.config import RouterConfig
 from router.errors import APIError, bad_request
 from router.prompt_bound import max_chars_per_token, max_prompt_chars
+from router.prompt_tokens import PieceEncoder
 
 # Below this many characters, tokenize on the event loop. Measured here (2 shared cores, demo
 # tokenizer): 64 chars 0.11 ms inline vs 0.19 ms through a thread (the hop is ~0.1 ms, most of
 # a short prompt's cost); 1,024 chars ~0.75 ms either way; 4,096 chars 3.6 ms inline, a stall
 # every concurrent stream would feel. So: off the loop from 1,024 characters.
 OFF_LOOP_CHARS = 1024
+# Messages longer than this are rendered off the loop too (a 1 MB message renders in ms).
+OFF_LOOP_RENDER_CHARS = 65536
 
 
 @dataclass
@@ -38,6 +43,11 @@ class ModelInfo:
     chars_per_token: float | None = None  # see router/prompt_bound.py; None: no bound
     tool_parser: str | None = None  # router/tool_parsers/ name; None: calls are not parsed
     reasoning_parser: str | None = None  # router/reasoning/ name; None: no thinking split
+    _pieces: PieceEncoder | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is not None and self._pieces is None:
+            self._pieces = PieceEncoder(self.tokenizer.backend)
 
     @classmethod
     def load(cls, config: RouterConfig) -> ModelInfo:
@@ -89,7 +99,7 @@ class ModelInfo:
         chars = sum(len(str(m.get("content") or "")) for m in messages)
         chars += len(json.dumps(tools)) if tools else 0
 
-        def work() -> tuple[str, list[int]]:
+        def render() -> str:
             try:
                 text = self.tokenizer.render_chat(messages, tools=tools or None,
                                                   **(template_kwargs or {}))
@@ -100,9 +110,20 @@ class ModelInfo:
                 raise bad_request(f"the chat template failed on these messages: "
                                   f"{type(e).__name__}", param="messages") from None
             self._refuse_by_length(len(text), max_model_len, "messages")
-            return text, self._encode(text, add_special_tokens=False)
+            return text
 
-        return await asyncio.to_thread(work) if chars > OFF_LOOP_CHARS else work()
+        def work() -> tuple[str, list[int]]:
+            text = render()
+            return text, self._pieces.encode(text)
+
+        if chars > OFF_LOOP_RENDER_CHARS:
+            return await asyncio.to_thread(work)
+        # Rendering is cheap (~25 us for 2 KB); what costs is encoding the pieces not seen
+        # before (router/prompt_tokens.py): a thread only when there are many of them.
+        text = render()
+        if self._pieces.uncached_chars(text) > OFF_LOOP_CHARS:
+            return text, await asyncio.to_thread(self._pieces.encode, text)
+        return text, self._pieces.encode(text)
 
     async def encode_prompt(self, prompt, max_model_len: int) -> list[int]:
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], (list, str)):

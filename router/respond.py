@@ -140,17 +140,22 @@ async def _collect(agen: AsyncIterator[TokenEvent], first: TokenEvent) -> list[T
 async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: GenerateRequest,
                   model: str, kind: str, include_usage: bool, want_logprobs: bool, text_of,
                   shaper: OutputShaper, legacy: bool, continuous_usage: bool = False):
+    """The SSE body, one write per token event: the chunks of one event (the role chunk with
+    the first; the finish chunk with the usage chunk and ``[DONE]``) go out together, as
+    several ``data:`` events in one write, which SSE clients read as they would apart. Each
+    write costs the router a pass through the ASGI send chain and a socket write."""
     created = int(time.time())
     rid = req.request_id
     completion_tokens = 0
     text_offset = 0
     cached = first.num_cached_tokens
     prompt_tokens = len(req.prompt_token_ids)
+    pending: list[bytes] = []  # SSE events of the write being assembled
     if kind == "chat":
         role = fmt.chat_chunk(rid, model, created, {"role": "assistant", "content": ""})
         if continuous_usage:
             role["usage"] = fmt.usage(prompt_tokens, 0, cached)
-        yield fmt.sse(role)
+        pending.append(fmt.sse(role))
 
     def chunks(event: TokenEvent) -> list[dict]:
         nonlocal text_offset
@@ -170,27 +175,31 @@ async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: Gener
             for c in chunks(event):
                 if continuous_usage:
                     c["usage"] = fmt.usage(prompt_tokens, completion_tokens, cached)
-                yield fmt.sse(c)
+                pending.append(fmt.sse(c))
             if event.finish_reason:
                 break
+            if pending:
+                yield b"".join(pending)
+                pending.clear()
             try:
                 event = await agen.__anext__()
             except StopAsyncIteration:
                 if kind == "chat":  # ended without a finish reason: what was held back
-                    for c in chunks(TokenEvent([], finish_reason=None, text="")):
-                        yield fmt.sse(c)
+                    pending.extend(fmt.sse(c) for c in chunks(
+                        TokenEvent([], finish_reason=None, text="")))
                 break
         if include_usage:
             usage = fmt.usage(len(req.prompt_token_ids), completion_tokens, cached)
             make = fmt.chat_usage_chunk if kind == "chat" else fmt.completion_usage_chunk
-            yield fmt.sse(make(rid, model, created, usage))
+            pending.append(fmt.sse(make(rid, model, created, usage)))
     except (UpstreamError, BadRequestError, NoWorkersError) as e:
         # Headers are sent: report in-band, as OpenAI does, then end the stream.
-        yield fmt.sse({"error": {"message": str(e), "type": "server_error", "param": None,
-                                 "code": None}})
+        pending.append(fmt.sse({"error": {"message": str(e), "type": "server_error",
+                                          "param": None, "code": None}}))
     finally:
         await agen.aclose()
-    yield fmt.SSE_DONE
+    pending.append(fmt.SSE_DONE)
+    yield b"".join(pending)
 
 
 def _chat_chunks(event: TokenEvent, rid: str, model: str, created: int, shaper: OutputShaper,
