@@ -32,15 +32,17 @@ import triton.language as tl
 from engine.kernels.moe_routing import route_constants, softmax_top_k
 
 MAX_TOKENS = 4  # at most this many tokens per step: this path; more: the grouped kernel
-GATE_UP_BLOCK_N, GATE_UP_BLOCK_K = 8, 512
-DOWN_BLOCK_N, DOWN_BLOCK_K = 8, 256
+# Narrow tiles: at batch 1 the 8 experts' gate_up rows give 8 x 192 programs and the down
+# rows 512, enough to cover every SM of an H200 several times.
+GATE_UP_BLOCK_N, GATE_UP_BLOCK_K = 4, 512
+DOWN_BLOCK_N, DOWN_BLOCK_K = 4, 256
 
 
 @triton.jit
-def _gate_up_silu(x_ptr, logits_ptr, w_ptr, h_ptr, weights_ptr, ids_ptr, H, INTER,
-                  num_experts, expert_start, num_local, TOP_K: tl.constexpr,
-                  K_P2: tl.constexpr, EXPERTS_P2: tl.constexpr, RENORMALIZE: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gate_up_silu(x_ptr, logits_ptr, w_ptr, h_ptr, weights_ptr, ids_ptr, num_experts,
+                  expert_start, num_local, H: tl.constexpr, INTER: tl.constexpr,
+                  TOP_K: tl.constexpr, K_P2: tl.constexpr, EXPERTS_P2: tl.constexpr,
+                  RENORMALIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     slot = tl.program_id(0)
     token = slot // TOP_K
     weights, ids = softmax_top_k(logits_ptr, token, num_experts, TOP_K, K_P2, EXPERTS_P2,
@@ -55,19 +57,19 @@ def _gate_up_silu(x_ptr, logits_ptr, w_ptr, h_ptr, weights_ptr, ids_ptr, H, INTE
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < INTER
         k = tl.arange(0, BLOCK_K)
-        x_ptrs = x_ptr + token.to(tl.int64) * H + k
         g_ptrs = w_ptr + local.to(tl.int64) * 2 * INTER * H + n[:, None].to(tl.int64) * H \
             + k[None, :]
         acc_g = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         acc_u = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
+        # Unrolled (H is a constant): every tile's load can be in flight at once, which a
+        # weight-streaming kernel with few programs per SM needs to approach the copy rate.
+        for k0 in tl.static_range(0, H, BLOCK_K):
             k_ok = k < H - k0
-            x = tl.load(x_ptrs, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+            x = tl.load(x_ptr + token.to(tl.int64) * H + k0 + k, mask=k_ok,
+                        other=0.0).to(tl.float32)[None, :]
             m = n_ok[:, None] & k_ok[None, :]
-            acc_g += tl.load(g_ptrs, mask=m, other=0.0).to(tl.float32) * x
-            acc_u += tl.load(g_ptrs + INTER * H, mask=m, other=0.0).to(tl.float32) * x
-            x_ptrs += BLOCK_K
-            g_ptrs += BLOCK_K
+            acc_g += tl.load(g_ptrs + k0, mask=m, other=0.0).to(tl.float32) * x
+            acc_u += tl.load(g_ptrs + INTER * H + k0, mask=m, other=0.0).to(tl.float32) * x
         g = tl.sum(acc_g, 1)
         u = tl.sum(acc_u, 1)
         tl.store(h_ptr + slot.to(tl.int64) * INTER + n,
@@ -75,30 +77,32 @@ def _gate_up_silu(x_ptr, logits_ptr, w_ptr, h_ptr, weights_ptr, ids_ptr, H, INTE
 
 
 @triton.jit
-def _down_weighted(h_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, H, INTER, expert_start,
-                   num_local, TOP_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
+def _down_weighted(h_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, expert_start, num_local,
+                   H: tl.constexpr, INTER: tl.constexpr, TOP_K: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     token = tl.program_id(0)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < H
     k = tl.arange(0, BLOCK_K)
     out = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for j in range(TOP_K):
+    # Unrolled over the top-k slots and the intermediate dimension, and other ranks' experts
+    # masked (not branched around), so that all of a token's weight loads are independent.
+    for j in tl.static_range(TOP_K):
         slot = token * TOP_K + j
         local = tl.load(ids_ptr + slot) - expert_start
-        if (local >= 0) & (local < num_local):
-            a_ptrs = h_ptr + slot.to(tl.int64) * INTER + k
-            w_ptrs = w_ptr + local.to(tl.int64) * H * INTER \
-                + n[:, None].to(tl.int64) * INTER + k[None, :]
-            acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-            for k0 in range(0, INTER, BLOCK_K):
-                k_ok = k < INTER - k0
-                a = tl.load(a_ptrs, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-                w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-                acc += w.to(tl.float32) * a
-                a_ptrs += BLOCK_K
-                w_ptrs += BLOCK_K
-            out += tl.load(weights_ptr + slot) * tl.sum(acc, 1)
+        held = (local >= 0) & (local < num_local)
+        local = tl.where(held, local, 0)
+        width = tl.where(held, INTER, 0)  # columns of the slot's row to read: none if not held
+        w_ptrs = w_ptr + local.to(tl.int64) * H * INTER + n[:, None].to(tl.int64) * INTER \
+            + k[None, :]
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k0 in tl.static_range(0, INTER, BLOCK_K):
+            k_ok = k < width - k0
+            a = tl.load(h_ptr + slot.to(tl.int64) * INTER + k0 + k, mask=k_ok,
+                        other=0.0).to(tl.float32)[None, :]
+            w = tl.load(w_ptrs + k0, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            acc += w.to(tl.float32) * a
+        out += tl.where(held, tl.load(weights_ptr + slot), 0.0) * tl.sum(acc, 1)
     tl.store(out_ptr + token.to(tl.int64) * H + n, out.to(out_ptr.dtype.element_ty),
              mask=n_ok)
 
@@ -124,11 +128,11 @@ def moe_gemv(x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor
     ids = torch.empty(num_tokens, top_k, dtype=torch.int32, device=dev)
     h = torch.empty(num_slots, inter, dtype=x.dtype, device=dev)
     _gate_up_silu[(num_slots, triton.cdiv(inter, GATE_UP_BLOCK_N))](
-        x, logits, gate_up, h, weights, ids, hidden, inter, num_experts, expert_start,
-        num_local, TOP_K=top_k, RENORMALIZE=renormalize, **route_constants(num_experts, top_k),
+        x, logits, gate_up, h, weights, ids, num_experts, expert_start, num_local, H=hidden,
+        INTER=inter, TOP_K=top_k, RENORMALIZE=renormalize, **route_constants(num_experts, top_k),
         BLOCK_N=GATE_UP_BLOCK_N, BLOCK_K=GATE_UP_BLOCK_K, num_warps=4)
     out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=dev)
     _down_weighted[(num_tokens, triton.cdiv(hidden, DOWN_BLOCK_N))](
-        h, down, out, weights, ids, hidden, inter, expert_start, num_local, TOP_K=top_k,
+        h, down, out, weights, ids, expert_start, num_local, H=hidden, INTER=inter, TOP_K=top_k,
         BLOCK_N=DOWN_BLOCK_N, BLOCK_K=DOWN_BLOCK_K, num_warps=4)
     return out, weights, ids
