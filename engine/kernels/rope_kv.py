@@ -36,10 +36,24 @@ def _to_fp8(x, scale, dtype: tl.constexpr):
 
 
 @triton.jit
+def _head_norm(x1, x2, w_ptr, eps, HALF: tl.constexpr, dtype: tl.constexpr):
+    """Qwen3's per-head RMSNorm of a head's two halves, rounded as ``RMSNorm.forward``: the
+    normalized value to dtype, then times the weight, rounded again."""
+    d = tl.arange(0, HALF)
+    f1, f2 = x1.to(tl.float32), x2.to(tl.float32)
+    inv = tl.rsqrt((tl.sum(f1 * f1, 0) + tl.sum(f2 * f2, 0)) / (2 * HALF) + eps)
+    w1 = tl.load(w_ptr + d).to(tl.float32)
+    w2 = tl.load(w_ptr + HALF + d).to(tl.float32)
+    return ((w1 * (f1 * inv).to(dtype).to(tl.float32)).to(dtype),
+            (w2 * (f2 * inv).to(dtype).to(tl.float32)).to(dtype))
+
+
+@triton.jit
 def _rope_write_kv(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr,
                    q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h,
                    table_stride, cache_stride_b, cache_stride_h, cache_stride_t, block_size,
-                   num_q_heads, k_scale, v_scale, HALF: tl.constexpr, FP8: tl.constexpr):
+                   num_q_heads, k_scale, v_scale, qn_ptr, kn_ptr, eps, HALF: tl.constexpr,
+                   FP8: tl.constexpr, QK_NORM: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     dtype = q_ptr.dtype.element_ty
@@ -50,13 +64,19 @@ def _rope_write_kv(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_
     s = tl.load(sin_ptr + pos * table_stride + d).to(dtype).to(tl.float32)
     if h < num_q_heads:
         base = q_ptr + t * q_stride_t + h * q_stride_h
-        o1, o2 = _rotate(tl.load(base + d), tl.load(base + HALF + d), c, s, dtype)
+        x1, x2 = tl.load(base + d), tl.load(base + HALF + d)
+        if QK_NORM:
+            x1, x2 = _head_norm(x1, x2, qn_ptr, eps, HALF, dtype)
+        o1, o2 = _rotate(x1, x2, c, s, dtype)
         tl.store(base + d, o1)
         tl.store(base + HALF + d, o2)
     else:
         kh = h - num_q_heads
         base = k_ptr + t * k_stride_t + kh * k_stride_h
-        o1, o2 = _rotate(tl.load(base + d), tl.load(base + HALF + d), c, s, dtype)
+        x1, x2 = tl.load(base + d), tl.load(base + HALF + d)
+        if QK_NORM:
+            x1, x2 = _head_norm(x1, x2, kn_ptr, eps, HALF, dtype)
+        o1, o2 = _rotate(x1, x2, c, s, dtype)
         tl.store(base + d, o1)
         tl.store(base + HALF + d, o2)
         slot = tl.load(slot_ptr + t)
@@ -83,10 +103,13 @@ def supports(head_dim: int) -> bool:
 def rope_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                       cos_table: torch.Tensor, sin_table: torch.Tensor, k_cache: torch.Tensor,
                       v_cache: torch.Tensor, slot_mapping: torch.Tensor, block_size: int,
-                      k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+                      k_scale: float = 1.0, v_scale: float = 1.0,
+                      qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> None:
     """Rotate q [T, Hq, D] and k [T, Hkv, D] in place; store k and v [T, Hkv, D] at their
     slots of the HND caches [blocks, Hkv, block_size, D] (k_cache and v_cache share strides;
-    float8_e4m3fn caches: quantized with ``k_scale`` / ``v_scale``)."""
+    float8_e4m3fn caches: quantized with ``k_scale`` / ``v_scale``). ``qk_norm``: (q_norm
+    weight [D], k_norm weight [D], eps): each head RMS-normalized first (Qwen3), in the same
+    program instead of two eager norms of about seven kernels each."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     assert supports(head_dim) and q.stride(2) == k.stride(2) == v.stride(2) == 1
@@ -94,9 +117,11 @@ def rope_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positio
     assert cos_table.is_contiguous() and sin_table.is_contiguous()
     if num_tokens == 0:
         return
+    qn, kn, eps = qk_norm if qk_norm is not None else (q, k, 0.0)
     _rope_write_kv[(num_tokens, num_q_heads + num_kv_heads)](
         q, k, v, positions, cos_table, sin_table, slot_mapping, k_cache, v_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos_table.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_size, num_q_heads, float(k_scale), float(v_scale), HALF=head_dim // 2,
-        FP8=k_cache.dtype == torch.float8_e4m3fn, num_warps=1)
+        block_size, num_q_heads, float(k_scale), float(v_scale), qn, kn, float(eps),
+        HALF=head_dim // 2, FP8=k_cache.dtype == torch.float8_e4m3fn,
+        QK_NORM=qk_norm is not None, num_warps=1)

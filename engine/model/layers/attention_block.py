@@ -39,6 +39,9 @@ class AttentionBlock(nn.Module):
         self.qkv_proj: Linear | None = None  # set by fuse_projections (one GEMM, not three)
         self.rope = rope
         self.fused_rope_kv = False  # CUDA: rotation and KV write in one kernel (use_fused_kernels)
+        # ... and Qwen3's q/k norms in that kernel too (False: eager norms first; the MoE
+        # benchmark's "before" column sets it so)
+        self.fused_qk_norm = False
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
         # An FP8 cache's per-layer scales (layers/kv_quant.py): 1.0 unless the checkpoint
@@ -57,16 +60,22 @@ class AttentionBlock(nn.Module):
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
         assert self.k_cache is not None, "bind_kv_cache() before the first forward"
         if self.fused_rope_kv:
             from engine.kernels.rope_kv import rope_and_write_kv
 
+            qk_norm = None
+            if self.q_norm is not None:
+                if self.fused_qk_norm:
+                    qk_norm = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+                else:
+                    q, k = self.q_norm(q), self.k_norm(k)
             rope_and_write_kv(q, k, v, positions, self.rope.cos_table, self.rope.sin_table,
                               self.k_cache, self.v_cache, meta.slot_mapping, meta.block_size,
-                              self.k_scale, self.v_scale)
+                              self.k_scale, self.v_scale, qk_norm)
         else:
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
             q, k = self.rope(positions, q, k)
             write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping, meta.block_size,
                      self.k_scale, self.v_scale)
@@ -83,6 +92,7 @@ class AttentionBlock(nn.Module):
         from engine.kernels.rope_kv import supports
 
         self.fused_rope_kv = supports(self.head_dim)
+        self.fused_qk_norm = self.fused_rope_kv and self.q_norm is not None
         for linear in (self.qkv_proj, self.o_proj):
             if linear is not None:
                 linear.use_fused_kernels()

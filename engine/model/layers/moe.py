@@ -10,6 +10,11 @@ Two paths compute the same function:
 - ``engine.kernels.fused_moe`` (CUDA): the same sort done on the device into blocks of rows of
   one expert, a grouped GEMM with SiLU*mul fused, then the down GEMM scaled by the routing
   weights; fixed shapes and no host reads, so CUDA graphs capture it.
+- ``engine.kernels.moe_gemv`` (CUDA, a handful of tokens: decode at small batch): routing and
+  the chosen experts' GEMVs in two kernels, no sort.
+
+With fused kernels on (CUDA), routing is one Triton kernel (engine/kernels/moe_routing.py)
+instead of eager's softmax/top-k/renormalise ops, or runs inside ``moe_gemv``'s kernels.
 
 Parallelism is applied from outside (engine/model/moe_parallel.py): a rank may hold a slice
 of every expert's intermediate dimension (TP) and/or only experts
@@ -101,6 +106,8 @@ class SparseMoeBlock(nn.Module):
         self.num_experts = moe.num_experts  # global count; the router scores all of them
         self.gate = Linear(h, moe.num_experts)
         self.experts = Experts(moe.num_experts, h, moe.moe_intermediate_size)
+        # CUDA kernels (use_fused_kernels): Triton routing, and moe_gemv at a handful of tokens
+        self.fused_routing = False
         if moe.shared_expert_intermediate_size:
             self.shared_expert = GatedMLP(h, moe.shared_expert_intermediate_size)
             self.shared_expert_gate = Linear(h, 1)
@@ -108,8 +115,18 @@ class SparseMoeBlock(nn.Module):
             self.shared_expert = self.shared_expert_gate = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, ids = route(self.gate(x), self.top_k, self.renormalize)
-        out = self.experts(x, weights, ids)
+        logits = self.gate(x)
+        if not self.fused_routing:
+            out = self.experts(x, *route(logits, self.top_k, self.renormalize))
+        else:
+            from engine.kernels import moe_gemv, moe_routing
+
+            ex = self.experts
+            if moe_gemv.applies(x.shape[0]):
+                out = moe_gemv.moe_gemv(x, logits, ex.gate_up_proj, ex.down_proj, self.top_k,
+                                        self.renormalize, ex.expert_start)[0]
+            else:
+                out = ex(x, *moe_routing.route(logits, self.top_k, self.renormalize))
         if self.shared_expert is not None:
             # A partial sum under TP, like ``out``: the gate is a per-token scale, so it
             # commutes with the all-reduce that follows the block.
@@ -121,6 +138,7 @@ class SparseMoeBlock(nn.Module):
             self.shared_expert.fuse_projections()
 
     def use_fused_kernels(self) -> None:
+        self.fused_routing = True
         self.gate.use_fused_kernels()
         if self.shared_expert is not None:
             self.shared_expert.use_fused_kernels()

@@ -1,0 +1,138 @@
+"""The MoE layer at decode batch sizes (Triton): route, gate_up with SiLU*mul, and down with
+the routing weights, in two kernels that read only the chosen experts' rows.
+
+At batch 1 a MoE layer is a weight read: 8 of 128 experts, 75 MB in Qwen3-30B-A3B. The grouped
+path (engine/kernels/fused_moe.py) pays for generality there: the routing ops, the align
+kernel, 16-row tensor-core tiles of which one row is real, and the sum over the top-k rows.
+Here each slot (``token * top_k + j``) is a GEMV, like engine/kernels/gemv.py's:
+
+1. ``_gate_up_silu``, grid (slots, I / BLOCK_N): routes its token from the router's logits
+   (``moe_routing.softmax_top_k``: a few reductions over 128 values, cheaper than a launch),
+   takes choice ``j``, streams BLOCK_N gate rows and the matching up rows of that expert and
+   writes ``SiLU(gate) * up`` for the slot; the programs of tile 0 also store the slot's
+   expert id and routing weight.
+2. ``_down_weighted``, grid (tokens, H / BLOCK_N): for each of the token's ``top_k`` slots,
+   BLOCK_N rows of that expert's down projection times the slot's activation, scaled by its
+   weight and summed in fp32: the token's output, rounded once.
+
+Tokens sharing an expert read its rows once each, so this pays only while slots rarely share
+experts (``applies``: a handful of tokens); larger steps keep the grouped kernel. Shapes depend
+only on the token count and nothing is read on the host, so CUDA graphs capture it. Under
+expert parallelism slots of other ranks' experts are skipped (their share is zero here).
+Numerics: gate, up and the down products accumulate in fp32 and round once each (eager rounds
+each matmul, SiLU, the product and every expert's weighted output).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.kernels.moe_routing import route_constants, softmax_top_k
+
+MAX_TOKENS = 4  # at most this many tokens per step: this path; more: the grouped kernel
+# Narrow tiles: at batch 1 the 8 experts' gate_up rows give 8 x 192 programs and the down
+# rows 512, enough to cover every SM of an H200 several times.
+GATE_UP_BLOCK_N, GATE_UP_BLOCK_K = 4, 512
+DOWN_BLOCK_N, DOWN_BLOCK_K = 4, 256
+
+
+@triton.jit
+def _gate_up_silu(x_ptr, logits_ptr, w_ptr, h_ptr, weights_ptr, ids_ptr, num_experts,
+                  expert_start, num_local, H: tl.constexpr, INTER: tl.constexpr,
+                  TOP_K: tl.constexpr, K_P2: tl.constexpr, EXPERTS_P2: tl.constexpr,
+                  RENORMALIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    slot = tl.program_id(0)
+    token = slot // TOP_K
+    weights, ids = softmax_top_k(logits_ptr, token, num_experts, TOP_K, K_P2, EXPERTS_P2,
+                                 RENORMALIZE)
+    mine = tl.arange(0, K_P2) == slot % TOP_K
+    expert = tl.sum(tl.where(mine, ids, 0), 0)
+    if tl.program_id(1) == 0:
+        tl.store(weights_ptr + slot, tl.sum(tl.where(mine, weights, 0.0), 0))
+        tl.store(ids_ptr + slot, expert)
+    local = expert - expert_start
+    if (local >= 0) & (local < num_local):
+        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < INTER
+        k = tl.arange(0, BLOCK_K)
+        g_ptrs = w_ptr + local.to(tl.int64) * 2 * INTER * H + n[:, None].to(tl.int64) * H \
+            + k[None, :]
+        acc_g = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        # Unrolled (H is a constant): every tile's load can be in flight at once, which a
+        # weight-streaming kernel with few programs per SM needs to approach the copy rate.
+        for k0 in tl.static_range(0, H, BLOCK_K):
+            k_ok = k < H - k0
+            x = tl.load(x_ptr + token.to(tl.int64) * H + k0 + k, mask=k_ok,
+                        other=0.0).to(tl.float32)[None, :]
+            m = n_ok[:, None] & k_ok[None, :]
+            acc_g += tl.load(g_ptrs + k0, mask=m, other=0.0).to(tl.float32) * x
+            acc_u += tl.load(g_ptrs + INTER * H + k0, mask=m, other=0.0).to(tl.float32) * x
+        g = tl.sum(acc_g, 1)
+        u = tl.sum(acc_u, 1)
+        tl.store(h_ptr + slot.to(tl.int64) * INTER + n,
+                 (g * tl.sigmoid(g) * u).to(h_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _down_weighted(h_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, expert_start, num_local,
+                   H: tl.constexpr, INTER: tl.constexpr, TOP_K: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    token = tl.program_id(0)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < H
+    k = tl.arange(0, BLOCK_K)
+    out = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # Unrolled over the top-k slots and the intermediate dimension, and other ranks' experts
+    # masked (not branched around), so that all of a token's weight loads are independent.
+    for j in tl.static_range(TOP_K):
+        slot = token * TOP_K + j
+        local = tl.load(ids_ptr + slot) - expert_start
+        held = (local >= 0) & (local < num_local)
+        local = tl.where(held, local, 0)
+        width = tl.where(held, INTER, 0)  # columns of the slot's row to read: none if not held
+        w_ptrs = w_ptr + local.to(tl.int64) * H * INTER + n[:, None].to(tl.int64) * INTER \
+            + k[None, :]
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k0 in tl.static_range(0, INTER, BLOCK_K):
+            k_ok = k < width - k0
+            a = tl.load(h_ptr + slot.to(tl.int64) * INTER + k0 + k, mask=k_ok,
+                        other=0.0).to(tl.float32)[None, :]
+            w = tl.load(w_ptrs + k0, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            acc += w.to(tl.float32) * a
+        out += tl.where(held, tl.load(weights_ptr + slot), 0.0) * tl.sum(acc, 1)
+    tl.store(out_ptr + token.to(tl.int64) * H + n, out.to(out_ptr.dtype.element_ty),
+             mask=n_ok)
+
+
+def applies(num_tokens: int) -> bool:
+    return 0 < num_tokens <= MAX_TOKENS
+
+
+def moe_gemv(x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor,
+             down: torch.Tensor, top_k: int, renormalize: bool, expert_start: int = 0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out [T, H], weights [T, k] fp32, ids [T, k] int32): the routed experts' sum for x
+    [T, H] given the router's logits [T, E] (all experts, global ids); gate_up [E_l, 2I, H]
+    and down [E_l, H, I] hold experts ``expert_start ..`` (the module docstring)."""
+    num_tokens, hidden = x.shape
+    num_experts = router_logits.shape[1]
+    num_local, two_i, _ = gate_up.shape
+    inter = two_i // 2
+    num_slots = num_tokens * top_k
+    x, logits = x.contiguous(), router_logits.contiguous()
+    dev = x.device
+    weights = torch.empty(num_tokens, top_k, dtype=torch.float32, device=dev)
+    ids = torch.empty(num_tokens, top_k, dtype=torch.int32, device=dev)
+    h = torch.empty(num_slots, inter, dtype=x.dtype, device=dev)
+    _gate_up_silu[(num_slots, triton.cdiv(inter, GATE_UP_BLOCK_N))](
+        x, logits, gate_up, h, weights, ids, num_experts, expert_start, num_local, H=hidden,
+        INTER=inter, TOP_K=top_k, RENORMALIZE=renormalize, **route_constants(num_experts, top_k),
+        BLOCK_N=GATE_UP_BLOCK_N, BLOCK_K=GATE_UP_BLOCK_K, num_warps=4)
+    out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=dev)
+    _down_weighted[(num_tokens, triton.cdiv(hidden, DOWN_BLOCK_N))](
+        h, down, out, weights, ids, expert_start, num_local, H=hidden, INTER=inter, TOP_K=top_k,
+        BLOCK_N=DOWN_BLOCK_N, BLOCK_K=DOWN_BLOCK_K, num_warps=4)
+    return out, weights, ids
