@@ -236,7 +236,9 @@ def run_served(args, prompts, warm) -> dict:
     from deploy.local_cluster import ClusterSpec, LocalCluster
     from deploy.redis_server import free_port
 
+    # One colocated worker moves no KV: no transfer backend (NIXL need not be installed).
     worker_args = ("--device", args.device, "--dtype", args.dtype, "--role", "both",
+                   "--kv-transfer", "none",
                    "--kv-cache-gib", str(args.kv_gib), "--max-num-seqs", str(args.max_num_seqs))
     port = free_port()
     spec = ClusterSpec(model=args.model, prefill=0, decode=1, router_port=port,

@@ -282,10 +282,15 @@ class LocalCluster:
                            f"see the logs in {self.log_dir}")
 
     def _check_children(self) -> None:
+        """While the cluster starts: a child that exits is an error now (its log names the
+        cause), not a readiness timeout minutes later."""
         for child in self.children:
             code = child.process.poll()
-            if code is not None and child.role == "router":
-                raise RuntimeError(f"the router exited with code {code}; see {child.log_path}")
+            if code is not None and (child.role == "router" or not child.draining):
+                tail = child.log_path.read_text(errors="replace").strip().splitlines()[-1:] \
+                    if child.log_path.exists() else []
+                raise RuntimeError(f"{child.name} exited with code {code} while the cluster was "
+                                   f"starting ({' '.join(tail)}); see {child.log_path}")
 
     def workers(self, role: str) -> list[Child]:
         """Running workers of a role, not counting those draining away."""

@@ -17,7 +17,7 @@ from tests.fp8_kernel_cases import (
 pytestmark = pytest.mark.gpu
 
 
-def test_quantize_rows_is_bitwise_the_torch_quantization():
+def test_quantize_rows_matches_the_torch_quantization():
     check_quantize_rows(torch.device("cuda"), big=True)
 
 
