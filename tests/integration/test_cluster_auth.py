@@ -37,14 +37,18 @@ PREFIX = "auth-test:"
 @pytest.fixture(scope="module")
 def cluster(redis_server, demo_model_dir):
     model = ["--model", str(demo_model_dir), "--redis-prefix", PREFIX]
-    prefill = WorkerProcess("prefill", model, redis_server.url)
-    decode = WorkerProcess("decode", model, redis_server.url)
-    router = RouterProcess(redis_server.url, model + ["--api-key", "victim-key"],
-                           wait_for=(1, 1))
-    yield prefill, decode, router, demo_model_dir.name
-    router.stop()
-    for w in (prefill, decode):
-        w.stop()
+    workers = [WorkerProcess("prefill", model, redis_server.url)]
+    router = None
+    try:  # a worker or the router failing to start must not leave the others running
+        workers.append(WorkerProcess("decode", model, redis_server.url))
+        router = RouterProcess(redis_server.url, model + ["--api-key", "victim-key"],
+                               wait_for=(1, 1))
+        yield workers[0], workers[1], router, demo_model_dir.name
+    finally:
+        if router is not None:
+            router.stop()
+        for w in workers:
+            w.stop()
 
 
 def _submit_prefill_here(token_ids: list[int]) -> pb.DecodeRequest:

@@ -41,9 +41,9 @@ def _through_workers(redis_url, worker_args, prompts):
         d = asyncio.run(stats(decode.address))
         assert d.pulls_ok == len(prompts) and d.pulls_failed == 0 and d.num_blocks_in_use == 0
         return got, d.bytes_pulled
-    finally:
-        assert decode.stop(timeout=120) == 0, "".join(decode.log_lines[-20:])  # TP: slow exit
-        assert prefill.stop() == 0, "".join(prefill.log_lines[-20:])
+    finally:  # both stopped before either exit code is judged: nothing left running
+        codes = decode.stop(timeout=120), prefill.stop()  # TP ranks exit slowly under load
+        assert codes == (0, 0), "".join(decode.log_lines[-20:] + prefill.log_lines[-20:])
 
 
 def test_fp8_weights_and_kv_through_workers_equal_one_fp8_engine(redis_server):

@@ -36,9 +36,9 @@ def _through_cluster(redis_url, args, decode_extra, prompts):
         d = asyncio.run(stats(decode.address))
         assert d.pulls_ok == len(prompts) and d.num_blocks_in_use == 0
         return got
-    finally:
-        assert decode.stop() == 0, "".join(decode.log_lines[-20:])
-        assert prefill.stop() == 0, "".join(prefill.log_lines[-20:])
+    finally:  # both stopped before either exit code is judged: nothing left running
+        codes = decode.stop(timeout=120), prefill.stop()  # TP ranks exit slowly under load
+        assert codes == (0, 0), "".join(decode.log_lines[-20:] + prefill.log_lines[-20:])
 
 
 @pytest.mark.parametrize("decode_extra", [["--async-scheduling", "on"], ["--tp", "2", "--ep", "2"]],
