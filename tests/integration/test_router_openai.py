@@ -6,8 +6,8 @@ import json
 import httpx
 import pytest
 
-from engine import LLM, SamplingParams
-from tests.cluster_helpers import RouterProcess, WorkerProcess
+from engine import SamplingParams
+from tests.cluster_helpers import RouterProcess
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
 openai = pytest.importorskip("openai")
@@ -15,30 +15,6 @@ openai = pytest.importorskip("openai")
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 LONG_PROMPT = ("In a quiet village by the sea, an old lighthouse keeper kept a journal of every "
                "ship that passed. One stormy night he wrote:")
-
-
-@pytest.fixture(scope="module")
-def cluster(redis_server, demo_model_dir):
-    model = ["--model", str(demo_model_dir)]
-    prefill = WorkerProcess("prefill", model, redis_server.url)
-    decode = WorkerProcess("decode", model, redis_server.url)
-    router = RouterProcess(redis_server.url, model + ["--local-prefill-threshold", "8"],
-                           wait_for=(1, 1))
-    yield router, prefill, decode
-    router.stop()
-    for w in (prefill, decode):
-        w.stop()
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    return openai.OpenAI(base_url=f"{cluster[0].url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def reference(demo_model_dir):
-    with LLM(str(demo_model_dir), device="cpu") as llm:
-        yield llm
 
 
 def model_name(client) -> str:

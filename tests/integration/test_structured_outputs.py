@@ -9,9 +9,8 @@ import pytest
 
 from common.sampling_params import SamplingParams
 from common.structured_output import StructuredOutput
-from engine import LLM
 from proto import pb, pb_grpc
-from tests.cluster_helpers import RouterProcess, WorkerProcess, worker_channel
+from tests.cluster_helpers import worker_channel
 from tests.structured_schemas import SCHEMAS
 
 pytest.importorskip("nixl_cu12", reason="needs the nixl extra")
@@ -20,30 +19,6 @@ jsonschema = pytest.importorskip("jsonschema")
 
 ASK_JSON = [{"role": "user", "content": "Reply with a JSON value."}]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def cluster(redis_server, demo_model_dir):
-    model = ["--model", str(demo_model_dir)]
-    prefill = WorkerProcess("prefill", model, redis_server.url)
-    decode = WorkerProcess("decode", model, redis_server.url)
-    router = RouterProcess(redis_server.url, model + ["--local-prefill-threshold", "8"],
-                           wait_for=(1, 1))
-    yield router, prefill, decode
-    router.stop()
-    for w in (prefill, decode):
-        w.stop()
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    return openai.OpenAI(base_url=f"{cluster[0].url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def reference(demo_model_dir):
-    with LLM(str(demo_model_dir), device="cpu") as llm:
-        yield llm
 
 
 def stats(address: str) -> pb.StatsResponse:
