@@ -54,6 +54,10 @@ async def prepare_chat(state, body: ChatCompletionRequest, salt: tuple[str, ...]
     # Forced output is calls from its first token: no thinking section to split off.
     think = (reasoning.make(model.reasoning_parser, text)
              if model.reasoning_parser and not forced else None)
+    if (body.n or 1) > 1 and (parser is not None or think is not None):
+        # The choices of n > 1 are plain text (router/respond_choices.py): refused, not mangled.
+        raise bad_request("n > 1 is not supported with tools or a reasoning parser",
+                          param="n")
     keep_special = bool(parser and parser.needs_special_tokens)
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = sampling(body, state, len(prompt), max_tokens,

@@ -57,7 +57,8 @@ async def respond_choices(state, request: Request, req: GenerateRequest, model: 
         logprobs = [lp for e in evs for lp in e.logprobs]
         if kind == "chat":
             lp = fmt.chat_logprobs(logprobs, text_of) if want_logprobs else None
-            body = fmt.chat_response(req.request_id, model, text, finish, lp, usage)
+            body = fmt.chat_response(req.request_id, model,
+                                     {"role": "assistant", "content": text}, finish, lp, usage)
         else:
             lp = fmt.completion_logprobs(logprobs, text_of, 0) if want_logprobs else None
             body = fmt.completion_response(req.request_id, model, text, finish, lp, usage)
