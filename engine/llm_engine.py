@@ -130,7 +130,9 @@ class LLMEngine:
         stream); its grammar, if any, replays them."""
         if hold_kv and self.remote is None:
             raise ValueError("hold_kv needs an engine with kv_transfer enabled")
-        if not 0 <= num_generated_tokens < len(prompt_token_ids):
+        # (an empty prompt is refused by _new_sequence, with its own message)
+        if num_generated_tokens < 0 or (num_generated_tokens and
+                                        num_generated_tokens >= len(prompt_token_ids)):
             raise ValueError("num_generated_tokens must be less than the prompt's length")
         seq = self._new_sequence(prompt_token_ids, params, request_id, extra_keys)
         replay = prompt_token_ids[len(prompt_token_ids) - num_generated_tokens:]
