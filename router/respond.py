@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -110,7 +110,13 @@ async def _prime(state, agen: AsyncIterator[TokenEvent]) -> TokenEvent:
 async def _collect_watching(agen: AsyncIterator[TokenEvent], first: TokenEvent,
                             request: Request) -> list[TokenEvent] | None:
     """Every event, or None if the client gave up meanwhile (then the work is cancelled)."""
-    task = asyncio.create_task(_collect(agen, first))
+    return await watching(_collect(agen, first), request)
+
+
+async def watching(collect: Awaitable[list], request: Request) -> list | None:
+    """``collect``'s result, or None if the client gave up meanwhile (then it is cancelled);
+    the dispatcher's failures as the API's errors."""
+    task = asyncio.create_task(collect)
     while True:
         done, _ = await asyncio.wait({task}, timeout=0.5)
         if done:

@@ -4,7 +4,6 @@ and the completion tokens of every choice."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -16,8 +15,7 @@ from router.admission import Slot
 from router.choices import generate_choices
 from router.dispatch_errors import BadRequestError, NoWorkersError, UpstreamError
 from router.dispatcher import GenerateRequest
-from router.errors import APIError, bad_request
-from router.respond import _Body, _prime
+from router.respond import _Body, _prime, watching
 from router.streaming import ClosingStreamingResponse
 from router.token_events import TokenEvent
 
@@ -70,27 +68,15 @@ async def respond_choices(state, request: Request, req: GenerateRequest, model: 
 async def _collect_watching(agen: AsyncIterator[Indexed], first: Indexed,
                             request: Request) -> list[Indexed] | None:
     async def collect() -> list[Indexed]:
-        items = [first]
+        items = [first]  # one choice finishing is not the end: read until every one has
         async for item in agen:
             items.append(item)
         return items
 
-    task = asyncio.create_task(collect())
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.5)
-        if done:
-            break
-        if await request.is_disconnected():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await agen.aclose()
-            return None
-    try:
-        return task.result()
-    except UpstreamError as e:
-        raise APIError(502, str(e), type_="server_error") from None
-    except BadRequestError as e:
-        raise bad_request(str(e)) from None
+    items = await watching(collect(), request)
+    if items is None:
+        await agen.aclose()
+    return items
 
 
 async def _stream(agen: AsyncIterator[Indexed], first: Indexed, req: GenerateRequest,
