@@ -16,6 +16,7 @@ address uses TCP on that address's interface instead (``NixlSettings.for_device`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -79,6 +80,23 @@ class NixlSettings:
                    **overrides)
 
 
+@contextlib.contextmanager
+def _ucx_environment(settings: NixlSettings):
+    """UCX reads its configuration from the environment when the backend's context is made.
+    Values the operator set explicitly win; ours are removed again afterwards, so they never
+    reach processes this one starts (a worker on another "host" that inherited ``UCX_TLS=shm``
+    from a loopback connector here would move its KV through shared memory, not its network)."""
+    ours = {name: value for name, value in (("UCX_TLS", settings.ucx_tls),
+                                            ("UCX_NET_DEVICES", settings.ucx_net_devices))
+            if value and name not in os.environ}
+    os.environ.update(ours)
+    try:
+        yield
+    finally:
+        for name in ours:
+            os.environ.pop(name, None)
+
+
 @dataclass
 class _Pull:
     handle: KVHandle
@@ -101,12 +119,6 @@ class NixlConnector(KVConnector):
         settings: NixlSettings | None = None,
     ):
         self.settings = settings or NixlSettings.for_device(kv_buffer.device)
-        # UCX reads its configuration from the environment when the agent starts; values the
-        # operator set explicitly win.
-        if self.settings.ucx_tls:
-            os.environ.setdefault("UCX_TLS", self.settings.ucx_tls)
-        if self.settings.ucx_net_devices:
-            os.environ.setdefault("UCX_NET_DEVICES", self.settings.ucx_net_devices)
         nixl_agent, nixl_agent_config = import_nixl()
         self.engine_id = engine_id
         self.tp_rank, self.tp_size = tp_rank, tp_size
@@ -125,7 +137,8 @@ class NixlConnector(KVConnector):
         params = {}
         if self.settings.error_handling_mode:
             params["ucx_error_handling_mode"] = self.settings.error_handling_mode
-        self.agent.create_backend("UCX", params)
+        with _ucx_environment(self.settings):
+            self.agent.create_backend("UCX", params)
         self._registration = self.agent.register_memory([kv_buffer])
         self._source = SourceRank(tp_rank, self.agent_name, self.agent.get_agent_metadata(),
                                   kv_buffer.data_ptr(), layout.num_blocks, self.device_id)

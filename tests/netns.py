@@ -10,7 +10,9 @@ this machine cannot make namespaces (not root, no ``ip``, a sandbox that refuses
 
 Same kernel, so not everything is like separate machines: the namespaces share the file
 system and /dev/shm, so UCX would reach a peer "host" through shared memory unless told to use
-TCP (the tests set ``UCX_TLS=tcp,self``: on real separate hosts shm is unreachable anyway).
+TCP. The workers tell it so themselves (a worker advertising a non-loopback address uses TCP
+on that address's interface: ``NixlSettings.for_device``), which is also what real separate
+hosts need, where shm is unreachable anyway.
 """
 
 from __future__ import annotations

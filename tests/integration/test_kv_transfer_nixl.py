@@ -135,3 +135,26 @@ def test_handle_round_trip_and_version_check():
         handle.check_receivable(compat())
     with pytest.raises(IncompatibleKVError, match="malformed"):
         handle_from_bytes(b"\xff\xff\xff")
+
+
+def test_connector_leaves_no_ucx_settings_for_child_processes(monkeypatch):
+    """Its UCX settings apply to its own backend only: a process it starts (a worker on another
+    simulated host) must choose its own transport, not inherit shared memory from this one.
+    An operator's explicit setting is left as it was."""
+    from kv_transfer.layout import RegionLayout
+    from kv_transfer.nixl_connector import NixlConnector, NixlSettings
+    from tests.kv_peer import BLOCK_SIZE, BLOCKS, HEAD_DIM, LAYERS
+
+    monkeypatch.delenv("UCX_TLS", raising=False)
+    monkeypatch.setenv("UCX_NET_DEVICES", "lo")  # the operator's
+    buffer = torch.zeros(BLOCKS, HEADS, LAYERS, 2, BLOCK_SIZE, HEAD_DIM)
+    layout = RegionLayout(LAYERS, BLOCKS, HEADS, BLOCK_SIZE, HEAD_DIM, 4)
+    settings = NixlSettings(ucx_tls="shm,self", ucx_net_devices="eth9")
+    conn = NixlConnector("env-probe", 0, 1, buffer, layout, compat(), settings)
+    try:
+        import os
+
+        assert "UCX_TLS" not in os.environ
+        assert os.environ["UCX_NET_DEVICES"] == "lo"
+    finally:
+        conn.close()

@@ -78,8 +78,13 @@ def net():
         yield hosts
 
 
-def test_cluster_across_three_hosts(net, demo_model_dir, reference, tmp_path):
+def test_cluster_across_three_hosts(net, demo_model_dir, reference, tmp_path, monkeypatch):
     import redis
+
+    # The hosts share one kernel and /dev/shm: a UCX_TLS naming shm in this environment would
+    # let the workers move KV through shared memory, never touching B's link.
+    for name in ("UCX_TLS", "UCX_NET_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
 
     a, b, c = net.hosts
     started = []  # stopped in reverse before the namespaces go
