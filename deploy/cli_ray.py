@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--advertise-host", default=None,
                     help="address components publish (default: each node's Ray address; "
                          "127.0.0.1 keeps a single-node deployment on loopback)")
+    for role, where in (("prefill", "prefill workers, one unit each"),
+                        ("decode", "decode workers (each TP gang), one unit each"),
+                        ("router", "the router and the Redis actor, one unit together")):
+        up.add_argument(f"--{role}-resource", default=None, metavar="NAME",
+                        help=f"place {where}, only on nodes offering this custom Ray resource "
+                             f"(start those nodes with `ray start --resources "
+                             f"'{{\"NAME\": N}}'`); default: wherever Ray finds room")
     up.add_argument("--worker-arg", action="append", default=[],
                     help="extra flag for every worker (repeat)")
     scale = sub.add_parser("scale", help="resize pools live: prefill=N decode=M")
@@ -49,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
                                   redis_url=args.redis, policy=args.policy,
                                   router_processes=args.router_workers,
                                   worker_args=tuple(args.worker_arg),
-                                  advertise_host=args.advertise_host)
+                                  advertise_host=args.advertise_host,
+                                  prefill_resource=args.prefill_resource,
+                                  decode_resource=args.decode_resource,
+                                  router_resource=args.router_resource)
         url = ray_deploy.up(spec, args.prefill, args.decode, log=say)
         say(f"[pdserve] ready: {url}/v1")
         return 0

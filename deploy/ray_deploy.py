@@ -29,6 +29,38 @@ class RaySpec:
     worker_args: tuple[str, ...] = ()
     advertise_host: str | None = None  # force component addresses (single-node: 127.0.0.1)
     cluster_secret: str | None = None  # None: a new one for this deployment
+    # Placement across nodes: a custom Ray resource per pool (`ray start --resources
+    # '{"pdserve_decode": 4}'`); each worker (each TP gang) takes one unit, so a node offering
+    # K units hosts at most K of that pool's workers. None: anywhere Ray finds room.
+    prefill_resource: str | None = None
+    decode_resource: str | None = None
+    router_resource: str | None = None  # the router (and the Redis actor) go where this is
+
+    def pool_resource(self, role: str) -> str | None:
+        return {"prefill": self.prefill_resource, "decode": self.decode_resource,
+                "router": self.router_resource}[role]
+
+
+class PlacementError(RuntimeError):
+    """The Ray cluster cannot hold what was asked (a pool resource no node offers, too few
+    units): said before anything starts, instead of actors pending until a timeout."""
+
+
+def check_placement(spec: RaySpec, counts: dict[str, int]) -> None:
+    """Every named pool resource exists on the cluster with a unit per worker asked for."""
+    total = ray.cluster_resources()
+    for role, count in counts.items():
+        name = spec.pool_resource(role)
+        if name is None or count == 0:
+            continue
+        have = total.get(name, 0)
+        if have == 0:
+            raise PlacementError(
+                f"no Ray node offers the resource {name!r} for the {role} pool: start the "
+                f"nodes meant for it with `ray start ... --resources '{{\"{name}\": N}}'`")
+        if have < count:
+            raise PlacementError(f"the {role} pool asks for {count} workers but the cluster "
+                                 f"offers {have:g} units of {name!r} (one per worker)")
 
 
 def connect(address: str | None) -> None:
@@ -72,12 +104,15 @@ class ConfigActor:
 def up(spec: RaySpec, prefill: int, decode: int, log=print, timeout_s: float = 600) -> str:
     if _actor(ROUTER) is not None:
         raise RuntimeError("a pdserve deployment already runs here: `pdserve ray down` first")
+    check_placement(spec, {"prefill": prefill, "decode": decode, "router": 1})
     redis_url = spec.redis_url
     # One secret per deployment, kept by the config actor (whoever can reach Ray's API controls
     # the cluster anyway) and handed to each component in its environment, not its argv.
     secret = spec.cluster_secret or generate_secret()
+    # The router and the Redis actor share one unit of the router's resource: one node.
+    beside_router = _resource_options(spec.router_resource, units=0.5)
     if redis_url is None:
-        redis = RedisActor.options(name=REDIS, lifetime="detached").remote(secret)
+        redis = RedisActor.options(name=REDIS, lifetime="detached", **beside_router).remote(secret)
         redis_url = ray.get(redis.url.remote(spec.advertise_host))
     config = dict(spec.__dict__, redis_url=redis_url, worker_args=list(spec.worker_args),
                   cluster_secret=secret)
@@ -85,7 +120,7 @@ def up(spec: RaySpec, prefill: int, decode: int, log=print, timeout_s: float = 6
     log(f"[pdserve] redis: {redis_url}")
     if spec.model == "demo":  # prepared once by a task, not raced by every worker
         ray.get(_prepare_demo.remote())
-    ComponentActor.options(name=ROUTER, lifetime="detached").remote(
+    ComponentActor.options(name=ROUTER, lifetime="detached", **beside_router).remote(
         ROUTER, ["router", "--host", "0.0.0.0", "--port", str(spec.router_port), "--redis",
                  redis_url, "--model", spec.model, "--policy", spec.policy,
                  "--workers", str(spec.router_processes)], _secret_env(config))
@@ -113,14 +148,23 @@ def _start_worker(role: str, index: int, config: dict) -> None:
     if tp > 1:
         args += ["--tp", str(tp)]
     options = dict(name=name, lifetime="detached")
+    pool = config.get(f"{role}_resource")
     if gpus:
-        # One bundle of all the gang's GPUs on one node: TP ranks talk over NVLink/NCCL.
-        pg = placement_group([{"GPU": gpus, "CPU": 0.001}], strategy="STRICT_PACK",
-                             name=f"{name}-pg", lifetime="detached")
+        # One bundle of all the gang's GPUs on one node: TP ranks talk over NVLink/NCCL. The
+        # pool's unit is in the bundle too, so the gang lands on a node of its pool.
+        bundle = {"GPU": gpus, "CPU": 0.001, **({pool: 1} if pool else {})}
+        pg = placement_group([bundle], strategy="STRICT_PACK", name=f"{name}-pg",
+                             lifetime="detached")
         ray.get(pg.ready())
-        options.update(num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
-            placement_group=pg))
+        options.update(num_gpus=gpus, **_resource_options(pool),
+                       scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg))
+    else:
+        options.update(_resource_options(pool))
     ComponentActor.options(**options).remote(name, args, _secret_env(config))
+
+
+def _resource_options(name: str | None, units: float = 1) -> dict:
+    return {"resources": {name: units}} if name else {}
 
 
 def _secret_env(config: dict) -> dict[str, str]:
@@ -136,9 +180,13 @@ def scale(prefill: int | None, decode: int | None, log=print, wait: bool = True,
             continue
         names = worker_names(role)
         next_index = max([int(n.rsplit("-", 1)[1]) for n in names], default=0) + 1
+        pool = config.get(f"{role}_resource")
+        if target > len(names):
+            check_placement(RaySpec(**{f"{role}_resource": pool}), {role: target})
+        where = f" (on a node offering {pool!r})" if pool else ""
         for i in range(target - len(names)):
             _start_worker(role, next_index + i, config)
-            log(f"[pdserve] {role}: starting pdserve-{role}-{next_index + i}")
+            log(f"[pdserve] {role}: starting pdserve-{role}-{next_index + i}{where}")
         for name in names[target:] if target < len(names) else []:
             log(f"[pdserve] {role}: draining {name}")
             draining.append((name, _actor(name).drain.remote()))

@@ -188,11 +188,42 @@ def test_cluster_across_three_hosts(net, demo_model_dir, reference, tmp_path, mo
         pulled_before = metric(c.ip, decode.metrics_port, "kv_transfer_bytes")
         assert complete(again) == expected(reference, again, 12)
         assert metric(c.ip, decode.metrics_port, "kv_transfer_bytes") > pulled_before
+
+        # 4. The decode host's link is cut mid-stream, with no other decode worker to continue
+        # on: the stream ends with an error event (not a hang) once the router's keepalive
+        # (10 s ping, 5 s timeout) drops the connection; when the link returns, C has freed
+        # everything and serves again.
+        stream = client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "Tell me a very long story."}],
+            max_tokens=400, temperature=0, stream=True, timeout=120,
+            extra_body={"ignore_eos": True})
+        chunks = iter(stream)
+        for _ in range(3):
+            next(chunks)
+        c.set_link(False)
+        cut_at = time.time()
+        with pytest.raises(openai.APIError) as ended:
+            for _ in chunks:
+                pass
+        waited = time.time() - cut_at
+        print(f"mid-stream cut: stream ended after {waited:.1f}s: {ended.value}")
+        assert waited < 60 and "decode" in str(ended.value), ended.value
+        c.set_link(True)
+        wait_until(lambda: (r := records(rc).get(decode.worker_id)) and r["num_running"] == 0
+                   and r["num_free_blocks"] == r["num_blocks"], 60, "C to free the request")
+        wait_until(lambda: _serves(complete), 30, "the cluster to serve again after the cut")
     finally:
         for proc in reversed(started):
             proc.stop()
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+
+
+def _serves(complete) -> bool:
+    try:
+        return bool(complete("Say hi.", 4))
+    except Exception:
+        return False
 
 
 def _ping(client) -> bool:
