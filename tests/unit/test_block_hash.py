@@ -54,3 +54,23 @@ def test_router_side_import_is_torch_free():
     code = "import sys, kv_transfer.block_hash; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_whole_prompt_path_equals_block_by_block_and_the_recorded_values():
+    """iter_hashes packs the prompt once; it must give exactly hash_block's chain (which the
+    engine's cache manager uses block by block) and the values every deployed worker has."""
+    import random
+
+    rng = random.Random(7)
+    h = BlockHasher(16, "s")
+    for salt in ((), ("tenant-a",), ("a", 3)):
+        tokens = [rng.randrange(200_000) for _ in range(16 * 9 + 5)]
+        chain, parent = [], None
+        for i in range(9):
+            parent = h.hash_block(parent, tokens[16 * i:16 * (i + 1)], salt)
+            chain.append(parent)
+        assert h.hash_prompt(tokens, salt) == chain
+        assert list(h.iter_hashes(tokens, salt, parent=chain[3], start_block=4)) == chain[4:]
+    # Recorded from the block-by-block implementation before the whole-prompt path existed.
+    assert h.hash_prompt(list(range(64)), ("x",)) == [
+        1844678401153234313, 14258295215686955334, 3648163497447880168, 10637256551069342022]
