@@ -21,6 +21,7 @@ import grpc
 from common.cluster_secret import ENV_VAR, ClusterSecret
 from common.redis_schema import Keys, WorkerRecord
 from proto import API_VERSION, pb, pb_grpc
+from worker.output_socket import OutputsSocket
 from worker.presence import WorkerPresence
 
 
@@ -40,8 +41,13 @@ class MockServicer(pb_grpc.WorkerServicer):
         self.wakes: dict[str, asyncio.Event] = {}
 
     async def Outputs(self, request, context):
-        active = self.streams[request.router_id] = {}
-        wake = self.wakes[request.router_id] = asyncio.Event()
+        async for batch in self.batches(request.router_id):
+            yield batch
+
+    async def batches(self, router_id: str):
+        """One router's stream (the gRPC call's or the outputs socket's)."""
+        active = self.streams[router_id] = {}
+        wake = self.wakes[router_id] = asyncio.Event()
         yield pb.OutputBatch()
         while True:
             if not active:
@@ -78,20 +84,28 @@ class MockServicer(pb_grpc.WorkerServicer):
 
 
 async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int,
-                step_s: float = 0.0) -> None:
+                step_s: float = 0.0, outputs: str = "socket") -> None:
+    """``outputs``: how decode mocks stream to routers, ``socket`` (the outputs socket, as
+    decode workers do by default) or ``grpc`` (the Outputs call only)."""
     presences = []
     # Signed like a real worker's record, or the router would not route to the mocks.
     secret = ClusterSecret(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None
     for role, count in (("prefill", num_prefill), ("decode", num_decode)):
         for i in range(count):
             server = grpc.aio.server()
-            pb_grpc.add_WorkerServicer_to_server(MockServicer(step_s), server)
+            servicer = MockServicer(step_s)
+            pb_grpc.add_WorkerServicer_to_server(servicer, server)
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
+            outputs_address = ""
+            if role == "decode" and outputs == "socket":  # as a real decode worker has
+                sock = OutputsSocket(servicer.batches, secret.grpc_token if secret else None)
+                outputs_address = f"127.0.0.1:{await sock.start('127.0.0.1')}"
             record = WorkerRecord(
                 worker_id=f"mock-{role}-{i}", role=role, address=f"127.0.0.1:{port}",
                 model="mock", compat_digest="mock", tp_size=1, block_size=16, num_blocks=100000,
-                num_free_blocks=100000, max_model_len=65536, started_at=time.time())
+                num_free_blocks=100000, max_model_len=65536, started_at=time.time(),
+                outputs_address=outputs_address)
 
             def current(record=record):
                 return WorkerRecord(**{**record.__dict__, "heartbeat_at": time.time()}
@@ -100,7 +114,8 @@ async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int,
             presence = WorkerPresence(redis_url, Keys(prefix), current, collections.deque())
             await presence.start()
             presences.append((server, presence))
-            print(f"MOCK {role} 127.0.0.1:{port}", flush=True)
+            print(f"MOCK {role} 127.0.0.1:{port}"
+                  + (f" outputs={outputs_address}" if outputs_address else ""), flush=True)
     print("MOCKS_READY", flush=True)
     await asyncio.Event().wait()
 
@@ -108,4 +123,5 @@ async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int,
 if __name__ == "__main__":
     url, prefix, n_p, n_d = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     step_ms = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0  # decode step time
-    asyncio.run(serve(url, prefix, n_p, n_d, step_ms / 1000))
+    outputs = sys.argv[6] if len(sys.argv) > 6 else os.environ.get("MOCK_OUTPUTS", "socket")
+    asyncio.run(serve(url, prefix, n_p, n_d, step_ms / 1000, outputs))

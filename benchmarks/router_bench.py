@@ -113,7 +113,8 @@ def measure_run(tree: Path, procs: int, redis: stack.RedisProcess, args, run_id:
         usage = probe_usage(router.port, bodies[0])
         tokens = usage.get("completion_tokens", OUTPUT_TOKENS)
         direct = stack.direct_latencies(tree, p_addr["prefill"], d_addr["decode"],
-                                        usage["prompt_tokens"], args.direct_requests)
+                                        usage["prompt_tokens"], args.direct_requests,
+                                        d_addr.get("decode_outputs", ""))
         requests = [encode_request("127.0.0.1", router.port, CHAT_PATH, b) for b in bodies]
         common = dict(router_pid=router.process.pid, mock_pids=[p_mock.pid, d_mock.pid],
                       redis_pid=redis.process.pid, port=router.port, requests=requests,

@@ -7,7 +7,8 @@ decode output is one stream per router (API v3: ``Submit`` + ``Outputs``), the t
 ``router.decode_outputs`` reader. Knows the older shapes too: a per-request ``Decode`` stream
 with API v2's ``pull_kv`` oneof or v1's loose first_token/kv_handle fields.
 
-    PYTHONPATH=TREE python benchmarks/router_direct.py PREFILL_ADDR DECODE_ADDR PROMPT_TOKENS N
+    PYTHONPATH=TREE python benchmarks/router_direct.py PREFILL_ADDR DECODE_ADDR PROMPT_TOKENS N \
+        [OUTPUTS_ADDR]
 prints one line ``DIRECT {"latencies_s": [...]}``.
 """
 
@@ -30,7 +31,9 @@ def decode_request(pb, api_version: int, rid: str, prompt: list[int], sp, first)
 
 
 async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: int,
-                  max_tokens: int = 16) -> list[float]:
+                  outputs_addr: str = "", max_tokens: int = 16) -> list[float]:
+    """``outputs_addr``: the decode mock's outputs socket (trees that have one), read the
+    way that tree's router reads it."""
     import grpc
 
     from proto import API_VERSION, pb, pb_grpc
@@ -45,7 +48,16 @@ async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: in
         if hasattr(pb, "OutputBatch"):  # API v3: outputs arrive on one stream per router
             from router.decode_outputs import DecodeOutputs
 
-            outputs = DecodeOutputs(lambda _: d)
+            if outputs_addr:  # the socket's hello carries the cluster token
+                import os
+
+                from common.cluster_secret import ENV_VAR, ClusterSecret
+
+                secret = os.environ.get(ENV_VAR)
+                outputs = DecodeOutputs(lambda _: d, token=ClusterSecret(secret).grpc_token
+                                        if secret else None)
+            else:
+                outputs = DecodeOutputs(lambda _: d)
         for i in range(n + 20):  # the first 20 warm the channels up and are dropped
             started = time.perf_counter()
             first = await p.Prefill(pb.PrefillRequest(
@@ -56,7 +68,7 @@ async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: in
                 async for _ in d.Decode(request):
                     pass
             else:
-                await _submit_and_wait(outputs, d, decode_addr, request)
+                await _submit_and_wait(outputs, d, decode_addr, request, outputs_addr)
             if i >= 20:
                 out.append(time.perf_counter() - started)
         if outputs is not None:
@@ -64,9 +76,10 @@ async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: in
     return out
 
 
-async def _submit_and_wait(outputs, stub, address: str, request) -> None:
+async def _submit_and_wait(outputs, stub, address: str, request, outputs_addr: str) -> None:
     request.router_id = outputs.router_id
-    inbox = await outputs.subscribe(address, request.request_id)
+    inbox = await (outputs.subscribe(address, request.request_id, outputs_addr) if outputs_addr
+                   else outputs.subscribe(address, request.request_id))
     try:
         await stub.Submit(request, timeout=30)
         deadline = asyncio.get_running_loop().time() + 60
@@ -78,5 +91,6 @@ async def _submit_and_wait(outputs, stub, address: str, request) -> None:
 
 
 if __name__ == "__main__":
-    lat = asyncio.run(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    lat = asyncio.run(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                              sys.argv[5] if len(sys.argv) > 5 else ""))
     print("DIRECT " + json.dumps({"latencies_s": lat}), flush=True)

@@ -137,8 +137,11 @@ def start_mock(tree: Path, redis_url: str, prefix: str, num_prefill: int, num_de
     addrs = {}
     for line in proc.stdout:
         if line.startswith("MOCK "):
-            _, role, addr = line.split()
+            _, role, addr, *rest = line.split()
             addrs[role] = addr
+            for field_ in rest:  # "outputs=ADDR": a decode mock's outputs socket
+                if field_.startswith("outputs="):
+                    addrs[f"{role}_outputs"] = field_.split("=", 1)[1]
         if line.startswith("MOCKS_READY"):
             break
     else:
@@ -147,12 +150,14 @@ def start_mock(tree: Path, redis_url: str, prefix: str, num_prefill: int, num_de
 
 
 def direct_latencies(tree: Path, prefill_addr: str, decode_addr: str, prompt_tokens: int,
-                     n: int) -> list[float] | str:
-    """router_direct.py against the mocks in the tree's proto; its latencies, or why not."""
+                     n: int, outputs_addr: str = "") -> list[float] | str:
+    """router_direct.py against the mocks in the tree's proto; its latencies, or why not.
+    ``outputs_addr``: the decode mock's outputs socket, read as the tree's router does."""
     import json
 
     proc = subprocess.Popen([sys.executable, str(HERE / "router_direct.py"), prefill_addr,
-                             decode_addr, str(prompt_tokens), str(n)], cwd=tree,
+                             decode_addr, str(prompt_tokens), str(n),
+                             *([outputs_addr] if outputs_addr else [])], cwd=tree,
                             env=tree_env(tree), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     SPAWNED.add(proc.pid)

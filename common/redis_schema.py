@@ -68,6 +68,9 @@ class WorkerRecord:
     heartbeat_at: float = 0.0
     pid: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Decode roles: host:port of the outputs socket (proto/frames.py), which routers read
+    # decode outputs from; "" when it is off (they use the gRPC Outputs stream instead).
+    outputs_address: str = ""
     # HMAC of every other field with the cluster secret's signing key (common/cluster_secret.py):
     # the router routes only to records it can verify, so a record planted in Redis by someone
     # without the secret (an address of theirs, to capture prompts) is never used.

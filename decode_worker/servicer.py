@@ -4,9 +4,11 @@ runs colocated (``--role both``), ``Prefill`` (worker/prefill_rpc.py)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 
-from proto import API_VERSION, pb
+from proto import API_VERSION
 from worker.decode_rpc import release_refused_handle, submit_decode
 from worker.output_streams import OutputStreams
 from worker.prefill_rpc import serve_prefill
@@ -25,13 +27,10 @@ class DecodeServicer(BaseServicer):
                                 f"worker speaks {API_VERSION}")
         if not request.router_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "router_id is required")
-        stream = self.outputs.open(request.router_id)
-        try:
-            yield pb.OutputBatch()  # registered: Submit may name this router now
-            async for batch in stream.batches():
+        # Closed explicitly when the call ends: its finally aborts this router's requests.
+        async with contextlib.aclosing(self.outputs.serve(request.router_id)) as batches:
+            async for batch in batches:
                 yield batch
-        finally:  # the router went away (or the server stops): its requests end here
-            self.outputs.close(stream)
 
     async def Submit(self, request, context):
         try:

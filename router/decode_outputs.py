@@ -1,14 +1,15 @@
-"""The router's end of the decode output plane: one ``Outputs`` stream per decode worker,
-read by one task that sorts each ``OutputBatch`` into per-request inboxes.
+"""The router's end of the decode output plane: one stream per decode worker, sorting each
+``OutputBatch`` into per-request inboxes.
 
 A worker sends one batch per engine step for all of this router's requests there, so a step
-costs the router one gRPC message and one wake-up of the reader, plus one wake-up per request
-whose inbox was empty (its consumer gets everything queued at once). The stream opens on the
-first request for a worker and stays open; when it ends (the worker died, its connection
-broke), every inbox on it fails with ``OutputsLost`` and the dispatcher moves those requests
-to another worker. The next request for that worker opens a new stream.
+costs the router one message, plus one wake-up per request whose inbox was empty (its consumer
+gets everything queued at once). The stream is the worker's outputs socket when its record
+names one (proto/frames.py: frames parsed straight off the socket, the cheaper carrier), else
+its gRPC ``Outputs`` call. It opens on the first request for a worker and stays open; when it
+ends (the worker died, its connection broke), every inbox on it fails with ``OutputsLost`` and
+the dispatcher moves those requests to another worker. The next request for that worker opens
+a new stream.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,10 @@ import uuid
 from collections.abc import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from proto import API_VERSION, pb, pb_grpc
+from proto.frames import FrameError, FrameReader, frame, tune_socket
 
 log = logging.getLogger(__name__)
 
@@ -76,73 +79,172 @@ def _expire(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
-class _WorkerStream:
-    def __init__(self, address: str, stub: pb_grpc.WorkerStub, router_id: str,
-                 counters: tuple | None):
+class _Stream:
+    """One decode worker's outputs for this router: the inboxes of its requests there, and
+    how the stream ends. Subclasses carry the batches (gRPC call or outputs socket)."""
+
+    def __init__(self, address: str, counters: tuple | None):
         self.address = address
         self.inboxes: dict[str, RequestInbox] = {}
         self.ended = False
         self._counters = counters
-        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future = loop.create_future()  # set by the first (empty) batch
+        self.finished: asyncio.Future = loop.create_future()  # set once it has ended
+
+    def _deliver(self, batch: pb.OutputBatch) -> None:
+        tokens = 0
+        inboxes = self.inboxes
+        for output in batch.outputs:
+            tokens += len(output.token_ids)
+            inbox = inboxes.get(output.request_id)
+            if inbox is not None:  # else: cancelled here, its abort finish arriving
+                inbox.push(output)
+        if self._counters is not None:
+            self._counters[0].inc()
+            self._counters[1].inc(tokens)
+
+    def _end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if not self.ready.done():
+            self.ready.set_exception(OutputsLost(reason))
+            self.ready.exception()  # retrieved: nobody else may be waiting
+        inboxes = self.inboxes
+        for inbox in inboxes.values():
+            inbox.fail(reason)
+        if inboxes:
+            log.warning("decode outputs from %s ended with %d requests open: %s",
+                        self.address, len(inboxes), reason)
+        self.finished.set_result(None)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _GrpcStream(_Stream):
+    """The ``Outputs`` server-streaming call: for workers without an outputs socket."""
+
+    def __init__(self, address: str, stub: pb_grpc.WorkerStub, router_id: str,
+                 counters: tuple | None):
+        super().__init__(address, counters)
         self._call = stub.Outputs(pb.OutputsRequest(api_version=API_VERSION,
                                                     router_id=router_id))
-        self.task = asyncio.ensure_future(self._read())
+        self._task = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
         reason = "the worker ended its Outputs stream"
-        inboxes = self.inboxes
         try:
             async for batch in self._call:
                 if not self.ready.done():
                     self.ready.set_result(None)  # the first (empty) batch: registered
                     continue
-                tokens = 0
-                for output in batch.outputs:
-                    tokens += len(output.token_ids)
-                    inbox = inboxes.get(output.request_id)
-                    if inbox is not None:  # else: cancelled here, its abort finish arriving
-                        inbox.push(output)
-                if self._counters is not None:
-                    self._counters[0].inc()
-                    self._counters[1].inc(tokens)
+                self._deliver(batch)
         except grpc.aio.AioRpcError as e:
             reason = f"{e.code().name}: {e.details()}"
         except asyncio.CancelledError:
             reason = "the router is closing"
         finally:
-            self.ended = True
-            if not self.ready.done():
-                self.ready.set_exception(OutputsLost(reason))
-                self.ready.exception()  # retrieved: nobody else may be waiting
-            for inbox in inboxes.values():
-                inbox.fail(reason)
-            if inboxes:
-                log.warning("decode outputs from %s ended with %d requests open: %s",
-                            self.address, len(inboxes), reason)
+            self._end(reason)
 
     def close(self) -> None:
         self._call.cancel()
+
+
+class _SocketStream(_Stream, asyncio.Protocol):
+    """The worker's outputs socket (proto/frames.py). Batches are parsed in the protocol's
+    ``data_received``: every frame that arrived is delivered in one synchronous pass, with no
+    task, future or thread hop per message (what grpc.aio costs per stream message)."""
+
+    def __init__(self, address: str, outputs_address: str, router_id: str,
+                 token: str | None, counters: tuple | None):
+        super().__init__(address, counters)
+        self.outputs_address = outputs_address
+        self._hello = frame(pb.OutputsRequest(api_version=API_VERSION, router_id=router_id,
+                                              token=token or "").SerializeToString())
+        self._frames = FrameReader()
+        self._transport: asyncio.Transport | None = None
+        self._connecting = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        host, _, port = self.outputs_address.rpartition(":")
+        try:
+            await asyncio.get_running_loop().create_connection(
+                lambda: self, host.strip("[]"), int(port))
+        except asyncio.CancelledError:
+            self._end("the router is closing")
+        except (OSError, ValueError) as e:
+            self._end(f"cannot connect to the outputs socket {self.outputs_address}: {e}")
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        tune_socket(transport.get_extra_info("socket"))
+        transport.write(self._hello)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            payloads = self._frames.feed(data)
+            for payload in payloads:
+                batch = pb.OutputBatch.FromString(payload)
+                if self.ready.done():
+                    self._deliver(batch)
+                elif batch.refused:
+                    raise _Refused(batch.refused)
+                else:
+                    self.ready.set_result(None)  # the first (empty) batch: registered
+        except _Refused as e:
+            self._end(f"the worker refused the outputs stream: {e}")
+            self._transport.close()
+        except (FrameError, DecodeError) as e:
+            self._end(f"the outputs socket sent a bad frame: {e}")
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(f"the outputs connection broke: {exc}" if exc is not None
+                  else "the worker closed its outputs connection")
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()  # connection_lost ends the stream
+        else:
+            self._connecting.cancel()
+
+
+class _Refused(Exception):
+    pass
 
 
 class DecodeOutputs:
     """This router process's Outputs streams, one per decode worker address."""
 
     def __init__(self, stub_for: Callable[[str], pb_grpc.WorkerStub],
-                 counters: tuple | None = None):
-        """``counters``: (batches, tokens) Prometheus counters the readers increment."""
+                 counters: tuple | None = None, token: str | None = None):
+        """``counters``: (batches, tokens) Prometheus counters the readers increment;
+        ``token``: the cluster's token, which the outputs socket's hello carries."""
         self.router_id = f"router-{uuid.uuid4().hex[:12]}"
         self._stub_for = stub_for
         self._counters = counters
-        self._streams: dict[str, _WorkerStream] = {}
+        self._token = token
+        self._streams: dict[str, _Stream] = {}
 
-    async def subscribe(self, address: str, request_id: str) -> RequestInbox:
-        """An inbox for ``request_id``'s outputs from ``address``, registered before the
-        request is submitted there (its first outputs may beat Submit's answer). Raises
-        ``OutputsLost`` when the worker's stream cannot be opened."""
+    async def subscribe(self, address: str, request_id: str,
+                        outputs_address: str = "") -> RequestInbox:
+        """An inbox for ``request_id``'s outputs from the worker at ``address``, registered
+        before the request is submitted there (its first outputs may beat Submit's answer).
+        ``outputs_address``: the worker's outputs socket ("": it has none, so the gRPC
+        stream). Raises ``OutputsLost`` when the worker's stream cannot be opened."""
         stream = self._streams.get(address)
         if stream is None or stream.ended:
-            stream = self._streams[address] = _WorkerStream(
-                address, self._stub_for(address), self.router_id, self._counters)
+            if outputs_address:
+                stream = _SocketStream(address, outputs_address, self.router_id, self._token,
+                                       self._counters)
+            else:
+                stream = _GrpcStream(address, self._stub_for(address), self.router_id,
+                                     self._counters)
+            self._streams[address] = stream
+            log.info("decode outputs from %s: %s", address,
+                     f"outputs socket {outputs_address}" if outputs_address else "gRPC stream")
         if not stream.ready.done():
             try:
                 await asyncio.wait_for(asyncio.shield(stream.ready), _OPEN_TIMEOUT_S)
@@ -164,4 +266,4 @@ class DecodeOutputs:
         streams, self._streams = list(self._streams.values()), {}
         for stream in streams:
             stream.close()
-        await asyncio.gather(*(s.task for s in streams), return_exceptions=True)
+        await asyncio.gather(*(s.finished for s in streams), return_exceptions=True)

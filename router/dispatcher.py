@@ -82,7 +82,8 @@ class Dispatcher:
         self.load = load
         self.hasher = BlockHasher(config.block_size, config.hash_seed)
         self.outputs = DecodeOutputs(clients.stub, (metrics.decode_output_batches,
-                                                    metrics.decode_output_tokens))
+                                                    metrics.decode_output_tokens),
+                                     token=clients.token)
         self.accuracy = IndexAccuracy()
         self._counter = count()
         self._rng = random.Random(0)
@@ -314,7 +315,8 @@ class Dispatcher:
             try:
                 with self.load.decoding(decode.worker_id):
                     # Subscribed before Submit: the first outputs may beat Submit's answer.
-                    inbox = await self.outputs.subscribe(decode.address, req.request_id)
+                    inbox = await self.outputs.subscribe(decode.address, req.request_id,
+                                                         decode.outputs_address)
                     await self.clients.stub(decode.address).Submit(
                         request, timeout=_SUBMIT_TIMEOUT_S)
                     deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s

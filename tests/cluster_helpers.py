@@ -75,8 +75,11 @@ class WorkerProcess:
                 break
             self.log_lines.append(line)
             if line.startswith("PDSERVE_WORKER_READY"):
-                _, self.worker_id, self.address, metrics = line.split()
-                self.metrics_port = int(metrics.split("=")[1])
+                _, self.worker_id, self.address, *fields = line.split()
+                named = dict(f.split("=", 1) for f in fields)
+                self.metrics_port = int(named["metrics"])
+                outputs = named.get("outputs", "-")
+                self.outputs_address = "" if outputs == "-" else outputs  # decode roles
                 break
         if self.address is None:
             self.process.kill()

@@ -8,15 +8,18 @@ import asyncio
 
 from proto import pb, pb_grpc
 from router.decode_outputs import DecodeOutputs
-from tests.cluster_helpers import worker_channel
+from tests.cluster_helpers import cluster_secret, worker_channel
 
 
 class DecodeClient:
-    def __init__(self, address: str):
+    def __init__(self, address: str, outputs_address: str = ""):
+        """``outputs_address``: read outputs from the worker's outputs socket, as routers do
+        ("": its gRPC Outputs stream)."""
         self.address = address
+        self.outputs_address = outputs_address
         self.channel = worker_channel(address)
         self.stub = pb_grpc.WorkerStub(self.channel)
-        self.outputs = DecodeOutputs(lambda _: self.stub)
+        self.outputs = DecodeOutputs(lambda _: self.stub, token=cluster_secret().grpc_token)
 
     async def __aenter__(self) -> DecodeClient:
         return self
@@ -32,7 +35,7 @@ class DecodeClient:
         return what came until then."""
         rid = request.request_id
         request.router_id = self.outputs.router_id
-        inbox = await self.outputs.subscribe(self.address, rid)
+        inbox = await self.outputs.subscribe(self.address, rid, self.outputs_address)
         received: list[pb.RequestOutput] = []
         try:
             await self.stub.Submit(request, timeout=30)

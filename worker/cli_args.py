@@ -15,6 +15,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     g = parser.add_argument_group("service")
     g.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     g.add_argument("--port", type=int, default=0, help="gRPC port; 0 picks a free one")
+    g.add_argument("--outputs-port", type=int, default=0,
+                   help="decode: port of the outputs socket routers read tokens from "
+                        "(length-prefixed protobuf over TCP, cheaper per message than the "
+                        "gRPC Outputs stream); 0 picks a free one, -1 turns it off (routers "
+                        "then use the gRPC stream)")
     g.add_argument("--advertise-host", default=None,
                    help="address other components dial, for gRPC (registry) and KV pulls "
                         "(NIXL agent); default: --host, or when binding all interfaces the "
@@ -52,6 +57,7 @@ def worker_config_from_args(args: argparse.Namespace, role: str):
                                  kv_transfer_host=advertise)
     return WorkerConfig(
         role=role, engine=engine, host=args.host, port=args.port,
+        outputs_port=args.outputs_port,
         advertise_host=advertise,
         redis_url=redis_url,
         redis_prefix=args.redis_prefix,

@@ -15,6 +15,7 @@ class WorkerConfig:
     engine: EngineConfig
     host: str = "127.0.0.1"  # interface to bind
     port: int = 0  # 0: any free port (printed on the ready line and in the registry)
+    outputs_port: int = 0  # decode roles' outputs socket: 0 any free port, -1 off (gRPC only)
     advertise_host: str | None = None  # address others dial (gRPC, KV agent); CLI: auto-detected
     redis_url: str | None = defaults.REDIS_URL  # None: run without a registry
     redis_prefix: str = defaults.REDIS_KEY_PREFIX

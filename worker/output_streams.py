@@ -84,6 +84,23 @@ class OutputStreams:
         self.num_open += 1
         return stream
 
+    async def serve(self, router_id: str) -> AsyncIterator[pb.OutputBatch]:
+        """One router's stream, whatever carries it (the gRPC ``Outputs`` call or the outputs
+        socket): an empty batch once registered (Submit may name this router from then on),
+        then its batches; when the carrier ends (the router left, its connection broke, the
+        server stops), its requests end here."""
+        stream = self.open(router_id)
+        try:
+            yield pb.OutputBatch()
+            async for batch in stream.batches():
+                yield batch
+        finally:
+            self.close(stream)
+
+    def all_sent(self) -> bool:
+        """Nothing waits to be written on any open stream (a drain's last finishes left)."""
+        return not any(stream._pending for stream in self._by_router.values())
+
     def get(self, router_id: str) -> OutputStream | None:
         return self._by_router.get(router_id)
 

@@ -17,6 +17,7 @@ def worker_record(state: WorkerState, engine: AsyncEngine) -> WorkerRecord:
     s = state.stats
     return WorkerRecord(
         worker_id=state.worker_id, role=cfg.role, address=state.address,
+        outputs_address=state.outputs_address,
         model=eng.source.name, compat_digest=eng.runner.kv_compat(eng.source).digest,
         tp_size=cfg.engine.tensor_parallel_size, block_size=cfg.engine.block_size,
         num_blocks=eng.pool.num_blocks,

@@ -51,12 +51,22 @@ async def run_worker(config: WorkerConfig, servicer_cls: type[BaseServicer]) -> 
     if secret is None:
         log.warning("no cluster secret (--insecure): anyone who reaches %s:%s can call this "
                     "worker, and its registry record is unsigned", config.host, config.port)
-    pb_grpc.add_WorkerServicer_to_server(servicer_cls(engine, state), server)
+    servicer = servicer_cls(engine, state)
+    pb_grpc.add_WorkerServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()
     host = config.advertise_host or (config.host if config.host not in ("0.0.0.0", "::")
                                      else socket.gethostname())
     state.address = f"{host}:{port}"
+    outputs_socket = None
+    streams = getattr(servicer, "outputs", None)  # decode roles: their output plane
+    if streams is not None and config.outputs_port >= 0:
+        from worker.output_socket import OutputsSocket
+
+        outputs_socket = OutputsSocket(streams.serve, secret.grpc_token if secret else None,
+                                       streams.all_sent)
+        outputs_port = await outputs_socket.start(config.host, config.outputs_port)
+        state.outputs_address = f"{host}:{outputs_port}"
 
     if config.metrics_port is not None:
         from prometheus_client import start_http_server
@@ -84,10 +94,11 @@ async def run_worker(config: WorkerConfig, servicer_cls: type[BaseServicer]) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"{READY_MARKER} {worker_id} {state.address} metrics={state.metrics_port}",
-          flush=True)
-    log.info("%s worker %s serving %s on %s", config.role, worker_id, engine_cfg.model,
-             state.address)
+    print(f"{READY_MARKER} {worker_id} {state.address} metrics={state.metrics_port} "
+          f"outputs={state.outputs_address or '-'}", flush=True)
+    log.info("%s worker %s serving %s on %s%s", config.role, worker_id, engine_cfg.model,
+             state.address, f" (outputs socket {state.outputs_address})"
+             if state.outputs_address else "")
 
     async def refresh_stats():
         while True:
@@ -109,6 +120,8 @@ async def run_worker(config: WorkerConfig, servicer_cls: type[BaseServicer]) -> 
             break
         await asyncio.sleep(0.1)
     stats_task.cancel()
+    if outputs_socket is not None:
+        await outputs_socket.close()
     await server.stop(grace=2.0)
     if presence is not None:
         await presence.stop(deregister=True)

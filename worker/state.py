@@ -17,6 +17,7 @@ class WorkerState:
         self.prefills_served = 0  # Prefill RPCs answered with a first token
         self.stats: EngineStats | None = None  # refreshed by the server's loop
         self.address = ""
+        self.outputs_address = ""  # decode roles: host:port of the outputs socket
         self.metrics_port = 0
         self.started_at = time.time()
 
