@@ -10,6 +10,7 @@ ends (the worker died, its connection broke), every inbox on it fails with ``Out
 the dispatcher moves those requests to another worker. The next request for that worker opens
 a new stream.
 """
+
 from __future__ import annotations
 
 import asyncio

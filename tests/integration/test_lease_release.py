@@ -8,6 +8,7 @@ Leases are set to 60 s, so expiry cannot explain a release: the tests poll the p
 
 import asyncio
 import json
+import re
 import time
 
 import grpc
@@ -99,7 +100,10 @@ def test_decode_failure_before_the_pull_releases_the_lease(redis_server, demo_mo
                 "temperature": 0, "ignore_eos": True})
             assert r.status_code == 200, r.text
         metrics = client.get("/metrics").text
-        assert "pdserve_router_decode_migrations_total 1.0" in metrics  # the path ran once
+        found = re.search(r"^pdserve_router_decode_migrations_total (\S+)$", metrics, re.M)
+        # The path ran: at least once (twice when the dead worker's fence ran out while its
+        # record still lingered, which a slow machine can stretch to), and nothing leaked.
+        assert found and float(found.group(1)) >= 1, found and found.group(0)
         s = held_leases_after(prefill.address, 2.0)
         assert s.num_held_leases == 0, s
         assert s.leases_expired == 0
