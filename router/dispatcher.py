@@ -85,7 +85,11 @@ class Dispatcher:
                                                     metrics.decode_output_tokens),
                                      token=clients.token)
         self.accuracy = IndexAccuracy()
-        self._counter = count()
+        # Turns for round robin and tie breaks, one per kind of choice: a request that takes a
+        # prefill turn too (its retry loop) must not shift the next request's decode turn, or
+        # with 2 workers every request lands on the same one.
+        self._decode_turn = count()
+        self._prefill_turn = count()
         self._rng = random.Random(0)
         self._prompt_total = 0
         self._cached_total = 0
@@ -94,13 +98,13 @@ class Dispatcher:
     # -- routing ------------------------------------------------------------------------------
     def plan(self, req: GenerateRequest) -> RoutePlan:
         started = time.perf_counter()
-        n = next(self._counter)
         decodes = self.registry.live("decode")
         pinned = [r for r in decodes if r.worker_id == req.decode_worker_id]
         decodes = pinned or decodes
         if not decodes:
             raise NoWorkersError("no decode worker is available")
-        chosen_decode = choose_decode(self._decode_candidates(decodes), self.config.weights, n)
+        chosen_decode = choose_decode(self._decode_candidates(decodes), self.config.weights,
+                                      next(self._decode_turn))
         decode = next(r for r in decodes if r.worker_id == chosen_decode.worker_id)
         prefills = [r for r in self.registry.live("prefill")
                     if r.role == "prefill" and r.compat_digest == decode.compat_digest]
@@ -118,7 +122,7 @@ class Dispatcher:
         predicted = 0
         if candidates:
             chosen = choose_prefill(self.config.policy, candidates, prompt_len,
-                                    self.config.weights, n, self._rng)
+                                    self.config.weights, next(self._prefill_turn), self._rng)
             predicted = chosen.cached_tokens
         saturated = prefill_saturated(candidates, self.config.prefill_saturation_tokens)
         local_reason = local_prefill_reason(prompt_len, cached_here, predicted,
@@ -196,7 +200,6 @@ class Dispatcher:
         """Remote prefill with retries; None means fall back to prefilling on the decode side."""
         chosen = plan.prefill
         tried: set[str] = set()
-        n = next(self._counter)
         while chosen is not None:
             record = self.registry.workers.get(chosen.worker_id)
             if record is None:
@@ -236,7 +239,7 @@ class Dispatcher:
             if not remaining or len(tried) >= self.config.max_prefill_attempts:
                 break
             chosen = choose_prefill(self.config.policy, remaining, len(req.prompt_token_ids),
-                                    self.config.weights, n, self._rng)
+                                    self.config.weights, next(self._prefill_turn), self._rng)
         self.metrics.local_prefills.labels("prefill_failed").inc()
         plan.prefill = None  # no prefill worker holds anything for this request
         return None
@@ -372,7 +375,7 @@ class Dispatcher:
             self.metrics.migrations.inc()
             live = self.registry.live("decode")
             target = choose_migration_target(self._decode_candidates(live), failed,
-                                             self.config.weights, next(self._counter))
+                                             self.config.weights, next(self._decode_turn))
             log.warning("decode of %s on %s failed after %d tokens (%s); continuing on %s",
                         req.request_id, decode.worker_id, len(generated), reason,
                         target.worker_id if target else "no other worker")

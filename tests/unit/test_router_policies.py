@@ -169,3 +169,57 @@ def test_index_accuracy_verdicts():
     for _ in range(20):
         acc.record(0, 128)
     assert acc.verdict() == "under-predicting"
+
+
+def test_sequential_requests_take_turns_on_both_pools():
+    """With idle, equal workers, one request after another alternates over the decode workers
+    and (round robin) over the prefill workers, though a remote prefill takes a turn of its own
+    (its retry loop): the two kinds of choice keep separate turns. The Prefill call is answered
+    by a stand-in stub; only the choices are under test."""
+    import asyncio
+    import time
+
+    from common.redis_schema import Keys, WorkerRecord
+    from common.sampling_params import SamplingParams
+    from proto import pb
+    from router.config import RouterConfig
+    from router.dispatcher import Dispatcher, GenerateRequest
+    from router.load_tracker import LoadTracker
+    from router.metrics import RouterMetrics
+    from router.prefix_index import PrefixIndex
+    from router.registry import RegistryView
+
+    class PrefillStub:
+        async def Prefill(self, request, timeout=None):
+            return pb.PrefillResponse(request_id=request.request_id, first_token=1)
+
+    class Clients:
+        token = None
+
+        @staticmethod
+        def stub(address):
+            return PrefillStub()
+
+    registry = RegistryView(redis=None, keys=Keys())
+    now = time.time()
+    registry.workers = {
+        wid: WorkerRecord(wid, role, f"h:{i}", "m", "d", 1, 16, 1000, heartbeat_at=now)
+        for i, (wid, role) in enumerate([("p0", "prefill"), ("p1", "prefill"),
+                                         ("d0", "decode"), ("d1", "decode")])}
+    config = RouterConfig(policy="round_robin", local_prefill_threshold_tokens=0)
+
+    async def place(n: int) -> list[tuple[str, str]]:
+        dispatcher = Dispatcher(config, registry, PrefixIndex(), Clients(), RouterMetrics(),
+                                LoadTracker())
+        out = []
+        for i in range(n):
+            req = GenerateRequest(f"r{i}", list(range(100, 164)), SamplingParams(max_tokens=4))
+            plan = dispatcher.plan(req)
+            await dispatcher._prefill(req, plan)
+            out.append((plan.prefill.worker_id, plan.decode.worker_id))
+        return out
+
+    placed = asyncio.run(place(4))
+    assert {p for p, _ in placed[:2]} == {"p0", "p1"}, placed
+    assert {d for _, d in placed[:2]} == {"d0", "d1"}, placed
+    assert placed[2:] == placed[:2], placed
