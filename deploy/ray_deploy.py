@@ -36,21 +36,17 @@ class RaySpec:
     decode_resource: str | None = None
     router_resource: str | None = None  # the router (and the Redis actor) go where this is
 
-    def pool_resource(self, role: str) -> str | None:
-        return {"prefill": self.prefill_resource, "decode": self.decode_resource,
-                "router": self.router_resource}[role]
-
 
 class PlacementError(RuntimeError):
     """The Ray cluster cannot hold what was asked (a pool resource no node offers, too few
     units): said before anything starts, instead of actors pending until a timeout."""
 
 
-def check_placement(spec: RaySpec, counts: dict[str, int]) -> None:
-    """Every named pool resource exists on the cluster with a unit per worker asked for."""
+def check_placement(pools: dict[str, tuple[str | None, int]]) -> None:
+    """``pools``: role -> (its resource, units asked). Every named resource exists on the
+    cluster with that many units."""
     total = ray.cluster_resources()
-    for role, count in counts.items():
-        name = spec.pool_resource(role)
+    for role, (name, count) in pools.items():
         if name is None or count == 0:
             continue
         have = total.get(name, 0)
@@ -104,7 +100,9 @@ class ConfigActor:
 def up(spec: RaySpec, prefill: int, decode: int, log=print, timeout_s: float = 600) -> str:
     if _actor(ROUTER) is not None:
         raise RuntimeError("a pdserve deployment already runs here: `pdserve ray down` first")
-    check_placement(spec, {"prefill": prefill, "decode": decode, "router": 1})
+    check_placement({"prefill": (spec.prefill_resource, prefill),
+                     "decode": (spec.decode_resource, decode),
+                     "router": (spec.router_resource, 1)})
     redis_url = spec.redis_url
     # One secret per deployment, kept by the config actor (whoever can reach Ray's API controls
     # the cluster anyway) and handed to each component in its environment, not its argv.
@@ -182,7 +180,7 @@ def scale(prefill: int | None, decode: int | None, log=print, wait: bool = True,
         next_index = max([int(n.rsplit("-", 1)[1]) for n in names], default=0) + 1
         pool = config.get(f"{role}_resource")
         if target > len(names):
-            check_placement(RaySpec(**{f"{role}_resource": pool}), {role: target})
+            check_placement({role: (pool, target)})
         where = f" (on a node offering {pool!r})" if pool else ""
         for i in range(target - len(names)):
             _start_worker(role, next_index + i, config)

@@ -25,12 +25,29 @@ METADATA_KEY = "authorization"
 OPEN_METHODS = frozenset({"/pdserve.v1.Worker/Health"})
 
 
+class RefusalLog:
+    """Refusals logged at most once a second, with how many there were since the last line,
+    so a scanner cannot flood the log. ``what`` names the refused thing ("call")."""
+
+    def __init__(self, what: str):
+        self._what = what
+        self._since_log = 0
+        self._last_log = 0.0
+
+    def note(self, detail: str) -> None:
+        self._since_log += 1
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            log.warning("refused %d unauthenticated %s(s), last: %s", self._since_log,
+                        self._what, detail)
+            self._since_log, self._last_log = 0, now
+
+
 class TokenAuthServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str, open_methods: frozenset[str] = OPEN_METHODS):
         self._expected = f"Bearer {token}".encode()
         self._open = open_methods
-        self._refused_since_log = 0
-        self._last_log = 0.0
+        self._refusals = RefusalLog("call")
 
     def _authorized(self, metadata) -> str | None:
         """None when the call carries the token, else why not."""
@@ -48,17 +65,9 @@ class TokenAuthServerInterceptor(grpc.aio.ServerInterceptor):
         reason = self._authorized(details.invocation_metadata)
         if reason is None:
             return handler
-        self._note_refusal(details.method, reason)
+        self._refusals.note(f"{details.method} ({reason})")
         return _refusing_handler(handler, f"{reason}: this worker accepts calls only from "
                                           "components holding the cluster secret")
-
-    def _note_refusal(self, method: str, reason: str) -> None:
-        self._refused_since_log += 1
-        now = time.monotonic()
-        if now - self._last_log >= 1.0:
-            log.warning("refused %d unauthenticated call(s), last %s (%s)",
-                        self._refused_since_log, method, reason)
-            self._refused_since_log, self._last_log = 0, now
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

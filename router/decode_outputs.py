@@ -185,18 +185,16 @@ class _SocketStream(_Stream, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            payloads = self._frames.feed(data)
-            for payload in payloads:
+            for payload in self._frames.feed(data):
                 batch = pb.OutputBatch.FromString(payload)
                 if self.ready.done():
                     self._deliver(batch)
                 elif batch.refused:
-                    raise _Refused(batch.refused)
+                    self._end(f"the worker refused the outputs stream: {batch.refused}")
+                    self._transport.close()
+                    return
                 else:
                     self.ready.set_result(None)  # the first (empty) batch: registered
-        except _Refused as e:
-            self._end(f"the worker refused the outputs stream: {e}")
-            self._transport.close()
         except (FrameError, DecodeError) as e:
             self._end(f"the outputs socket sent a bad frame: {e}")
             self._transport.close()
@@ -210,10 +208,6 @@ class _SocketStream(_Stream, asyncio.Protocol):
             self._transport.close()  # connection_lost ends the stream
         else:
             self._connecting.cancel()
-
-
-class _Refused(Exception):
-    pass
 
 
 class DecodeOutputs:

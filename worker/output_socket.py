@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from google.protobuf.message import DecodeError
 
 from proto import API_VERSION, pb
+from proto.auth import RefusalLog
 from proto.frames import (
     HELLO_MAX_BYTES,
     HELLO_TIMEOUT_S,
@@ -46,8 +47,7 @@ class OutputsSocket:
         self._token = token.encode() if token else None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()
-        self._refused = 0
-        self._last_refusal_log = 0.0
+        self._refusals = RefusalLog("outputs connection")
 
     async def start(self, host: str, port: int = 0) -> int:
         """Listen on ``host:port`` (0: a free port); returns the port."""
@@ -78,11 +78,11 @@ class OutputsSocket:
                 hello = await asyncio.wait_for(_read_hello(reader), HELLO_TIMEOUT_S)
             except (asyncio.TimeoutError, FrameError, DecodeError, ConnectionError,
                     asyncio.IncompleteReadError) as e:
-                self._note_refusal(f"no valid OutputsRequest ({type(e).__name__})")
+                self._refusals.note(f"no valid OutputsRequest ({type(e).__name__})")
                 return
             reason = self._refusal(hello)
             if reason is not None:
-                self._note_refusal(reason)
+                self._refusals.note(reason)
                 writer.write(frame(pb.OutputBatch(refused=reason).SerializeToString()))
                 return
             await self._serve(hello.router_id, reader, writer)
@@ -122,14 +122,6 @@ class OutputsSocket:
         if not hello.router_id:
             return "router_id is required"
         return None
-
-    def _note_refusal(self, reason: str) -> None:
-        """One log line a second at most, with a count (a scanner cannot flood the log)."""
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._last_refusal_log >= 1.0:
-            log.warning("refused %d outputs connection(s), last: %s", self._refused, reason)
-            self._refused, self._last_refusal_log = 0, now
 
 
 async def _read_hello(reader: asyncio.StreamReader) -> pb.OutputsRequest:
