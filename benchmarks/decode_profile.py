@@ -2,6 +2,7 @@
 
     python -m benchmarks.decode_profile --batch 1 64 [--model random:llama-3.1-8b]
     python -m benchmarks.decode_profile --prefill 4096 [--chunk 2048]
+    python -m benchmarks.decode_profile --model random:llama-3.1-8b-fp8 --kv-cache-dtype fp8
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--kv-gib", type=float, default=20.0)
+    parser.add_argument("--kv-cache-dtype", default="auto", help="auto or fp8")
+    parser.add_argument("--rows", type=int, default=14, help="kernels listed per table")
     parser.add_argument("--prefill", type=int, default=None,
                         help="profile one prefill of this many tokens instead")
     parser.add_argument("--chunk", type=int, default=8192,
@@ -28,6 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", dtype="bfloat16",
                                     kv_cache_memory_bytes=int(args.kv_gib * 2**30),
+                                    kv_cache_dtype=args.kv_cache_dtype,
                                     max_num_batched_tokens=args.chunk))
     vocab = engine.model_config.vocab_size
     if args.prefill:
@@ -68,7 +72,7 @@ def main() -> None:
             for _ in range(3):
                 engine.step()
             torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14,
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows,
                                         max_name_column_width=60))
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=10,
                                         max_name_column_width=60))

@@ -4,8 +4,12 @@
   torch path it replaces (quantize the row with torch ops, pad to 16, ``_scaled_mm``), the bf16
   GEMV on the same shape, and the copy floor of the FP8 weight (1 byte a weight / HBM copy rate);
 - activation quantization at 64 and 4096 rows: the one-kernel ``quantize_rows`` against the
-  torch ops, and the whole FP8 linear (quantize + ``_scaled_mm``) both ways, with the floor of
-  the quantization's own traffic (read bf16, write e4m3).
+  torch ops, and the whole FP8 linear (quantize + ``_scaled_mm``) both ways beside the bf16
+  linear, with the floors of the quantization's own traffic (read bf16, write e4m3) and of the
+  FP8 weight read.
+
+Every time is per call inside a CUDA graph, over weight copies that do not fit in the L2
+(benchmarks/graph_timing.py says why not ``do_bench``).
 
     python -m benchmarks.fp8_gemv_bench [--out benchmarks/results/fp8_gemv.json]
 """
@@ -18,11 +22,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.graph_timing import copies_for, copy_bytes_per_s, graph_us
 from benchmarks.report import machine_info, print_table, save_json
 
 SHAPES = {"qkv_proj": (6144, 4096), "o_proj": (4096, 4096), "gate_up_proj": (28672, 4096),
           "down_proj": (4096, 14336)}
-CONFIGS = [(8, 1024, 4), (4, 1024, 4), (8, 512, 4), (16, 1024, 8), (8, 2048, 8), (16, 512, 4)]
+# (BLOCK_N, BLOCK_K, num_warps, UNROLL); the first is the kernel's default before UNROLL
+CONFIGS = [(8, 1024, 4, 1), (8, 512, 4, 8), (4, 2048, 4, 2), (2, 1024, 1, 4), (4, 512, 1, 8),
+           (2, 2048, 2, 2), (4, 1024, 2, 4), (8, 512, 2, 8), (2, 512, 1, 8), (1, 2048, 1, 2),
+           (4, 4096, 4, 1), (4, 1024, 4, 1), (4, 2048, 4, 1), (8, 2048, 8, 1), (2, 4096, 4, 1),
+           (2, 1024, 2, 1)]
 
 
 def torch_linear(x, w, ws):
@@ -42,7 +51,11 @@ def kernel_linear(x, w, ws):
     return torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=ws, out_dtype=x.dtype)[:x.shape[0]]
 
 
-def bench_shape(n: int, k: int, us, copy_bw: float) -> tuple[dict, dict]:
+def config_name(bn: int, bk: int, nw: int, unroll: int) -> str:
+    return f"{bn}x{bk}w{nw}u{unroll}"
+
+
+def bench_shape(n: int, k: int, copy_bw: float) -> tuple[dict, dict]:
     """(batch-1 results, activation-quantization results by row count) of one projection."""
     from engine.kernels.fp8_gemv import fp8_gemv
     from engine.kernels.fp8_quant import quantize_rows
@@ -50,23 +63,41 @@ def bench_shape(n: int, k: int, us, copy_bw: float) -> tuple[dict, dict]:
     from engine.model.layers.fp8_linear import quantize_per_row
 
     dev = torch.device("cuda")
-    w16 = (0.02 * torch.randn(n, k, device=dev)).to(torch.bfloat16)
-    w, s = quantize_per_row(w16)
-    ws = s.reshape(1, -1).contiguous()
+    w16s, w8s = [], []
+    for _ in range(copies_for(2 * n * k)):  # bf16 copies outnumber the L2; FP8 ones too then
+        w16 = (0.02 * torch.randn(n, k, device=dev)).to(torch.bfloat16)
+        w, s = quantize_per_row(w16)
+        w16s.append(w16)
+        w8s.append((w, s.reshape(1, -1).contiguous()))
     x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
-    configs = {f"{bn}x{bk}w{nw}": us(lambda bn=bn, bk=bk, nw=nw: fp8_gemv(
-        x, w, ws, block_n=bn, block_k=bk, num_warps=nw)) for bn, bk, nw in CONFIGS}
+
+    def each(fn):
+        return [lambda w=w, ws=ws: fn(w, ws) for w, ws in w8s]
+
+    configs, diffs = {}, {}
+    reference = (x.float() @ (w8s[0][0].float() * w8s[0][1].reshape(-1, 1)).t())
+    for c in CONFIGS:
+        def call(w, ws, c=c):
+            return fp8_gemv(x, w, ws, block_n=c[0], block_k=c[1], num_warps=c[2], unroll=c[3])
+
+        diffs[config_name(*c)] = (call(*w8s[0]).float() - reference).abs().max().item()
+        configs[config_name(*c)] = graph_us(each(call))
     one = {"n": n, "k": k, "fp8_gemv_us": configs, "best": min(configs, key=configs.get),
-           "torch_path_us": us(lambda: torch_linear(x, w, ws)),
-           "bf16_gemv_us": us(lambda: gemv(x, w16)), "fp8_floor_us": 1e6 * n * k / copy_bw}
+           "max_abs_diff_vs_fp32": diffs,
+           "torch_path_us": graph_us(each(lambda w, ws: torch_linear(x, w, ws))),
+           "bf16_gemv_us": graph_us([lambda w=w: gemv(x, w) for w in w16s]),
+           "fp8_floor_us": 1e6 * n * k / copy_bw, "bf16_floor_us": 2e6 * n * k / copy_bw}
     many = {}
     for m in (64, 4096):
         xm = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-        many[m] = {"torch_quant_us": us(lambda xm=xm: quantize_per_row(xm)),
-                   "kernel_quant_us": us(lambda xm=xm: quantize_rows(xm, pad_rows_to=16)),
-                   "torch_linear_us": us(lambda xm=xm: torch_linear(xm, w, ws)),
-                   "kernel_linear_us": us(lambda xm=xm: kernel_linear(xm, w, ws)),
-                   "quant_floor_us": 1e6 * 3 * m * k / copy_bw}
+        many[m] = {"torch_quant_us": graph_us([lambda xm=xm: quantize_per_row(xm)]),
+                   "kernel_quant_us": graph_us([lambda xm=xm: quantize_rows(xm, pad_rows_to=16)]),
+                   "torch_linear_us": graph_us(each(lambda w, ws, xm=xm: torch_linear(xm, w, ws))),
+                   "kernel_linear_us": graph_us(each(
+                       lambda w, ws, xm=xm: kernel_linear(xm, w, ws))),
+                   "bf16_linear_us": graph_us([lambda w=w, xm=xm: F.linear(xm, w) for w in w16s]),
+                   "quant_floor_us": 1e6 * 3 * m * k / copy_bw,
+                   "fp8_weight_floor_us": 1e6 * n * k / copy_bw}
     return one, many
 
 
@@ -74,36 +105,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fp8_gemv.json"))
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help="comma-separated projections to run")
     args = parser.parse_args()
-    from triton.testing import do_bench  # flushes L2 between runs: weights stream from HBM
-
-    def us(fn):
-        return 1e3 * do_bench(fn, warmup=5, rep=30)
-
-    dev = torch.device("cuda")
-    buffers = [torch.empty(1 << 30, dtype=torch.uint8, device=dev) for _ in range(2)]
-    copy_bw = 2 * buffers[0].numel() / (do_bench(lambda: buffers[1].copy_(buffers[0])) * 1e-3)
-    buffers.clear()
+    copy_bw = copy_bytes_per_s()
     gemv_rows, quant_rows, results = [], [], {"gemv": {}, "quant": {}}
-    default = "{}x{}w{}".format(*CONFIGS[0])
+    default = config_name(*CONFIGS[0])
     torch.manual_seed(0)
-    for name, (n, k) in SHAPES.items():
-        r, many = bench_shape(n, k, us, copy_bw)
+    for name in args.shapes.split(","):
+        n, k = SHAPES[name]
+        r, many = bench_shape(n, k, copy_bw)
         results["gemv"][name] = r
-        ours = r["fp8_gemv_us"][default]
-        gemv_rows.append([name, r["torch_path_us"], r["bf16_gemv_us"], ours, r["best"],
-                          r["fp8_gemv_us"][r["best"]], r["fp8_floor_us"], r["fp8_floor_us"] / ours])
+        best = r["fp8_gemv_us"][r["best"]]
+        gemv_rows.append([name, r["torch_path_us"], r["bf16_gemv_us"], r["bf16_floor_us"] /
+                          r["bf16_gemv_us"], r["fp8_gemv_us"][default], r["best"], best,
+                          r["fp8_floor_us"], r["fp8_floor_us"] / best])
         for m, q in many.items():
             results["quant"][f"{name}_m{m}"] = q
             quant_rows.append([f"{name} M={m}", q["torch_quant_us"], q["kernel_quant_us"],
-                               q["quant_floor_us"], q["torch_linear_us"], q["kernel_linear_us"]])
-    print(f"HBM copy {copy_bw / 1e9:.0f} GB/s")
-    t1 = print_table(["batch 1", "torch path us", "bf16 GEMV us", "FP8 GEMV us (default)",
-                      "best config", "best us", "FP8 floor us", "default vs floor"], gemv_rows)
+                               q["quant_floor_us"], q["torch_linear_us"], q["kernel_linear_us"],
+                               q["bf16_linear_us"], q["fp8_weight_floor_us"]])
+        print(f"{name}: " + ", ".join(f"{c} {us:.1f}" for c, us in r["fp8_gemv_us"].items()),
+              flush=True)
+    print(f"HBM copy {copy_bw / 1e9:.0f} GB/s; times per call in a CUDA graph over weight "
+          "copies that do not fit in the L2")
+    t1 = print_table(["batch 1", "torch path us", "bf16 GEMV us", "bf16 vs floor",
+                      f"FP8 GEMV us ({default})", "best config", "best us", "FP8 floor us",
+                      "best vs floor"], gemv_rows)
     t2 = print_table(["activations", "torch quant us", "kernel quant us", "quant floor us",
-                      "torch linear us", "kernel linear us"], quant_rows)
-    save_json(args.out, {"copy_bytes_per_s": copy_bw, "configs": CONFIGS, "results": results,
-                         "tables": [t1, t2], "machine": machine_info()})
+                      "torch linear us", "kernel linear us", "bf16 linear us",
+                      "FP8 weight floor us"], quant_rows)
+    save_json(args.out, {"copy_bytes_per_s": copy_bw, "configs": CONFIGS, "timing":
+                         "CUDA graph, distinct weight copies (benchmarks/graph_timing.py)",
+                         "results": results, "tables": [t1, t2], "machine": machine_info()})
 
 
 if __name__ == "__main__":

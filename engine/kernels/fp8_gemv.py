@@ -12,7 +12,10 @@ output, then the bias, then one rounding to the activation dtype. Block-wise wei
 per 128x128 tile, the HF ``fp8`` format) scale each 128-wide slice of the sum by its tile's
 scale: the program's K tile is viewed as [BLOCK_N, BLOCK_K / 128, 128], summed over the last
 axis, and those partial sums are scaled. Tiles: the same bytes per load as the bf16 kernel
-(BLOCK_N x BLOCK_K bytes = 8 KB), so the same number of bytes in flight per program.
+(BLOCK_N x BLOCK_K bytes = 8 KB). ``K`` is a compile-time constant and ``UNROLL`` tiles are
+loaded back to back before the first is used: a run-time loop waits for each tile before it
+asks for the next, and with a 1-byte weight a program has too few bytes in flight for the
+narrow projections (the sweep in benchmarks/fp8_gemv_bench.py picks the defaults).
 """
 
 from __future__ import annotations
@@ -21,15 +24,19 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels.fused_ops import silu_times
+
 BLOCK_N = 8
 BLOCK_K = 1024
+UNROLL = 1
 SCALE_BLOCK = 128  # the tile of the block-wise format
 
 
 @triton.jit
-def _fp8_gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, scale_cols,
+def _fp8_gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K: tl.constexpr, scale_cols,
               HAS_BIAS: tl.constexpr, BLOCKWISE: tl.constexpr, EVEN: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr):
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
+              UNROLL: tl.constexpr, GATED: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     rows = w_ptr + n[:, None].to(tl.int64) * K
@@ -39,23 +46,30 @@ def _fp8_gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, scale_cols,
         scale_rows = scale_ptr + (n // SCALE_BLOCK)[:, None] * scale_cols
     else:
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        if EVEN:
-            w = tl.load(rows + k[None, :])
-            x = tl.load(x_ptr + k)
-        else:
-            w = tl.load(rows + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
-            x = tl.load(x_ptr + k, mask=k < K, other=0.0)
-        prod = w.to(tl.float32) * x.to(tl.float32)[None, :]
-        if BLOCKWISE:
-            part = tl.sum(tl.reshape(prod, [BLOCK_N, SPLIT, SCALE_BLOCK]), axis=2)
-            kb = k0 // SCALE_BLOCK + tl.arange(0, SPLIT)
-            s = tl.load(scale_rows + kb[None, :], mask=n_ok[:, None] & (kb < scale_cols)[None, :],
-                        other=0.0)
-            acc += part * s
-        else:
-            acc += prod
+    for k_outer in range(0, K, BLOCK_K * UNROLL):
+        for u in tl.static_range(UNROLL):
+            k0 = k_outer + u * BLOCK_K
+            k = k0 + tl.arange(0, BLOCK_K)
+            if EVEN:
+                w = tl.load(rows + k[None, :])
+            else:
+                w = tl.load(rows + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
+            if GATED:  # x holds [gate | up]; the input is SiLU(gate) * up
+                x = silu_times(tl.load(x_ptr + k, mask=k < K, other=0.0),
+                               tl.load(x_ptr + K + k, mask=k < K, other=0.0))
+            elif EVEN:
+                x = tl.load(x_ptr + k)
+            else:
+                x = tl.load(x_ptr + k, mask=k < K, other=0.0)
+            prod = w.to(tl.float32) * x.to(tl.float32)[None, :]
+            if BLOCKWISE:
+                part = tl.sum(tl.reshape(prod, [BLOCK_N, SPLIT, SCALE_BLOCK]), axis=2)
+                kb = k0 // SCALE_BLOCK + tl.arange(0, SPLIT)
+                s = tl.load(scale_rows + kb[None, :],
+                            mask=n_ok[:, None] & (kb < scale_cols)[None, :], other=0.0)
+                acc += part * s
+            else:
+                acc += prod
     y = tl.sum(acc, axis=1)
     if not BLOCKWISE:
         y = y * tl.load(scale_ptr + n, mask=n_ok, other=0.0)
@@ -79,16 +93,20 @@ def applies(weight: torch.Tensor, scale: torch.Tensor, blockwise: bool) -> bool:
 
 def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
              bias: torch.Tensor | None = None, blockwise: bool = False,
-             block_n: int = BLOCK_N, block_k: int = BLOCK_K, num_warps: int = 4) -> torch.Tensor:
+             block_n: int = BLOCK_N, block_k: int = BLOCK_K, num_warps: int = 4,
+             unroll: int = UNROLL, gated: bool = False) -> torch.Tensor:
     """``x`` [1, K] times the dequantized ``weight`` [N, K] transposed (+ ``bias``), as [1, N]
-    in ``x``'s dtype (``applies`` must hold). ``block_*`` / ``num_warps``: for gemv_bench."""
+    in ``x``'s dtype (``applies`` must hold); ``gated``: ``x`` is [1, 2K], gate then up, and
+    the input is SiLU(gate) * up (as engine/kernels/gemv.py). ``block_*`` / ``num_warps`` /
+    ``unroll``: for fp8_gemv_bench."""
     n, k = weight.shape
-    assert x.shape == (1, k), (x.shape, weight.shape)
+    assert x.shape == (1, k * (2 if gated else 1)), (x.shape, weight.shape)
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    even = n % block_n == 0 and k % block_k == 0
+    unroll = max(1, min(unroll, triton.cdiv(k, block_k)))
+    even = n % block_n == 0 and k % (block_k * unroll) == 0
     _fp8_gemv[(triton.cdiv(n, block_n),)](
         x.contiguous(), weight, scale, bias if bias is not None else scale, out, n, k,
         scale.shape[-1] if blockwise else 1, HAS_BIAS=bias is not None, BLOCKWISE=blockwise,
-        EVEN=even, BLOCK_N=block_n, BLOCK_K=block_k, SCALE_BLOCK=SCALE_BLOCK,
-        num_warps=num_warps)
+        EVEN=even, BLOCK_N=block_n, BLOCK_K=block_k, SCALE_BLOCK=SCALE_BLOCK, UNROLL=unroll,
+        GATED=gated, num_warps=num_warps)
     return out

@@ -56,10 +56,17 @@ def _silu_mul(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
     mask = cols < n_cols
     gate = tl.load(x_ptr + row * 2 * n_cols + cols, mask=mask, other=0.0)
     up = tl.load(x_ptr + row * 2 * n_cols + n_cols + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * n_cols + cols, silu_times(gate, up), mask=mask)
+
+
+@triton.jit
+def silu_times(gate, up):
+    """SiLU(gate) * up in their dtype, rounded as eager rounds it (F.silu's result, then the
+    product): the one definition for this kernel and the GEMVs that fold it into their input
+    (engine/kernels/gemv.py, fp8_gemv.py)."""
     g = gate.to(tl.float32)
-    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)  # rounded as F.silu rounds
-    tl.store(out_ptr + row * n_cols + cols, (silu.to(tl.float32) * up.to(tl.float32)).to(
-        gate.dtype), mask=mask)
+    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
+    return (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

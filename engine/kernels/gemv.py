@@ -16,19 +16,27 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from engine.kernels.fused_ops import silu_times
+
 BLOCK_N = 8
 BLOCK_K = 512
 
 
 @triton.jit
-def _gemv(x_ptr, w_ptr, out_ptr, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gemv(x_ptr, w_ptr, out_ptr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+          UNROLL: tl.constexpr, GATED: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        w = tl.load(w_ptr + n[:, None].to(tl.int64) * K + k[None, :])
-        x = tl.load(x_ptr + k)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    # UNROLL tiles asked for back to back before the first is used (K % (BLOCK_K * UNROLL) == 0)
+    for k_outer in range(0, K, BLOCK_K * UNROLL):
+        for u in tl.static_range(UNROLL):
+            k = k_outer + u * BLOCK_K + tl.arange(0, BLOCK_K)
+            w = tl.load(w_ptr + n[:, None].to(tl.int64) * K + k[None, :])
+            if GATED:  # x holds [gate | up]; the input is SiLU(gate) * up
+                x = silu_times(tl.load(x_ptr + k), tl.load(x_ptr + K + k))
+            else:
+                x = tl.load(x_ptr + k)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     tl.store(out_ptr + n, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty))
 
 
@@ -40,12 +48,19 @@ def applies(linear: nn.Module) -> bool:
             and in_features % BLOCK_K == 0)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x`` [1, K] times ``weight`` [N, K] transposed, as [1, N] (``applies`` must hold)."""
+def gemv(x: torch.Tensor, weight: torch.Tensor, gated: bool = False, block_n: int = BLOCK_N,
+         block_k: int = BLOCK_K, num_warps: int = 4, unroll: int = 1) -> torch.Tensor:
+    """``x`` [1, K] times ``weight`` [N, K] transposed, as [1, N] (``applies`` must hold);
+    ``gated``: ``x`` is [1, 2K], gate then up, and the input is SiLU(gate) * up (the gated
+    MLP's down projection without the silu_mul kernel before it: one launch fewer).
+    ``block_*`` / ``num_warps`` / ``unroll`` (must tile N and K evenly): for the benchmarks."""
     out_features, in_features = weight.shape
+    assert x.shape == (1, in_features * (2 if gated else 1)), (x.shape, weight.shape)
+    assert out_features % block_n == 0 and in_features % (block_k * unroll) == 0
     out = torch.empty(1, out_features, dtype=x.dtype, device=x.device)
-    _gemv[(out_features // BLOCK_N,)](x.contiguous(), weight, out, in_features,
-                                      BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4)
+    _gemv[(out_features // block_n,)](x.contiguous(), weight, out, in_features,
+                                      BLOCK_N=block_n, BLOCK_K=block_k, UNROLL=unroll,
+                                      GATED=gated, num_warps=num_warps)
     return out
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels.gemv_tiles import fp8_tiles
 from engine.model.layers.linear import Linear, LinearMethod, UnquantizedLinearMethod
 
 FP8 = torch.float8_e4m3fn
@@ -118,15 +119,17 @@ class Fp8LinearMethod(LinearMethod):
         # Decided once here, not per call, as the bf16 GEMV is (linear.py).
         layer.decode_gemv = applies(layer.weight, getattr(layer, self.scale_name),
                                     blockwise=self.strategy == "block")
+        layer.gemv_tiles = fp8_tiles(layer.out_features, layer.in_features)
         layer.fp8_kernels = True
 
-    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
         blockwise = self.strategy == "block"
         scale = getattr(layer, self.scale_name)
         if layer.decode_gemv and x.shape[0] == 1 and x.dim() == 2:
             from engine.kernels.fp8_gemv import fp8_gemv
 
-            return fp8_gemv(x, layer.weight, scale, layer.bias, blockwise=blockwise)
+            return fp8_gemv(x, layer.weight, scale, layer.bias, blockwise=blockwise,
+                            gated=gated, **layer.gemv_tiles)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         rows = x2.shape[0]

@@ -35,7 +35,9 @@ class LinearMethod:
     def use_fused_kernels(self, layer: Linear) -> None:
         """On CUDA, switch ``apply`` to this method's own kernels, if it has any."""
 
-    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        """``x @ W.T (+ b)``; ``gated`` (only where ``Linear.forward`` says the GEMV runs):
+        ``x`` is [1, 2 * in], gate then up, and the input is SiLU(gate) * up."""
         raise NotImplementedError
 
 
@@ -57,15 +59,17 @@ class UnquantizedLinearMethod(LinearMethod):
 
     def use_fused_kernels(self, layer: Linear) -> None:
         from engine.kernels.gemv import applies
+        from engine.kernels.gemv_tiles import bf16_tiles
 
         # Decided once here, not per call: the decode step is host-bound at small batch.
         layer.decode_gemv = applies(layer)
+        layer.gemv_tiles = bf16_tiles(layer.out_features, layer.in_features)
 
-    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
         if layer.decode_gemv and x.shape[0] == 1 and x.dim() == 2:
             from engine.kernels.gemv import gemv
 
-            return gemv(x, layer.weight)
+            return gemv(x, layer.weight, gated=gated, **layer.gemv_tiles)
         return F.linear(x, layer.weight, layer.bias)
 
 
@@ -82,8 +86,16 @@ class Linear(nn.Module):
         self.fp8_kernels = False  # Fp8LinearMethod.use_fused_kernels sets it
         self.method.create_weights(self, bias, device, dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.apply(self, x)
+    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        """``gated`` (fused kernels on): ``x`` is [T, 2 * in_features], gate then up, and the
+        input is SiLU(gate) * up. A one-row step folds that into the GEMV (a launch fewer per
+        layer); otherwise the silu_mul kernel runs first. Through ``__call__`` either way, so
+        tensor parallelism's all-reduce hook still follows the down projection."""
+        if gated and not (self.decode_gemv and x.shape[0] == 1 and x.dim() == 2):
+            from engine.kernels.fused_ops import silu_mul
+
+            x, gated = silu_mul(x.contiguous()), False
+        return self.method.apply(self, x, gated)
 
     def use_fused_kernels(self) -> None:
         self.method.use_fused_kernels(self)

@@ -9,16 +9,6 @@ from torch import nn
 from engine.model.layers.linear import Linear, concat_linears
 
 
-def silu_and_mul(gate_up: torch.Tensor, fused: bool) -> torch.Tensor:
-    """[T, 2I] (gate then up) -> SiLU(gate) * up [T, I]; ``fused``: one Triton kernel (CUDA)."""
-    if fused:
-        from engine.kernels.fused_ops import silu_mul
-
-        return silu_mul(gate_up)
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
 class GatedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
@@ -27,11 +17,15 @@ class GatedMLP(nn.Module):
         self.up_proj = Linear(h, i)
         self.down_proj = Linear(i, h)
         self.gate_up_proj: Linear | None = None  # set by fuse_projections
-        self.fused_kernels = False  # CUDA: SiLU(gate) * up in one kernel (use_fused_kernels)
+        self.fused_kernels = False  # CUDA: SiLU(gate) * up fused (use_fused_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            return self.down_proj(silu_and_mul(self.gate_up_proj(x), self.fused_kernels))
+            gate_up = self.gate_up_proj(x)
+            if self.fused_kernels:  # SiLU(gate) * up by the down projection (Linear.forward)
+                return self.down_proj(gate_up, gated=True)
+            gate, up = gate_up.chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
     def fuse_projections(self) -> None:
