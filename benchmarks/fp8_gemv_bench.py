@@ -34,6 +34,20 @@ CONFIGS = [(8, 1024, 4, 1), (8, 512, 4, 8), (4, 2048, 4, 2), (2, 1024, 1, 4), (4
            (2, 1024, 2, 1)]
 
 
+# engine/kernels/fp8_skinny_gemm.py at 64 rows: (block_n, block_k, num_warps, num_stages)
+SKINNY_CONFIGS = [(32, 256, 4, 4), (64, 256, 4, 4), (32, 128, 4, 6), (16, 256, 4, 4),
+                  (64, 128, 4, 5), (32, 512, 4, 3), (16, 512, 4, 3), (64, 256, 8, 4)]
+
+
+def skinny_linear(x, w, ws, c):
+    from engine.kernels.fp8_quant import quantize_rows
+    from engine.kernels.fp8_skinny_gemm import skinny_gemm
+
+    xq, xs = quantize_rows(x)
+    return skinny_gemm(xq, xs, w, ws, None, x.dtype, block_n=c[0], block_k=c[1],
+                       num_warps=c[2], num_stages=c[3])
+
+
 def torch_linear(x, w, ws):
     """The torch path of Fp8LinearMethod.apply (TRITON_KERNELS off)."""
     from engine.model.layers.fp8_linear import quantize_per_row
@@ -98,6 +112,18 @@ def bench_shape(n: int, k: int, copy_bw: float) -> tuple[dict, dict]:
                    "bf16_linear_us": graph_us([lambda w=w, xm=xm: F.linear(xm, w) for w in w16s]),
                    "quant_floor_us": 1e6 * 3 * m * k / copy_bw,
                    "fp8_weight_floor_us": 1e6 * n * k / copy_bw}
+        if m == 64:
+            ref = kernel_linear(xm, *w8s[0]).float()
+            skinny, rel = {}, {}
+            for c in SKINNY_CONFIGS:
+                key = "{}x{}w{}s{}".format(*c)
+                got = skinny_linear(xm, *w8s[0], c).float()
+                rel[key] = ((got - ref).abs().max() / ref.abs().max()).item()
+                skinny[key] = graph_us(each(lambda w, ws, xm=xm, c=c: skinny_linear(xm, w, ws, c)))
+            many[m]["skinny_linear_us"] = skinny
+            many[m]["skinny_max_rel_diff_vs_scaled_mm"] = rel
+            print(f"{n}x{k} M=64 skinny: " + ", ".join(f"{c} {t:.1f}" for c, t in skinny.items())
+                  + f"; _scaled_mm {many[m]['kernel_linear_us']:.1f}", flush=True)
     return one, many
 
 

@@ -32,3 +32,12 @@ def bf16_tiles(n: int, k: int) -> dict:
     if n * k <= BF16_SMALL and n % 4 == 0 and k % 2048 == 0:
         return {"block_n": 4, "block_k": 1024, "num_warps": 4, "unroll": 2}
     return {"block_n": 8, "block_k": 512, "num_warps": 4, "unroll": 1}
+
+
+SKINNY_MAX_ROWS = 64  # engine/kernels/fp8_skinny_gemm.py's MAX_ROWS (that module needs Triton)
+
+
+def skinny_tiles(n: int, k: int) -> dict | None:
+    """``skinny_gemm``'s tiles for an e4m3 weight [n, k] at 2-64 rows, or None: keep
+    ``_scaled_mm``."""
+    return None

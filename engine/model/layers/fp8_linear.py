@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.kernels.gemv_tiles import fp8_tiles
+from engine.kernels.gemv_tiles import SKINNY_MAX_ROWS, fp8_tiles, skinny_tiles
 from engine.model.layers.linear import Linear, LinearMethod, UnquantizedLinearMethod
 
 FP8 = torch.float8_e4m3fn
@@ -120,6 +120,8 @@ class Fp8LinearMethod(LinearMethod):
         layer.decode_gemv = applies(layer.weight, getattr(layer, self.scale_name),
                                     blockwise=self.strategy == "block")
         layer.gemv_tiles = fp8_tiles(layer.out_features, layer.in_features)
+        layer.skinny_tiles = (None if self.strategy == "block"
+                              else skinny_tiles(layer.out_features, layer.in_features))
         layer.fp8_kernels = True
 
     def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
@@ -146,6 +148,13 @@ class Fp8LinearMethod(LinearMethod):
         if layer.fp8_kernels:
             from engine.kernels.fp8_quant import quantize_rows
 
+            if layer.skinny_tiles is not None and 1 < rows <= SKINNY_MAX_ROWS:
+                from engine.kernels.fp8_skinny_gemm import skinny_gemm
+
+                xq, xs = quantize_rows(x2.contiguous())
+                y = skinny_gemm(xq, xs, layer.weight, layer.weight_scale, layer.bias, x.dtype,
+                                **layer.skinny_tiles)
+                return y.reshape(*shape[:-1], layer.out_features)
             xq, xs = quantize_rows(x2.contiguous(), pad_rows_to=16)
         else:
             pad = -rows % 16  # cuBLASLt's FP8 GEMM wants the row count a multiple of 16
@@ -165,6 +174,7 @@ class Fp8LinearMethod(LinearMethod):
         fused.out_features = sum(p.out_features for p in parts)
         fused.method, fused.compute_dtype = self, first.compute_dtype
         fused.decode_gemv = fused.fp8_kernels = False  # use_fused_kernels sets them
+        fused.skinny_tiles = None
         if self.strategy == "block" and any(p.out_features % BLOCK for p in parts[:-1]):
             return _dequantized_concat(parts)  # tiles would straddle two parts
         fused.weight = nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)

@@ -84,6 +84,7 @@ class Linear(nn.Module):
         self.method = method or UnquantizedLinearMethod()
         self.decode_gemv = False  # the methods' use_fused_kernels set it
         self.fp8_kernels = False  # Fp8LinearMethod.use_fused_kernels sets it
+        self.skinny_tiles = None  # and this: engine/kernels/fp8_skinny_gemm.py's tiles
         self.method.create_weights(self, bias, device, dtype)
 
     def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
