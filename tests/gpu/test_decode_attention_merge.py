@@ -6,10 +6,13 @@ order), one split writing its output itself, and the counters back at zero after
 import pytest
 import torch
 
-from engine.kernels import decode_attention
-from engine.kernels.decode_attention import paged_decode_attention
-
 pytestmark = pytest.mark.gpu
+
+
+def kernel():
+    from engine.kernels import decode_attention  # Triton: only where CUDA is
+
+    return decode_attention
 
 
 def case(dtype, num_seqs=6, hq=32, hkv=8, d=128, block=16, blocks=512):
@@ -28,16 +31,18 @@ def case(dtype, num_seqs=6, hq=32, hkv=8, d=128, block=16, blocks=512):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
 @pytest.mark.parametrize("splits", [1, 2, 7, 32])
 def test_fused_merge_equals_the_two_pass_kernel(dtype, splits):
+    paged_decode_attention = kernel().paged_decode_attention
     q, k, v, tables, lens, scale = case(dtype)
     two_pass = paged_decode_attention(q, k, v, tables, lens, scale, splits, fused_merge=False)
     for _ in range(3):
         fused = paged_decode_attention(q, k, v, tables, lens, scale, splits, fused_merge=True)
         assert torch.equal(fused, two_pass)
     torch.cuda.synchronize()
-    assert not decode_attention._counter_buffer(q.device).any()
+    assert not kernel()._counter_buffer(q.device).any()
 
 
 def test_fused_merge_replays_in_a_cuda_graph():
+    paged_decode_attention = kernel().paged_decode_attention
     q, k, v, tables, lens, scale = case(torch.bfloat16)
     expected = paged_decode_attention(q, k, v, tables, lens, scale, 16, fused_merge=False)
     out = paged_decode_attention(q, k, v, tables, lens, scale, 16, fused_merge=True)  # warm
@@ -49,13 +54,14 @@ def test_fused_merge_replays_in_a_cuda_graph():
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, expected)
-    assert not decode_attention._counter_buffer(q.device).any()
+    assert not kernel()._counter_buffer(q.device).any()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
 def test_one_split_writes_what_the_merged_splits_give(dtype):
     """One split stores its output without a merge: the same attention as 4 merged splits,
     up to the order of the fp32 sums (and one bf16 rounding)."""
+    paged_decode_attention = kernel().paged_decode_attention
     q, k, v, tables, lens, scale = case(dtype)
     one = paged_decode_attention(q, k, v, tables, lens, scale, 1)
     four = paged_decode_attention(q, k, v, tables, lens, scale, 4, fused_merge=False)
