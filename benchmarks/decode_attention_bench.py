@@ -18,16 +18,16 @@ from benchmarks.graph_timing import copy_bytes_per_s, graph_us
 from benchmarks.report import machine_info, print_table, save_json
 
 HQ, HKV, D, BLOCK, CTX, LAYERS = 32, 8, 128, 16, 1024, 8
-# (splits or None for the engine's num_splits, fused_merge, tokens, num_warps, num_stages)
-CONFIGS = [(None, False, 64, 4, 2), (None, True, 64, 4, 2), (None, False, 64, 4, 3),
-           (None, False, 128, 4, 2), (None, False, 128, 8, 3), (None, False, 32, 4, 2),
-           (None, False, 64, 8, 2), (None, False, 32, 2, 3), (8, True, 64, 4, 2),
-           (4, True, 64, 4, 2), (2, True, 64, 4, 3), (2, True, 128, 4, 3), (4, True, 128, 8, 3)]
+# (splits or None for the engine's num_splits, tokens or None for the kernel's default by the
+# cache dtype, num_warps, num_stages); first: the engine's launch
+CONFIGS = [(None, None, 4, 2), (None, 64, 4, 2), (None, 64, 4, 3), (None, 128, 4, 2),
+           (None, 128, 8, 3), (None, 32, 4, 2), (None, 64, 8, 2), (None, 32, 2, 3),
+           (8, 64, 4, 2), (4, 64, 4, 2), (2, 64, 4, 3), (2, 128, 4, 3), (2, 32, 4, 2)]
 
 
 def name(c) -> str:
-    splits, fused, tokens, warps, stages = c
-    return (f"s{splits or 'auto'}{'-fused' if fused else ''}-t{tokens}w{warps}st{stages}")
+    splits, tokens, warps, stages = c
+    return f"s{splits or 'auto'}-t{tokens or 'auto'}w{warps}st{stages}"
 
 
 def main() -> None:
@@ -56,14 +56,14 @@ def main() -> None:
             auto = num_splits(batch, HKV, sms)
             reference = None
             for c in CONFIGS:
-                splits, fused, tokens, warps, stages = c
+                splits, tokens, warps, stages = c
                 splits = splits or auto
 
-                def call(cache, splits=splits, fused=fused, tokens=tokens, warps=warps,
-                         stages=stages, q=q, tables=tables, lens=lens):
+                def call(cache, splits=splits, tokens=tokens, warps=warps, stages=stages, q=q,
+                         tables=tables, lens=lens):
                     return paged_decode_attention(
                         q, cache[:, :, 0], cache[:, :, 1], tables, lens, D ** -0.5, splits,
-                        fused_merge=fused, tokens=tokens, num_warps=warps, num_stages=stages)
+                        tokens=tokens, num_warps=warps, num_stages=stages)
 
                 got = call(caches[0]).float()
                 reference = got if reference is None else reference

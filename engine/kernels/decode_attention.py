@@ -6,13 +6,15 @@ head, walks its share of the sequence's pages (gathering rows through the block 
 copy of the cache is made), and keeps an online softmax; it writes a partial output and its
 log-sum-exp. Pass 2, grid (seqs, q_heads): merges the splits.
 
-``fused_merge``: no second pass. Each program bumps a counter of its (seq, kv head) after its
-partial is stored (a CTA barrier, then one acquire-release atomic at GPU scope: the pattern of
-CUDA's threadFenceReduction sample); the program that finds itself last merges that head
-group's splits, reading the others' partials past L1 (``.cg``), and sets the counter back to
-0, so the next launch and every graph replay start from zero. At batch 1 a decode step's
-attention is two short launches a layer, and the second is pure fixed cost. With one split the
-program writes the output itself either way.
+With one split (a batch that fills the GPU by itself) there is nothing to merge: the program
+writes the output and pass 2 is not launched.
+
+Tokens a program takes per iteration: 64 from a bf16 cache, 32 from an FP8 one (the e4m3 tile
+is widened to q's dtype before the dot; benchmarks/decode_attention_bench.py on an H200, 64
+sequences x 1k tokens: 90.6 -> 73.8 us a layer with FP8, while bf16 ran 66.8 at 64 and 74.1 at
+32). An in-kernel merge by the last split of each head group (a counter in memory instead of
+the second launch) was tried and measured slower at batch 1 (8.3 against 6.4 us a layer), so
+pass 2 stays a kernel.
 
 The cache is the engine's strided per-layer view ``[blocks, kv_heads, block_size, head_dim]``.
 Launch parameters depend only on shapes, so both passes can be captured in a CUDA graph.
@@ -28,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-_TOKENS_PER_ITER = 64
-FUSED_MERGE = False  # benchmarks/decode_attention_bench.py decides
+TOKENS = 64  # per program iteration, bf16/fp32 caches
+TOKENS_FP8 = 32  # FP8 caches (the module docstring)
 
 
 @triton.jit
@@ -41,10 +43,10 @@ def _decode_partial(
     stride_tb,
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
-    out_ptr, stride_xb, stride_xh, counter_ptr, num_kv_heads,
+    out_ptr, stride_xb, stride_xh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, FUSED_MERGE: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -93,33 +95,6 @@ def _decode_partial(
         tl.store(o_ptr + b * stride_ob + heads[:, None] * stride_oh + split * stride_os
                  + d[None, :], out, mask=g_mask[:, None])
         tl.store(lse_ptr + b * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
-        if FUSED_MERGE:
-            tl.debug_barrier()  # every thread's partial stores precede the release below
-            counter = counter_ptr + b * num_kv_heads + kvh
-            done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if done == SPLITS - 1:  # the last of this head group's splits: merge them here
-                for j in tl.static_range(GROUP):
-                    _merge_head(o_ptr, lse_ptr, out_ptr, b, kvh * GROUP + j, stride_ob,
-                                stride_oh, stride_os, stride_lb, stride_lh, stride_xb,
-                                stride_xh, HEAD_DIM, SPLITS, SPLITS_PAD, ".cg")
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-
-
-@triton.jit
-def _merge_head(o_ptr, lse_ptr, out_ptr, b, h, stride_ob, stride_oh, stride_os, stride_lb,
-                stride_lh, stride_xb, stride_xh, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
-                SPLITS_PAD: tl.constexpr, CACHE: tl.constexpr):
-    """One query head's output from its splits' partial outputs and log-sum-exps."""
-    s = tl.arange(0, SPLITS_PAD)
-    d = tl.arange(0, HEAD_DIM)
-    lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + s, mask=s < SPLITS,
-                  other=float("-inf"), cache_modifier=CACHE)
-    m = tl.max(lse, axis=0)
-    w = tl.where(lse == float("-inf"), 0.0, tl.exp(lse - m))
-    parts = tl.load(o_ptr + b * stride_ob + h * stride_oh + s[:, None] * stride_os + d[None, :],
-                    mask=(s < SPLITS)[:, None], other=0.0, cache_modifier=CACHE)
-    out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
-    tl.store(out_ptr + b * stride_xb + h * stride_xh + d, out.to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -130,9 +105,18 @@ def _decode_merge(
     stride_xb, stride_xh,
     HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
-    _merge_head(o_ptr, lse_ptr, out_ptr, tl.program_id(0), tl.program_id(1), stride_ob,
-                stride_oh, stride_os, stride_lb, stride_lh, stride_xb, stride_xh, HEAD_DIM,
-                SPLITS, SPLITS_PAD, "")
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + s, mask=s < SPLITS,
+                  other=float("-inf"))
+    m = tl.max(lse, axis=0)
+    w = tl.where(lse == float("-inf"), 0.0, tl.exp(lse - m))
+    parts = tl.load(o_ptr + b * stride_ob + h * stride_oh + s[:, None] * stride_os + d[None, :],
+                    mask=(s < SPLITS)[:, None], other=0.0)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
+    tl.store(out_ptr + b * stride_xb + h * stride_xh + d, out.to(out_ptr.dtype.element_ty))
 
 
 def num_splits(num_seqs: int, num_kv_heads: int, num_sms: int) -> int:
@@ -141,36 +125,25 @@ def num_splits(num_seqs: int, num_kv_heads: int, num_sms: int) -> int:
     return max(1, min(32, want))
 
 
-_counters: dict[torch.device, torch.Tensor] = {}
-COUNTERS = 1 << 16  # (seq, kv head) pairs a fused-merge launch can count; more: two passes
-
-
-def _counter_buffer(device: torch.device) -> torch.Tensor:
-    """The fused merge's counters, zeroed once; each launch leaves them at zero again."""
-    if device not in _counters:
-        _counters[device] = torch.zeros(COUNTERS, dtype=torch.int32, device=device)
-    return _counters[device]
-
-
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                            splits: int, k_scale: float = 1.0, v_scale: float = 1.0,
-                           fused_merge: bool = FUSED_MERGE, tokens: int = _TOKENS_PER_ITER,
-                           num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                           tokens: int | None = None, num_warps: int = 4,
+                           num_stages: int = 2) -> torch.Tensor:
     """q [B, Hq, D]; caches [blocks, Hkv, block_size, D] (strided views; q's dtype or
     float8_e4m3fn, dequantized with ``k_scale`` / ``v_scale``); block_tables [B, max_blocks]
-    int32; seq_lens [B] int32. Returns [B, Hq, D] in q's dtype. ``fused_merge`` (the module
-    docstring), ``tokens`` / ``num_warps`` / ``num_stages``: for the benchmarks."""
+    int32; seq_lens [B] int32. Returns [B, Hq, D] in q's dtype. ``tokens`` (default: by the
+    cache's dtype, the module docstring) / ``num_warps`` / ``num_stages``: for the benchmarks."""
     num_seqs, num_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
     group = num_heads // num_kv_heads
     assert k_cache.stride(3) == 1 and q.stride(2) == 1 and v_cache.stride() == k_cache.stride()
-    fused_merge = fused_merge and splits > 1 and num_seqs * num_kv_heads <= COUNTERS
+    if tokens is None:
+        tokens = TOKENS_FP8 if k_cache.dtype == torch.float8_e4m3fn else TOKENS
     out = torch.empty_like(q)
     partial = torch.empty(num_seqs, num_heads, splits, head_dim, device=q.device,
                           dtype=torch.float32)
     lse = torch.empty(num_seqs, num_heads, splits, device=q.device, dtype=torch.float32)
-    counters = _counter_buffer(q.device) if fused_merge else lse
     _decode_partial[(num_seqs, num_kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, partial, lse, scale * k_scale, v_scale,
         q.stride(0), q.stride(1),
@@ -178,15 +151,14 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         block_tables.stride(0),
         partial.stride(0), partial.stride(1), partial.stride(2),
         lse.stride(0), lse.stride(1),
-        out, out.stride(0), out.stride(1), counters, num_kv_heads,
+        out, out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, TOKENS=tokens, SPLITS=splits,
         # fp32 caches (correctness runs) must not round through tf32.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        FUSED_MERGE=fused_merge, SPLITS_PAD=triton.next_power_of_2(splits),
         num_warps=num_warps, num_stages=num_stages,
     )
-    if splits > 1 and not fused_merge:
+    if splits > 1:
         _decode_merge[(num_seqs, num_heads)](
             partial, lse, out,
             partial.stride(0), partial.stride(1), partial.stride(2),

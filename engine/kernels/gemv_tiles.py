@@ -39,5 +39,9 @@ SKINNY_MAX_ROWS = 64  # engine/kernels/fp8_skinny_gemm.py's MAX_ROWS (that modul
 
 def skinny_tiles(n: int, k: int) -> dict | None:
     """``skinny_gemm``'s tiles for an e4m3 weight [n, k] at 2-64 rows, or None: keep
-    ``_scaled_mm``."""
-    return None
+    ``_scaled_mm``. Sweep at 64 rows (quantization included, us, Llama-3.1-8B): q/k/v 17.0 ->
+    13.3, o_proj 16.6 -> 11.1, gate_up 45.2 -> 36.7 (64 x 128 tiles, 5 stages), down 42.4 ->
+    28.0; against 5.9 / 3.9 / 27.5 / 13.7 us of weight bytes at the copy rate."""
+    if n > 16384:
+        return {"block_n": 64, "block_k": 128, "num_warps": 4, "num_stages": 5}
+    return {"block_n": 32, "block_k": 256, "num_warps": 4, "num_stages": 4}
