@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.kernels.gemv_tiles import SKINNY_MAX_ROWS, fp8_tiles, skinny_tiles
+from engine.kernels.gemv_tiles import SKINNY_GEMM, SKINNY_MAX_ROWS, fp8_tiles, skinny_tiles
 from engine.model.layers.linear import Linear, LinearMethod, UnquantizedLinearMethod
 
 FP8 = torch.float8_e4m3fn
@@ -120,8 +120,8 @@ class Fp8LinearMethod(LinearMethod):
         layer.decode_gemv = applies(layer.weight, getattr(layer, self.scale_name),
                                     blockwise=self.strategy == "block")
         layer.gemv_tiles = fp8_tiles(layer.out_features, layer.in_features)
-        layer.skinny_tiles = (None if self.strategy == "block"
-                              else skinny_tiles(layer.out_features, layer.in_features))
+        layer.skinny_tiles = (skinny_tiles(layer.out_features, layer.in_features)
+                              if SKINNY_GEMM and self.strategy != "block" else None)
         layer.fp8_kernels = True
 
     def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
