@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.graph_timing import copy_bytes_per_s, graph_us
+from benchmarks.engine_bench import hbm_copy_bytes_per_s
+from benchmarks.graph_timing import graph_us
 from benchmarks.report import machine_info, print_table, save_json
 
 HQ, HKV, D, BLOCK, CTX, LAYERS = 32, 8, 128, 16, 1024, 8
@@ -40,7 +41,7 @@ def main() -> None:
 
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    copy_bw = copy_bytes_per_s()
+    copy_bw = hbm_copy_bytes_per_s(torch.device("cuda"))
     results, rows = {}, []
     g = torch.Generator(device=dev).manual_seed(0)
     for dtype in (torch.bfloat16, torch.float8_e4m3fn):

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.graph_timing import copies_for, copy_bytes_per_s, graph_us
+from benchmarks.engine_bench import hbm_copy_bytes_per_s
+from benchmarks.graph_timing import copies_for, graph_us
 from benchmarks.report import machine_info, print_table, save_json
 
 SHAPES = {"qkv_proj": (6144, 4096), "o_proj": (4096, 4096), "gate_up_proj": (28672, 4096),
@@ -134,7 +135,7 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES),
                         help="comma-separated projections to run")
     args = parser.parse_args()
-    copy_bw = copy_bytes_per_s()
+    copy_bw = hbm_copy_bytes_per_s(torch.device("cuda"))
     gemv_rows, quant_rows, results = [], [], {"gemv": {}, "quant": {}}
     default = config_name(*CONFIGS[0])
     torch.manual_seed(0)

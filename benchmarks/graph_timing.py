@@ -48,20 +48,3 @@ def graph_us(fns: Sequence[Callable[[], Any]], calls: int = 48, replays: int = 5
         times.append(1e3 * start.elapsed_time(end) / calls)
     del graph
     return sorted(times)[len(times) // 2]
-
-
-def copy_bytes_per_s() -> float:
-    """Device-to-device copy rate (read + write) of 1 GiB, the roofline's bandwidth, timed
-    outside a graph as engine_bench does: captured, the copy becomes a memcpy node that the
-    copy engines run (2.7 TB/s on an H200, against 4.2 by the SMs)."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(200):  # ~0.2 s: an idle GPU's clocks come up before anything is timed
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    return 2 * src.numel() * 20 / (start.elapsed_time(end) * 1e-3)

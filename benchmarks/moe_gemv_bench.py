@@ -4,8 +4,7 @@ against the copy floor of the 8 chosen experts' weights measured in the same run
 
 Each call routes a different token (random router logits), so the experts it reads change from
 call to call as in a model step, and calls are timed inside one CUDA graph
-(benchmarks/graph_timing.py). ``pre_routed``: the routing in its own kernel first, instead of
-inside every gate_up program before its first weight load.
+(benchmarks/graph_timing.py).
 
 Beside it, the same model's dense projections at batch 1 (the bf16 GEMV of
 engine/kernels/gemv.py: fused q/k/v, the attention output, the router's gate) at a few tiles,
@@ -21,18 +20,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.graph_timing import copy_bytes_per_s, graph_us
+from benchmarks.engine_bench import hbm_copy_bytes_per_s
+from benchmarks.graph_timing import graph_us
 from benchmarks.report import machine_info, print_table, save_json
 
 EXPERTS, HIDDEN, INTER, TOP_K = 128, 2048, 768, 8
-# (gate_up (BLOCK_N, BLOCK_K, warps), down (BLOCK_N, BLOCK_K, warps), pre_routed); first: default
-CONFIGS = [((4, 512, 4), (4, 256, 4), False), ((2, 1024, 2), (2, 256, 2), True),
-           ((2, 2048, 2), (2, 256, 2), True), ((1, 2048, 1), (2, 256, 2), True),
-           ((2, 1024, 1), (2, 256, 2), True), ((4, 1024, 2), (2, 256, 2), True),
-           ((2, 512, 1), (2, 256, 2), True), ((2, 1024, 2), (1, 256, 1), True),
-           ((2, 1024, 2), (2, 512, 2), True), ((2, 1024, 2), (1, 1024, 1), True),
-           ((2, 1024, 2), (4, 256, 2), True), ((2, 1024, 2), (2, 128, 1), True),
-           ((1, 1024, 1), (1, 512, 1), True), ((2, 1024, 2), (2, 256, 2), False)]
+# (gate_up (BLOCK_N, BLOCK_K, warps), down (BLOCK_N, BLOCK_K, warps)); first: the default.
+# (Routing inside the gate_up programs, also swept in session 7, is gone: slower.)
+CONFIGS = [((2, 1024, 2), (1, 1024, 1)), ((4, 512, 4), (4, 256, 4)), ((2, 1024, 2), (2, 256, 2)),
+           ((2, 2048, 2), (2, 256, 2)), ((1, 2048, 1), (2, 256, 2)), ((2, 1024, 1), (2, 256, 2)),
+           ((4, 1024, 2), (2, 256, 2)), ((2, 512, 1), (2, 256, 2)), ((2, 1024, 2), (1, 256, 1)),
+           ((2, 1024, 2), (2, 512, 2)), ((2, 1024, 2), (4, 256, 2)), ((1, 1024, 1), (1, 512, 1))]
 CALLS = 32  # distinct tokens, one per call in the graph
 DENSE_SHAPES = {"qkv_proj": (5120, 2048), "o_proj": (2048, 4096), "router_gate": (128, 2048)}
 # (BLOCK_N, BLOCK_K, num_warps, UNROLL); first: the default
@@ -42,8 +40,8 @@ DENSE_CONFIGS = [(8, 512, 4, 1), (8, 512, 4, 4), (4, 512, 2, 4), (4, 1024, 4, 2)
 
 
 def name(config) -> str:
-    (gn, gk, gw), (dn, dk, dw), pre = config
-    return f"gu{gn}x{gk}w{gw}-dn{dn}x{dk}w{dw}" + ("-routed" if pre else "")
+    (gn, gk, gw), (dn, dk, dw) = config
+    return f"gu{gn}x{gk}w{gw}-dn{dn}x{dk}w{dw}"
 
 
 def main() -> None:
@@ -55,7 +53,7 @@ def main() -> None:
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    copy_bw = copy_bytes_per_s()
+    copy_bw = hbm_copy_bytes_per_s(torch.device("cuda"))
     gate_up = (0.02 * torch.randn(EXPERTS, 2 * INTER, HIDDEN, device=dev)).to(torch.bfloat16)
     down = (0.02 * torch.randn(EXPERTS, HIDDEN, INTER, device=dev)).to(torch.bfloat16)
     xs = torch.randn(CALLS, 1, HIDDEN, device=dev, dtype=torch.bfloat16)
@@ -64,13 +62,13 @@ def main() -> None:
     floor_us = 1e6 * TOP_K * 3 * INTER * HIDDEN * 2 / copy_bw
     results, rows = {}, []
     for config in CONFIGS:
-        gu, dn, pre = config
+        gu, dn = config
         got = moe_gemv(xs[0], logits[0], gate_up, down, TOP_K, True, gate_up_tiles=gu,
-                       down_tiles=dn, pre_routed=pre)[0]
+                       down_tiles=dn)[0]
         err = (got.float() - reference.float()).abs().max().item()
-        us = graph_us([lambda i=i, gu=gu, dn=dn, pre=pre: moe_gemv(
-            xs[i], logits[i], gate_up, down, TOP_K, True, gate_up_tiles=gu, down_tiles=dn,
-            pre_routed=pre) for i in range(CALLS)], calls=CALLS)
+        us = graph_us([lambda i=i, gu=gu, dn=dn: moe_gemv(
+            xs[i], logits[i], gate_up, down, TOP_K, True, gate_up_tiles=gu, down_tiles=dn)
+            for i in range(CALLS)], calls=CALLS)
         results[name(config)] = {"us": us, "max_abs_diff_vs_default": err}
         rows.append([name(config), us, floor_us, floor_us / us, err])
         print(rows[-1], flush=True)

@@ -7,9 +7,9 @@ kernel, 16-row tensor-core tiles of which one row is real, and the sum over the 
 Here each slot (``token * top_k + j``) is a GEMV, like engine/kernels/gemv.py's:
 
 0. ``moe_routing.route``: softmax and top-k of the router's logits, one program a token.
-   (``pre_routed=False`` routes inside every gate_up program instead, from the logits; that
-   saves the launch but puts the reductions before each program's first weight load, and
-   measured slower: 39.5 against 31.6 us a layer on an H200 with the same tiles.)
+   (Routing inside every gate_up program instead saves that launch but puts the reductions
+   before each program's first weight load; it measured slower: 39.5 against 31.6 us a layer
+   on an H200 with the same tiles, session 7's moe_gemv_h200.json.)
 1. ``_gate_up_silu``, grid (slots, I / BLOCK_N): takes slot's expert, streams BLOCK_N gate
    rows and the matching up rows of that expert and writes ``SiLU(gate) * up`` for the slot.
 2. ``_down_weighted``, grid (tokens, H / BLOCK_N): for each of the token's ``top_k`` slots,
@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.moe_routing import route, route_constants, softmax_top_k
+from engine.kernels.moe_routing import route
 
 MAX_TOKENS = 4  # at most this many tokens per step: this path; more: the grouped kernel
 # Narrow tiles, from benchmarks/moe_gemv_bench.py on an H200 (moe_gemv_h200.json): at batch 1
@@ -39,27 +39,15 @@ MAX_TOKENS = 4  # at most this many tokens per step: this path; more: the groupe
 # bytes at the copy rate.
 GATE_UP_TILES = (2, 1024, 2)  # BLOCK_N, BLOCK_K, num_warps
 DOWN_TILES = (1, 1024, 1)
-PRE_ROUTED = True
 
 
 @triton.jit
-def _gate_up_silu(x_ptr, logits_ptr, w_ptr, h_ptr, weights_ptr, ids_ptr, num_experts,
-                  expert_start, num_local, H: tl.constexpr, INTER: tl.constexpr,
-                  TOP_K: tl.constexpr, K_P2: tl.constexpr, EXPERTS_P2: tl.constexpr,
-                  RENORMALIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  PRE_ROUTED: tl.constexpr):
+def _gate_up_silu(x_ptr, w_ptr, h_ptr, ids_ptr, expert_start, num_local, H: tl.constexpr,
+                  INTER: tl.constexpr, TOP_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
     slot = tl.program_id(0)
     token = slot // TOP_K
-    if PRE_ROUTED:  # moe_routing.route ran before: the slot's expert is one load away
-        expert = tl.load(ids_ptr + slot)
-    else:
-        weights, ids = softmax_top_k(logits_ptr, token, num_experts, TOP_K, K_P2, EXPERTS_P2,
-                                     RENORMALIZE)
-        mine = tl.arange(0, K_P2) == slot % TOP_K
-        expert = tl.sum(tl.where(mine, ids, 0), 0)
-        if tl.program_id(1) == 0:
-            tl.store(weights_ptr + slot, tl.sum(tl.where(mine, weights, 0.0), 0))
-            tl.store(ids_ptr + slot, expert)
+    expert = tl.load(ids_ptr + slot)
     local = expert - expert_start
     if (local >= 0) & (local < num_local):
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -122,31 +110,24 @@ def applies(num_tokens: int) -> bool:
 def moe_gemv(x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor,
              down: torch.Tensor, top_k: int, renormalize: bool, expert_start: int = 0,
              gate_up_tiles: tuple[int, int, int] = GATE_UP_TILES,
-             down_tiles: tuple[int, int, int] = DOWN_TILES,
-             pre_routed: bool = PRE_ROUTED) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             down_tiles: tuple[int, int, int] = DOWN_TILES
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out [T, H], weights [T, k] fp32, ids [T, k] int32): the routed experts' sum for x
     [T, H] given the router's logits [T, E] (all experts, global ids); gate_up [E_l, 2I, H]
     and down [E_l, H, I] hold experts ``expert_start ..`` (the module docstring).
-    ``*_tiles`` (BLOCK_N, BLOCK_K, num_warps) and ``pre_routed`` (route in its own kernel
-    first): for benchmarks/moe_gemv_bench.py."""
+    ``*_tiles`` (BLOCK_N, BLOCK_K, num_warps): for benchmarks/moe_gemv_bench.py."""
     num_tokens, hidden = x.shape
-    num_experts = router_logits.shape[1]
     num_local, two_i, _ = gate_up.shape
     inter = two_i // 2
     num_slots = num_tokens * top_k
     x, logits = x.contiguous(), router_logits.contiguous()
     dev = x.device
-    if pre_routed:
-        weights, ids = route(logits, top_k, renormalize)
-    else:
-        weights = torch.empty(num_tokens, top_k, dtype=torch.float32, device=dev)
-        ids = torch.empty(num_tokens, top_k, dtype=torch.int32, device=dev)
+    weights, ids = route(logits, top_k, renormalize)
     h = torch.empty(num_slots, inter, dtype=x.dtype, device=dev)
     bn, bk, warps = gate_up_tiles
     _gate_up_silu[(num_slots, triton.cdiv(inter, bn))](
-        x, logits, gate_up, h, weights, ids, num_experts, expert_start, num_local, H=hidden,
-        INTER=inter, TOP_K=top_k, RENORMALIZE=renormalize, **route_constants(num_experts, top_k),
-        BLOCK_N=bn, BLOCK_K=bk, PRE_ROUTED=pre_routed, num_warps=warps)
+        x, gate_up, h, ids, expert_start, num_local, H=hidden, INTER=inter, TOP_K=top_k,
+        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=dev)
     bn, bk, warps = down_tiles
     _down_weighted[(num_tokens, triton.cdiv(hidden, bn))](

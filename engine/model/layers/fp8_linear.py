@@ -127,7 +127,7 @@ class Fp8LinearMethod(LinearMethod):
     def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
         blockwise = self.strategy == "block"
         scale = getattr(layer, self.scale_name)
-        if layer.decode_gemv and x.shape[0] == 1 and x.dim() == 2:
+        if layer.runs_gemv(x):
             from engine.kernels.fp8_gemv import fp8_gemv
 
             return fp8_gemv(x, layer.weight, scale, layer.bias, blockwise=blockwise,

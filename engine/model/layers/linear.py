@@ -36,7 +36,7 @@ class LinearMethod:
         """On CUDA, switch ``apply`` to this method's own kernels, if it has any."""
 
     def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        """``x @ W.T (+ b)``; ``gated`` (only where ``Linear.forward`` says the GEMV runs):
+        """``x @ W.T (+ b)``; ``gated`` (only where ``layer.runs_gemv(x)``):
         ``x`` is [1, 2 * in], gate then up, and the input is SiLU(gate) * up."""
         raise NotImplementedError
 
@@ -66,7 +66,7 @@ class UnquantizedLinearMethod(LinearMethod):
         layer.gemv_tiles = bf16_tiles(layer.out_features, layer.in_features)
 
     def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        if layer.decode_gemv and x.shape[0] == 1 and x.dim() == 2:
+        if layer.runs_gemv(x):
             from engine.kernels.gemv import gemv
 
             return gemv(x, layer.weight, gated=gated, **layer.gemv_tiles)
@@ -92,11 +92,15 @@ class Linear(nn.Module):
         input is SiLU(gate) * up. A one-row step folds that into the GEMV (a launch fewer per
         layer); otherwise the silu_mul kernel runs first. Through ``__call__`` either way, so
         tensor parallelism's all-reduce hook still follows the down projection."""
-        if gated and not (self.decode_gemv and x.shape[0] == 1 and x.dim() == 2):
+        if gated and not self.runs_gemv(x):
             from engine.kernels.fused_ops import silu_mul
 
             x, gated = silu_mul(x.contiguous()), False
         return self.method.apply(self, x, gated)
+
+    def runs_gemv(self, x: torch.Tensor) -> bool:
+        """A one-row input to a layer its method gave a decode GEMV (batch-1 decode)."""
+        return self.decode_gemv and x.dim() == 2 and x.shape[0] == 1
 
     def use_fused_kernels(self) -> None:
         self.method.use_fused_kernels(self)
