@@ -6,9 +6,10 @@ per-channel, quantized at load) and an FP8 KV cache, against FP8 ceilings measur
 - batch-64 decode at 1k context, and its ratio to batch 1 (target ≤ 1.3);
 - prefill of 4k tokens vs the FP8 GEMM rate (``torch._scaled_mm``, 8192³, row-wise scales).
 
-Each row twice, same GPU, same run (``--fp8-paths``): ``kernels`` (the FP8 GEMV at batch 1,
-one-kernel activation quantization before ``_scaled_mm``) and ``torch`` (what came before:
-torch ops quantize every linear's activations, ``_scaled_mm`` on 16 padded rows at batch 1).
+Each row once per path, same GPU, same run (``--fp8-paths``): ``kernels`` (the FP8 GEMV at
+batch 1, one-kernel activation quantization before ``_scaled_mm``), ``skinny`` (``kernels`` with
+the skinny FP8 GEMM at 2-64 rows) and ``torch`` (what came before: torch ops quantize every
+linear's activations, ``_scaled_mm`` on 16 padded rows at batch 1).
 
     python -m benchmarks.engine_bench_fp8 [--fp8-paths kernels,torch] [--out ...]   # FP8 only
 """
@@ -24,7 +25,8 @@ import torch
 from benchmarks.report import machine_info, median_time, print_table, save_json
 from engine.model.layers import fp8_linear
 
-PATHS = {"kernels": True, "torch": False}  # fp8_linear.TRITON_KERNELS while the engine loads
+# fp8_linear's (TRITON_KERNELS, SKINNY_GEMM) while the engine loads
+PATHS = {"kernels": (True, False), "skinny": (True, True), "torch": (False, False)}
 
 
 def fp8_gemm_flops(device: torch.device, sync) -> float:
@@ -46,11 +48,12 @@ def bench_fp8(args, ceilings: dict, ours_generate, random_prompts, sync) -> dict
     ceilings["fp8_gemm_flops"] = fp8_gemm_flops(torch.device("cuda"), sync)
     out = {}
     for path in args.fp8_paths.split(","):
-        fp8_linear.TRITON_KERNELS = PATHS[path]
+        saved = fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM
+        fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM = PATHS[path]
         try:
             out[path] = bench_fp8_path(args, ceilings, ours_generate, random_prompts, sync)
         finally:
-            fp8_linear.TRITON_KERNELS = True
+            fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM = saved
         gc.collect()
         torch.cuda.empty_cache()
     return out
@@ -149,8 +152,9 @@ def main() -> None:
 def add_paths_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp8-paths", default="kernels,torch",
                         help="FP8 linear paths to run, comma-separated: kernels (Triton FP8 "
-                             "GEMV + fused quantization), torch (torch-op quantization, "
-                             "_scaled_mm at every batch size)")
+                             "GEMV + fused quantization), skinny (kernels, plus the skinny "
+                             "FP8 GEMM at 2-64 rows instead of _scaled_mm), torch (torch-op "
+                             "quantization, _scaled_mm at every batch size)")
 
 
 if __name__ == "__main__":
