@@ -1,9 +1,10 @@
 """Instant mock workers for measuring the router alone (not the engine).
 
 They speak the real gRPC contract and register in Redis like real workers, but answer at once:
-``Prefill`` returns a fixed first token and a dummy KV handle; ``Submit`` adds the request to
-its router's ``Outputs`` stream, which emits one batch per "step" (one token for every request
-in flight on that stream) without computing anything, as a decode worker's engine would. Used
+``Prefill`` returns a fixed first token and a dummy KV handle; ``Submit`` (the call, or a
+frame on the outputs socket) adds the request to its router's ``Outputs`` stream, which emits
+one batch per "step" (one token for every request in flight on that stream) without computing
+anything, as a decode worker's engine would. Used
 only by benchmarks/router_bench.py; they are mocks, and the numbers they give are the router's
 overhead, nothing more.
 """
@@ -67,13 +68,17 @@ class MockServicer(pb_grpc.WorkerServicer):
             await asyncio.sleep(self.step_s)  # a "step" (and submissions get in)
 
     async def Submit(self, request, context):
-        active = self.streams.get(request.router_id)
-        if active is None:
+        if request.router_id not in self.streams:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no Outputs stream")
-        pulled = request.WhichOneof("prompt_kv") == "pull_kv"
-        active[request.request_id] = request.sampling.max_tokens - (1 if pulled else 0)
-        self.wakes[request.router_id].set()
+        await self.submit_on_socket(request.router_id, request)
         return pb.SubmitResponse()
+
+    async def submit_on_socket(self, router_id: str, request) -> None:
+        """A submission (the Submit call's or an outputs socket frame): joins the stream."""
+        pulled = request.WhichOneof("prompt_kv") == "pull_kv"
+        self.streams[router_id][request.request_id] = \
+            request.sampling.max_tokens - (1 if pulled else 0)
+        self.wakes[router_id].set()
 
     async def Abort(self, request, context):
         found = any(a.pop(request.request_id, None) is not None for a in self.streams.values())
@@ -99,7 +104,8 @@ async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int,
             await server.start()
             outputs_address = ""
             if role == "decode" and outputs == "socket":  # as a real decode worker has
-                sock = OutputsSocket(servicer.batches, secret.grpc_token if secret else None)
+                sock = OutputsSocket(servicer.batches, secret.grpc_token if secret else None,
+                                     submit=servicer.submit_on_socket)
                 outputs_address = f"127.0.0.1:{await sock.start('127.0.0.1')}"
             record = WorkerRecord(
                 worker_id=f"mock-{role}-{i}", role=role, address=f"127.0.0.1:{port}",

@@ -9,6 +9,7 @@ import contextlib
 import grpc
 
 from proto import API_VERSION
+from worker.call_refusal import REFUSING
 from worker.decode_rpc import release_refused_handle, submit_decode
 from worker.output_streams import OutputStreams
 from worker.prefill_rpc import serve_prefill
@@ -44,6 +45,12 @@ class DecodeServicer(BaseServicer):
             await release_refused_handle(self.engine, request)
             raise
         return await submit_decode(self.engine, stream, request, params, context)
+
+    async def submit_on_socket(self, router_id: str, request) -> None:
+        """Submit as it arrives on ``router_id``'s outputs socket connection (its stream is
+        that connection's): the same checks; a refusal raises worker/call_refusal.Refused."""
+        request.router_id = router_id
+        await self.Submit(request, REFUSING)
 
     async def Prefill(self, request, context):
         if self.role != "both":

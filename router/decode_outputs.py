@@ -9,6 +9,10 @@ its gRPC ``Outputs`` call. It opens on the first request for a worker and stays 
 ends (the worker died, its connection broke), every inbox on it fails with ``OutputsLost`` and
 the dispatcher moves those requests to another worker. The next request for that worker opens
 a new stream.
+
+Submissions go the same way when they can: a frame on the outputs socket (a worker's
+registration batch says whether it takes them), whose refusal comes back as the request's
+output; else the Submit call.
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ _OPEN_TIMEOUT_S = 10.0  # a worker that does not register the stream by then is 
 
 class OutputsLost(Exception):
     """The worker's Outputs stream ended before the request finished (or a deadline passed)."""
+
+
+class CallRefused(Exception):
+    """A worker call that did not succeed: the gRPC status code name it ended with (or, on the
+    outputs socket, the answer's ``error_code``) and its details."""
+
+    def __init__(self, code: str, details: str):
+        super().__init__(f"{code}: {details}")
+        self.code, self.details = code, details
 
 
 class RequestInbox:
@@ -57,7 +70,8 @@ class RequestInbox:
             waiter.set_result(None)
 
     async def take(self, deadline: float) -> list[pb.RequestOutput]:
-        """Every output queued so far (waiting for one if none); ``deadline``: loop time."""
+        """Every output queued so far (waiting for one if none); ``deadline``: loop time.
+        Raises ``CallRefused`` when the worker refused the request's socket submission."""
         while not self._items:
             if self._lost is not None:
                 raise OutputsLost(self._lost)
@@ -72,6 +86,8 @@ class RequestInbox:
             if not self._items and self._lost is None and loop.time() >= deadline:
                 raise OutputsLost("DEADLINE_EXCEEDED: no output before the request's deadline")
         items, self._items = self._items, []
+        if items[0].error_code:  # a refusal is a request's only output
+            raise CallRefused(items[0].error_code, items[0].error)
         return items
 
 
@@ -166,6 +182,7 @@ class _SocketStream(_Stream, asyncio.Protocol):
                                               token=token or "").SerializeToString())
         self._frames = FrameReader()
         self._transport: asyncio.Transport | None = None
+        self.takes_submit = False  # the registration batch says
         self._connecting = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
@@ -193,11 +210,16 @@ class _SocketStream(_Stream, asyncio.Protocol):
                     self._end(f"the worker refused the outputs stream: {batch.refused}")
                     self._transport.close()
                     return
-                else:
-                    self.ready.set_result(None)  # the first (empty) batch: registered
+                else:  # the first (empty) batch: registered
+                    self.takes_submit = batch.takes_submit
+                    self.ready.set_result(None)
         except (FrameError, DecodeError) as e:
             self._end(f"the outputs socket sent a bad frame: {e}")
             self._transport.close()
+
+    def submit(self, request: pb.DecodeRequest) -> None:
+        """One RouterFrame: no reply; what it comes to arrives in the request's inbox."""
+        self._transport.write(frame(pb.RouterFrame(submit=request).SerializeToString()))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end(f"the outputs connection broke: {exc}" if exc is not None
@@ -251,6 +273,21 @@ class DecodeOutputs:
         if stream.ended:  # ended between ready and now
             inbox.fail("the worker ended its Outputs stream")
         return inbox
+
+    async def submit(self, address: str, request: pb.DecodeRequest, timeout_s: float) -> None:
+        """Submit ``request`` to the worker at ``address`` (subscribed first): a frame on its
+        outputs socket when the worker takes them there, else the Submit call (``timeout_s``).
+        Raises ``CallRefused`` for the call's refusals; the socket's arrive from ``take``.
+        A stream that ended meanwhile fails the inbox: nothing is sent."""
+        stream = self._streams.get(address)
+        if isinstance(stream, _SocketStream) and stream.takes_submit:
+            if not stream.ended:
+                stream.submit(request)
+            return
+        try:
+            await self._stub_for(address).Submit(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise CallRefused(e.code().name, e.details()) from None
 
     @staticmethod
     def unsubscribe(request_id: str, inbox: RequestInbox) -> None:

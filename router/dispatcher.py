@@ -27,7 +27,7 @@ from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb
 from proto.convert import logprob_from_pb, sampling_to_pb
 from router.config import RouterConfig
-from router.decode_outputs import DecodeOutputs, OutputsLost
+from router.decode_outputs import DecodeOutputs, OutputsLost, CallRefused
 from router.dispatch_errors import BadRequestError, NoWorkersError, UpstreamError
 from router.generate_request import GenerateRequest
 from router.index_accuracy import IndexAccuracy
@@ -50,6 +50,7 @@ from router.worker_clients import WorkerClients
 log = logging.getLogger(__name__)
 
 _CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE)
+_CLIENT_CODES = {code.name for code in _CLIENT_ERRORS}  # a Submit refusal's, by name
 _ABORT_TIMEOUT_S = 1.0  # a held lease must end within about a second of its request
 _SUBMIT_TIMEOUT_S = 30.0  # Submit only checks and queues the request: a worker this slow is stuck
 _BACKGROUND: set[asyncio.Task] = set()  # fire-and-forget aborts still running
@@ -320,8 +321,7 @@ class Dispatcher:
                     # Subscribed before Submit: the first outputs may beat Submit's answer.
                     inbox = await self.outputs.subscribe(decode.address, req.request_id,
                                                          decode.outputs_address)
-                    await self.clients.stub(decode.address).Submit(
-                        request, timeout=_SUBMIT_TIMEOUT_S)
+                    await self.outputs.submit(decode.address, request, _SUBMIT_TIMEOUT_S)
                     deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
                     while True:
                         event, error = merge_outputs(await inbox.take(deadline))
@@ -340,10 +340,10 @@ class Dispatcher:
                                 return
                         if error is not None:
                             raise _DecodeFailed(error)
-            except grpc.aio.AioRpcError as e:
-                if e.code() in _CLIENT_ERRORS:
-                    raise BadRequestError(e.details()) from None
-                reason = f"{e.code().name}: {e.details()}"
+            except CallRefused as e:  # the worker did not take it (it is alive)
+                if e.code in _CLIENT_CODES:
+                    raise BadRequestError(e.details) from None
+                reason = str(e)
             except OutputsLost as e:
                 reason = str(e)
             except _DecodeFailed as e:

@@ -29,16 +29,20 @@ class DecodeClient:
         await self.channel.close()
 
     async def run(self, request: pb.DecodeRequest, cancel_after: int | None = None,
-                  timeout_s: float = 120.0) -> list[pb.RequestOutput]:
+                  timeout_s: float = 120.0, as_router: bool = False) -> list[pb.RequestOutput]:
         """Submit ``request`` (refusals raise ``grpc.aio.AioRpcError``) and return its outputs
         up to the finish; with ``cancel_after``, Abort it once that many tokens came back and
-        return what came until then."""
+        return what came until then. ``as_router``: submit as routers do (a frame on the
+        outputs socket when the worker takes them; refusals raise ``CallRefused``)."""
         rid = request.request_id
         request.router_id = self.outputs.router_id
         inbox = await self.outputs.subscribe(self.address, rid, self.outputs_address)
         received: list[pb.RequestOutput] = []
         try:
-            await self.stub.Submit(request, timeout=30)
+            if as_router:
+                await self.outputs.submit(self.address, request, 30)
+            else:
+                await self.stub.Submit(request, timeout=30)
             deadline = asyncio.get_running_loop().time() + timeout_s
             while not (received and received[-1].finish_reason):
                 received.extend(await inbox.take(deadline))

@@ -64,7 +64,7 @@ async def run_worker(config: WorkerConfig, servicer_cls: type[BaseServicer]) -> 
         from worker.output_socket import OutputsSocket
 
         outputs_socket = OutputsSocket(streams.serve, secret.grpc_token if secret else None,
-                                       streams.all_sent)
+                                       streams.all_sent, servicer.submit_on_socket)
         outputs_port = await outputs_socket.start(config.host, config.outputs_port)
         state.outputs_address = f"{host}:{outputs_port}"
 

@@ -9,10 +9,15 @@ log-sum-exp. Pass 2, grid (seqs, q_heads): merges the splits.
 With one split (a batch that fills the GPU by itself) there is nothing to merge: the program
 writes the output and pass 2 is not launched.
 
-Tokens a program takes per iteration: 64 from a bf16 cache, 32 from an FP8 one (the e4m3 tile
-is widened to q's dtype before the dot; benchmarks/decode_attention_bench.py on an H200, 64
-sequences x 1k tokens: 90.6 -> 73.8 us a layer with FP8, while bf16 ran 66.8 at 64 and 74.1 at
-32). An in-kernel merge by the last split of each head group (a counter in memory instead of
+Under a half-precision q, FP8 tiles are widened to fp16 (``FP16_MATH``), q and the
+probabilities with them, not to bf16: Hopper converts e4m3 pairs to fp16 in one instruction,
+to bf16 only through fp32. Tokens a program takes per iteration: 64 from a bf16 cache; from an
+FP8 one 32 when the context is split, 128 with one split. benchmarks/decode_attention_bench.py
+on an H200, a layer of 64 sequences x 1k tokens (one split): FP8 73.8 us widened to bf16 at
+32 tokens, 67.0 widened to fp16, 59.6 at 128 tokens (bf16 caches: 64.9-66.8, their floor 63.5,
+FP8's 31.7); at batch 1 (32 splits) 128 tokens cost 7.4 us against 6.2 at 32.
+
+An in-kernel merge by the last split of each head group (a counter in memory instead of
 the second launch) was tried and measured slower at batch 1 (8.3 against 6.4 us a layer), so
 pass 2 stays a kernel.
 
@@ -20,7 +25,7 @@ The cache is the engine's strided per-layer view ``[blocks, kv_heads, block_size
 Launch parameters depend only on shapes, so both passes can be captured in a CUDA graph.
 
 An FP8 cache (engine/model/layers/kv_quant.py): pages are read as e4m3 (half the bytes) and
-widened to q's dtype in registers; the per-layer K scale multiplies the scores and the V scale
+widened in registers; the per-layer K scale multiplies the scores and the V scale
 the output, so neither touches each element.
 """
 
@@ -31,7 +36,8 @@ import triton
 import triton.language as tl
 
 TOKENS = 64  # per program iteration, bf16/fp32 caches
-TOKENS_FP8 = 32  # FP8 caches (the module docstring)
+TOKENS_FP8 = 32  # FP8 caches split over the context (few sequences; the module docstring)
+TOKENS_FP8_ONE_SPLIT = 128  # FP8 caches, one split (a batch that fills the GPU)
 
 
 @triton.jit
@@ -46,7 +52,7 @@ def _decode_partial(
     out_ptr, stride_xb, stride_xh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, FP16_MATH: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -62,6 +68,8 @@ def _decode_partial(
     g_mask = g < GROUP
     q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
                 mask=g_mask[:, None], other=0.0)
+    if FP16_MATH:  # clamped: a bf16 q beyond fp16's range would make the scores inf
+        q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
@@ -129,17 +137,19 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                            splits: int, k_scale: float = 1.0, v_scale: float = 1.0,
                            tokens: int | None = None, num_warps: int = 4,
-                           num_stages: int = 2) -> torch.Tensor:
+                           num_stages: int = 2, fp16_math: bool | None = None) -> torch.Tensor:
     """q [B, Hq, D]; caches [blocks, Hkv, block_size, D] (strided views; q's dtype or
     float8_e4m3fn, dequantized with ``k_scale`` / ``v_scale``); block_tables [B, max_blocks]
     int32; seq_lens [B] int32. Returns [B, Hq, D] in q's dtype. ``tokens`` (default: by the
-    cache's dtype, the module docstring) / ``num_warps`` / ``num_stages``: for the benchmarks."""
+    cache's dtype, the module docstring) / ``num_warps`` / ``num_stages`` / ``fp16_math`` (default:
+    on for an FP8 cache under a half-precision q): for the benchmarks."""
     num_seqs, num_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
     group = num_heads // num_kv_heads
     assert k_cache.stride(3) == 1 and q.stride(2) == 1 and v_cache.stride() == k_cache.stride()
-    if tokens is None:
-        tokens = TOKENS_FP8 if k_cache.dtype == torch.float8_e4m3fn else TOKENS
+    if tokens is None and k_cache.dtype == torch.float8_e4m3fn:
+        tokens = TOKENS_FP8_ONE_SPLIT if splits == 1 else TOKENS_FP8
+    tokens = tokens or TOKENS
     out = torch.empty_like(q)
     partial = torch.empty(num_seqs, num_heads, splits, head_dim, device=q.device,
                           dtype=torch.float32)
@@ -156,6 +166,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         BLOCK_SIZE=block_size, TOKENS=tokens, SPLITS=splits,
         # fp32 caches (correctness runs) must not round through tf32.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        FP16_MATH=fp16_math if fp16_math is not None else (
+            k_cache.dtype == torch.float8_e4m3fn and q.dtype != torch.float32),
         num_warps=num_warps, num_stages=num_stages,
     )
     if splits > 1:

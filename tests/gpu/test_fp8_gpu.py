@@ -143,5 +143,5 @@ def test_skinny_gemm_linear_matches_scaled_mm_linear(monkeypatch):
         x = torch.randn(64, 4096, device=dev, dtype=torch.bfloat16, generator=torch.Generator(
             device=dev).manual_seed(1))
         outs[skinny] = [layer(x[:rows]).float() for rows in (2, 7, 33, 64)]
-    for ref, got in zip(outs[False], outs[True]):
+    for ref, got in zip(outs[False], outs[True], strict=True):
         assert (got - ref).abs().max() <= 0.01 * ref.abs().max()

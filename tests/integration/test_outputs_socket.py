@@ -1,6 +1,7 @@
 """The decode worker's outputs socket (proto/frames.py) against a real decode worker: the same
-outputs as its gRPC Outputs stream, refusals by name for connections without the cluster
-token, and a router that goes away ending its requests on the worker."""
+outputs as its gRPC Outputs stream, submissions on it equal to the Submit call's (refusals by
+the same code and words), refusals by name for connections without the cluster token, and a
+router that goes away ending its requests on the worker."""
 
 import asyncio
 import socket
@@ -10,6 +11,7 @@ import pytest
 
 from proto import API_VERSION, pb, pb_grpc
 from proto.frames import FrameReader, frame
+from router.decode_outputs import CallRefused
 from tests.cluster_helpers import WorkerProcess, cluster_secret, worker_channel
 from tests.decode_client import DecodeClient
 from tests.helpers import random_prompts
@@ -47,6 +49,67 @@ def test_socket_and_grpc_stream_carry_the_same_outputs(decode):
     via_socket = asyncio.run(run(decode.outputs_address))
     assert via_socket == asyncio.run(run(""))
     assert all(len(tokens) == 24 for tokens in via_socket)
+
+
+def test_socket_submissions_equal_the_submit_call(decode):
+    prompts = random_prompts(4, 512, 8, 40, seed=12)
+
+    async def run(as_router: bool) -> list[list[int]]:
+        async with DecodeClient(decode.address, decode.outputs_address) as client:
+            results = await asyncio.gather(*(
+                client.run(request(f"frames-{as_router}-{i}", p, 16), as_router=as_router)
+                for i, p in enumerate(prompts)))
+            stream = client.outputs._streams[decode.address]
+            assert stream.takes_submit, "a decode worker takes submissions on its socket"
+        return [[t for o in outs for t in o.token_ids] for outs in results]
+
+    via_frames = asyncio.run(run(True))
+    assert via_frames == asyncio.run(run(False))
+    assert all(len(tokens) == 16 for tokens in via_frames)
+
+
+def test_socket_submission_refusals_name_the_submit_calls_code(decode):
+    """What the Submit call refuses, a frame gets back as a refusal output with the same code
+    and details, and the connection goes on serving."""
+    no_kv = request("no-kv", [5, 6, 7], 4)
+    no_kv.ClearField("prefill_here")
+    old = request("old", [5, 6, 7], 4)
+    old.api_version = API_VERSION - 1
+    empty = request("empty", [], 4)
+
+    async def scenario():
+        async with DecodeClient(decode.address, decode.outputs_address) as client:
+            refusals = []
+            for bad in (no_kv, old, empty):
+                with pytest.raises(CallRefused) as info:
+                    await client.run(bad, as_router=True)
+                refusals.append((info.value.code, info.value.details))
+                with pytest.raises(Exception) as call:
+                    await client.run(bad)
+                assert (call.value.code().name, call.value.details()) == refusals[-1]
+            good = await client.run(request("after", [5, 6, 7], 4), as_router=True)
+        return refusals, good
+
+    refusals, good = asyncio.run(scenario())
+    assert [code for code, _ in refusals] == ["INVALID_ARGUMENT", "FAILED_PRECONDITION",
+                                              "INVALID_ARGUMENT"]
+    assert "prefill_here or pull_kv" in refusals[0][1] and "api_version" in refusals[1][1]
+    assert sum(len(o.token_ids) for o in good) == 4 and good[-1].finish_reason == "length"
+
+
+def test_a_frame_that_is_not_a_router_frame_closes_the_connection(decode):
+    token = cluster_secret().grpc_token
+    host, port = decode.outputs_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(frame(pb.OutputsRequest(api_version=API_VERSION, router_id="garbler",
+                                          token=token).SerializeToString()))
+        frames, got = FrameReader(), []
+        while not got:
+            got = frames.feed(s.recv(65536))
+        s.sendall(frame(b"\xff\xfe not protobuf"))
+        s.settimeout(10)
+        while s.recv(65536):  # whatever was in flight, then the close
+            pass
 
 
 def _hello(address: str, hello: pb.OutputsRequest | bytes) -> pb.OutputBatch | None:
