@@ -1,11 +1,11 @@
 """Instant mock workers for measuring the router alone (not the engine).
 
 They speak the real gRPC contract and register in Redis like real workers, but answer at once:
-``Prefill`` returns a fixed first token and a dummy KV handle; ``Submit`` (the call, or a
-frame on the outputs socket) adds the request to its router's ``Outputs`` stream, which emits
-one batch per "step" (one token for every request in flight on that stream) without computing
-anything, as a decode worker's engine would. Used
-only by benchmarks/router_bench.py; they are mocks, and the numbers they give are the router's
+``Prefill`` returns a fixed first token and a dummy KV handle; ``Submit`` adds the request to
+its router's ``Outputs`` stream, which emits one batch per "step" (one token for every request
+in flight on that stream) without computing anything, as a decode worker's engine would. Like
+real workers, they take both as calls or as frames on their outputs socket. Used only by
+benchmarks/router_bench.py; they are mocks, and the numbers they give are the router's
 overhead, nothing more.
 """
 
@@ -28,6 +28,10 @@ from worker.presence import WorkerPresence
 
 class MockServicer(pb_grpc.WorkerServicer):
     async def Prefill(self, request, context):
+        return await self.prefill_on_socket("", request)
+
+    async def prefill_on_socket(self, router_id: str, request) -> pb.PrefillResponse:
+        """A prefill (the call's or an outputs socket frame's), answered at once."""
         return pb.PrefillResponse(
             request_id=request.request_id, first_token=7, text="a",
             num_prompt_tokens=len(request.prompt_token_ids),
@@ -103,9 +107,10 @@ async def serve(redis_url: str, prefix: str, num_prefill: int, num_decode: int,
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
             outputs_address = ""
-            if role == "decode" and outputs == "socket":  # as a real decode worker has
+            if outputs == "socket":  # as real workers have
                 sock = OutputsSocket(servicer.batches, secret.grpc_token if secret else None,
-                                     submit=servicer.submit_on_socket)
+                                     submit=servicer.submit_on_socket,
+                                     prefill=servicer.prefill_on_socket)
                 outputs_address = f"127.0.0.1:{await sock.start('127.0.0.1')}"
             record = WorkerRecord(
                 worker_id=f"mock-{role}-{i}", role=role, address=f"127.0.0.1:{port}",

@@ -1,5 +1,5 @@
-"""The router's end of the decode output plane: one stream per decode worker, sorting each
-``OutputBatch`` into per-request inboxes.
+"""The router's end of the workers' output plane: one stream per worker, sorting each
+``OutputBatch`` into per-request inboxes (and prefill answers to their callers).
 
 A worker sends one batch per engine step for all of this router's requests there, so a step
 costs the router one message, plus one wake-up per request whose inbox was empty (its consumer
@@ -10,9 +10,10 @@ ends (the worker died, its connection broke), every inbox on it fails with ``Out
 the dispatcher moves those requests to another worker. The next request for that worker opens
 a new stream.
 
-Submissions go the same way when they can: a frame on the outputs socket (a worker's
-registration batch says whether it takes them), whose refusal comes back as the request's
-output; else the Submit call.
+Submissions and prefills go the same way when they can: a frame on the worker's outputs socket
+(its registration batch says whether it takes them; a prefill worker's socket carries only
+those), whose answer comes back on the same connection: a submission's refusal as the request's
+output, a prefill's ``PrefillResult``. Else the Submit and Prefill calls.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ def _expire(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
+def _time_out(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(CallRefused("DEADLINE_EXCEEDED", "no prefill answer in time"))
+
+
 class _Stream:
     """One decode worker's outputs for this router: the inboxes of its requests there, and
     how the stream ends. Subclasses carry the batches (gRPC call or outputs socket)."""
@@ -103,6 +109,7 @@ class _Stream:
     def __init__(self, address: str, counters: tuple | None):
         self.address = address
         self.inboxes: dict[str, RequestInbox] = {}
+        self.prefills: dict[str, asyncio.Future] = {}  # socket prefills awaiting their answer
         self.ended = False
         self._counters = counters
         loop = asyncio.get_running_loop()
@@ -131,6 +138,9 @@ class _Stream:
         inboxes = self.inboxes
         for inbox in inboxes.values():
             inbox.fail(reason)
+        for waiter in self.prefills.values():
+            if not waiter.done():
+                waiter.set_exception(CallRefused("UNAVAILABLE", reason))
         if inboxes:
             log.warning("decode outputs from %s ended with %d requests open: %s",
                         self.address, len(inboxes), reason)
@@ -182,7 +192,7 @@ class _SocketStream(_Stream, asyncio.Protocol):
                                               token=token or "").SerializeToString())
         self._frames = FrameReader()
         self._transport: asyncio.Transport | None = None
-        self.takes_submit = False  # the registration batch says
+        self.takes_submit = self.takes_prefill = False  # the registration batch says
         self._connecting = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
@@ -205,13 +215,17 @@ class _SocketStream(_Stream, asyncio.Protocol):
             for payload in self._frames.feed(data):
                 batch = pb.OutputBatch.FromString(payload)
                 if self.ready.done():
-                    self._deliver(batch)
+                    if batch.prefills:
+                        self._answer(batch.prefills)
+                    if batch.outputs:
+                        self._deliver(batch)
                 elif batch.refused:
                     self._end(f"the worker refused the outputs stream: {batch.refused}")
                     self._transport.close()
                     return
                 else:  # the first (empty) batch: registered
                     self.takes_submit = batch.takes_submit
+                    self.takes_prefill = batch.takes_prefill
                     self.ready.set_result(None)
         except (FrameError, DecodeError) as e:
             self._end(f"the outputs socket sent a bad frame: {e}")
@@ -220,6 +234,19 @@ class _SocketStream(_Stream, asyncio.Protocol):
     def submit(self, request: pb.DecodeRequest) -> None:
         """One RouterFrame: no reply; what it comes to arrives in the request's inbox."""
         self._transport.write(frame(pb.RouterFrame(submit=request).SerializeToString()))
+
+    def prefill(self, request: pb.PrefillRequest) -> asyncio.Future:
+        """One RouterFrame; the future gets its PrefillResult (or ``CallRefused`` when the
+        stream ends first)."""
+        waiter = self.prefills[request.request_id] = asyncio.get_running_loop().create_future()
+        self._transport.write(frame(pb.RouterFrame(prefill=request).SerializeToString()))
+        return waiter
+
+    def _answer(self, results) -> None:
+        for result in results:
+            waiter = self.prefills.pop(result.request_id, None)
+            if waiter is not None and not waiter.done():  # else: given up on (cancelled)
+                waiter.set_result(result)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end(f"the outputs connection broke: {exc}" if exc is not None
@@ -251,6 +278,14 @@ class DecodeOutputs:
         before the request is submitted there (its first outputs may beat Submit's answer).
         ``outputs_address``: the worker's outputs socket ("": it has none, so the gRPC
         stream). Raises ``OutputsLost`` when the worker's stream cannot be opened."""
+        stream = await self._open(address, outputs_address)
+        inbox = stream.inboxes[request_id] = RequestInbox(stream.inboxes)
+        if stream.ended:  # ended between ready and now
+            inbox.fail("the worker ended its Outputs stream")
+        return inbox
+
+    async def _open(self, address: str, outputs_address: str) -> _Stream:
+        """The worker's open stream, opened now if there is none."""
         stream = self._streams.get(address)
         if stream is None or stream.ended:
             if outputs_address:
@@ -260,7 +295,7 @@ class DecodeOutputs:
                 stream = _GrpcStream(address, self._stub_for(address), self.router_id,
                                      self._counters)
             self._streams[address] = stream
-            log.info("decode outputs from %s: %s", address,
+            log.info("outputs stream with %s: %s", address,
                      f"outputs socket {outputs_address}" if outputs_address else "gRPC stream")
         if not stream.ready.done():
             try:
@@ -269,10 +304,7 @@ class DecodeOutputs:
                 stream.close()
                 raise OutputsLost(f"{address} did not open its Outputs stream") from None
         stream.ready.result()  # raises OutputsLost when it failed
-        inbox = stream.inboxes[request_id] = RequestInbox(stream.inboxes)
-        if stream.ended:  # ended between ready and now
-            inbox.fail("the worker ended its Outputs stream")
-        return inbox
+        return stream
 
     async def submit(self, address: str, request: pb.DecodeRequest, timeout_s: float) -> None:
         """Submit ``request`` to the worker at ``address`` (subscribed first): a frame on its
@@ -288,6 +320,39 @@ class DecodeOutputs:
             await self._stub_for(address).Submit(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as e:
             raise CallRefused(e.code().name, e.details()) from None
+
+    async def prefill(self, address: str, outputs_address: str, request: pb.PrefillRequest,
+                      timeout_s: float) -> pb.PrefillResponse:
+        """Prefill ``request`` on the worker at ``address``: a frame on its outputs socket
+        when it takes them there, else the Prefill call. Raises ``CallRefused`` (a stream that
+        could not open or broke: UNAVAILABLE; no answer within ``timeout_s``:
+        DEADLINE_EXCEEDED)."""
+        if outputs_address:
+            try:
+                stream = await self._open(address, outputs_address)
+            except OutputsLost as e:
+                raise CallRefused("UNAVAILABLE", str(e)) from None
+            if isinstance(stream, _SocketStream) and stream.takes_prefill and not stream.ended:
+                return await self._prefill_on_socket(stream, request, timeout_s)
+        try:
+            return await self._stub_for(address).Prefill(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise CallRefused(e.code().name, e.details()) from None
+
+    @staticmethod
+    async def _prefill_on_socket(stream: _SocketStream, request: pb.PrefillRequest,
+                                 timeout_s: float) -> pb.PrefillResponse:
+        waiter = stream.prefill(request)
+        timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, waiter)
+        try:
+            result = await waiter
+        finally:
+            timer.cancel()
+            if stream.prefills.get(request.request_id) is waiter:
+                del stream.prefills[request.request_id]
+        if result.error_code:
+            raise CallRefused(result.error_code, result.error)
+        return result.response
 
     @staticmethod
     def unsubscribe(request_id: str, inbox: RequestInbox) -> None:

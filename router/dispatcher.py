@@ -27,7 +27,7 @@ from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb
 from proto.convert import logprob_from_pb, sampling_to_pb
 from router.config import RouterConfig
-from router.decode_outputs import DecodeOutputs, OutputsLost, CallRefused
+from router.decode_outputs import CallRefused, DecodeOutputs, OutputsLost
 from router.dispatch_errors import BadRequestError, NoWorkersError, UpstreamError
 from router.generate_request import GenerateRequest
 from router.index_accuracy import IndexAccuracy
@@ -49,8 +49,8 @@ from router.worker_clients import WorkerClients
 
 log = logging.getLogger(__name__)
 
-_CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE)
-_CLIENT_CODES = {code.name for code in _CLIENT_ERRORS}  # a Submit refusal's, by name
+# A worker refusing a call with these (by status code name) refuses the client's request.
+_CLIENT_CODES = {grpc.StatusCode.INVALID_ARGUMENT.name, grpc.StatusCode.OUT_OF_RANGE.name}
 _ABORT_TIMEOUT_S = 1.0  # a held lease must end within about a second of its request
 _SUBMIT_TIMEOUT_S = 30.0  # Submit only checks and queues the request: a worker this slow is stuck
 _BACKGROUND: set[asyncio.Task] = set()  # fire-and-forget aborts still running
@@ -209,13 +209,13 @@ class Dispatcher:
                 uncached = len(req.prompt_token_ids) - chosen.cached_tokens
                 try:
                     with self.load.prefilling(chosen.worker_id, uncached):
-                        response = await self.clients.stub(record.address).Prefill(
-                            pb.PrefillRequest(
+                        response = await self.outputs.prefill(
+                            record.address, record.outputs_address, pb.PrefillRequest(
                                 api_version=API_VERSION, request_id=req.request_id,
                                 prompt_token_ids=req.prompt_token_ids,
                                 sampling=sampling_to_pb(req.params),
                                 cache_salt=list(req.cache_salt)),
-                            timeout=self.config.prefill_timeout_s)
+                            self.config.prefill_timeout_s)
                     self._account_cache(chosen.cached_tokens, response)
                     self._count_prompt(len(req.prompt_token_ids), response.num_cached_tokens)
                     plan.prefill = chosen
@@ -225,13 +225,13 @@ class Dispatcher:
                     # but a response already on its way would leave the KV held: drop it.
                     self._abort_later([record], req.request_id)
                     raise
-                except grpc.aio.AioRpcError as e:
-                    if e.code() in _CLIENT_ERRORS:
-                        raise BadRequestError(e.details()) from None
+                except CallRefused as e:
+                    if e.code in _CLIENT_CODES:
+                        raise BadRequestError(e.details) from None
                     # A timeout can fire after the worker took the lease: nobody will pull it.
                     self._abort_later([record], req.request_id)
-                    log.warning("prefill on %s failed (%s: %s); retrying elsewhere",
-                                chosen.worker_id, e.code().name, e.details())
+                    log.warning("prefill on %s failed (%s); retrying elsewhere",
+                                chosen.worker_id, e)
                     self.registry.fence(chosen.worker_id, self.config.fence_s)
                     self.metrics.retries.inc()
                     tried.add(chosen.worker_id)

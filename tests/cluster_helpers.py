@@ -79,7 +79,7 @@ class WorkerProcess:
                 named = dict(f.split("=", 1) for f in fields)
                 self.metrics_port = int(named["metrics"])
                 outputs = named.get("outputs", "-")
-                self.outputs_address = "" if outputs == "-" else outputs  # decode roles
+                self.outputs_address = "" if outputs == "-" else outputs
                 break
         if self.address is None:
             self.process.kill()

@@ -16,10 +16,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     g.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     g.add_argument("--port", type=int, default=0, help="gRPC port; 0 picks a free one")
     g.add_argument("--outputs-port", type=int, default=0,
-                   help="decode: port of the outputs socket routers read tokens from "
-                        "(length-prefixed protobuf over TCP, cheaper per message than the "
-                        "gRPC Outputs stream); 0 picks a free one, -1 turns it off (routers "
-                        "then use the gRPC stream)")
+                   help="port of the outputs socket routers send prefills and "
+                        "submissions on and read tokens from (length-prefixed protobuf over "
+                        "TCP, cheaper per message than gRPC calls and the gRPC Outputs "
+                        "stream); 0 picks a free one, -1 turns it off (routers then make gRPC "
+                        "calls)")
     g.add_argument("--advertise-host", default=None,
                    help="address other components dial, for gRPC (registry) and KV pulls "
                         "(NIXL agent); default: --host, or when binding all interfaces the "

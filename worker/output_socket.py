@@ -7,11 +7,13 @@ on the connection carries that router's stream until either side closes it. A wr
 the socket full waits for it to drain, while the stream merges the steps produced meanwhile
 into its next batch (worker/output_streams.py): a slow router gets fewer, larger frames.
 
-The other way, the router may submit requests as ``RouterFrame`` frames (when ``submit`` is
-given, the registration batch says ``takes_submit``): a unary Submit call costs the router
-~140-270 us of CPU in grpc.aio (measured on the 2-core VM, 64 and 1 calls in flight), a frame
-a few. Each runs the servicer's Submit under worker/call_refusal.py's context; a refusal comes
-back as the request's error output with ``error_code`` set.
+The other way, the router may send requests as ``RouterFrame`` frames: submissions (when
+``submit`` is given; the registration batch says ``takes_submit``) and prefills (``prefill``;
+``takes_prefill``). A unary call costs the router ~140-270 us of CPU in grpc.aio (measured on
+the 2-core VM, 64 and 1 calls in flight), a frame a few. Each runs the servicer's method under
+worker/call_refusal.py's context: a submission's refusal comes back as the request's error
+output with ``error_code`` set, a prefill's answer or refusal as a ``PrefillResult``. A prefill
+worker's socket carries only those: its stream has nothing but the registration batch.
 """
 
 from __future__ import annotations
@@ -42,19 +44,25 @@ log = logging.getLogger(__name__)
 OpenStream = Callable[[str], AsyncIterator[pb.OutputBatch]]  # router id -> its batches
 # (router id, request): submits it to that router's stream, or raises Refused
 Submit = Callable[[str, pb.DecodeRequest], Awaitable[None]]
+# (router id, request): the Prefill call's response, or raises Refused
+Prefill = Callable[[str, pb.PrefillRequest], Awaitable[pb.PrefillResponse]]
 _READ_BYTES = 1 << 16
 
 
 class OutputsSocket:
     def __init__(self, open_stream: OpenStream, token: str | None,
-                 all_sent: Callable[[], bool] | None = None, submit: Submit | None = None):
+                 all_sent: Callable[[], bool] | None = None, submit: Submit | None = None,
+                 prefill: Prefill | None = None):
         """``open_stream(router_id)``: an async generator of that router's batches, the first
         one empty (registered), closed when the connection ends. ``token``: the cluster's
         gRPC token (None: --insecure, anyone may connect). ``all_sent()``: whether the
-        streams have written everything pending (closing waits for it). ``submit``: takes
-        the connection's RouterFrame submissions (None: routers use the Submit call)."""
+        streams have written everything pending (closing waits for it). ``submit`` /
+        ``prefill``: take the connection's RouterFrame submissions / prefills (None: routers
+        make the call)."""
         self._open_stream = open_stream
-        self._submit = submit
+        self._handlers = {"submit": (submit, self._run_submit),
+                          "prefill": (prefill, self._run_prefill)}
+        self._handlers = {k: v for k, v in self._handlers.items() if v[0] is not None}
         self._all_sent = all_sent
         self._token = token.encode() if token else None
         self._server: asyncio.Server | None = None
@@ -110,55 +118,68 @@ class OutputsSocket:
             first = True
             async for batch in batches:
                 if first:  # the registration batch says what else this connection takes
-                    batch.takes_submit, first = self._submit is not None, False
+                    batch.takes_submit = "submit" in self._handlers
+                    batch.takes_prefill, first = "prefill" in self._handlers, False
                 writer.write(frame(batch.SerializeToString()))
                 await writer.drain()  # waits only when the socket is full
 
         # A read that ends means the router is gone, which must end the stream now (and
         # abort its requests), not at the next write.
-        submissions: set[asyncio.Task] = set()
+        calls: set[asyncio.Task] = set()
         async with contextlib.aclosing(self._open_stream(router_id)) as batches:
             pumping = asyncio.ensure_future(pump())
-            reading = asyncio.ensure_future(self._read_calls(router_id, reader, writer,
-                                                             submissions))
+            reading = asyncio.ensure_future(self._read_calls(router_id, reader, writer, calls))
             try:
                 await asyncio.wait({pumping, reading}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for t in (pumping, reading, *submissions):
+                for t in (pumping, reading, *calls):  # a cancelled prefill aborts, as a call's
                     t.cancel()
-                await asyncio.gather(pumping, reading, *submissions, return_exceptions=True)
+                await asyncio.gather(pumping, reading, *calls, return_exceptions=True)
 
     async def _read_calls(self, router_id: str, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter, submissions: set[asyncio.Task]) -> None:
+                          writer: asyncio.StreamWriter, calls: set[asyncio.Task]) -> None:
         """The router's frames until it closes; a frame that is not one ends the connection."""
         frames = FrameReader()
         while data := await reader.read(_READ_BYTES):
             try:
-                calls = [pb.RouterFrame.FromString(p) for p in frames.feed(data)]
+                received = [pb.RouterFrame.FromString(p) for p in frames.feed(data)]
             except (FrameError, DecodeError) as e:
                 self._refusals.note(f"a bad frame from router {router_id} ({e})")
                 return
-            for call in calls:
-                if call.WhichOneof("call") != "submit" or self._submit is None:
-                    self._refusals.note(f"a frame this worker does not take from {router_id}")
+            for call in received:
+                kind = call.WhichOneof("call")
+                if kind not in self._handlers:
+                    self._refusals.note(f"a {kind or 'empty'} frame this worker does not take "
+                                        f"from {router_id}")
                     return
-                task = asyncio.ensure_future(self._run_submit(router_id, call.submit, writer))
-                submissions.add(task)
-                task.add_done_callback(submissions.discard)
+                handler, run = self._handlers[kind]
+                task = asyncio.ensure_future(run(handler, router_id, getattr(call, kind),
+                                                 writer))
+                calls.add(task)
+                task.add_done_callback(calls.discard)
 
-    async def _run_submit(self, router_id: str, request: pb.DecodeRequest,
+    @staticmethod
+    async def _run_submit(submit: Submit, router_id: str, request: pb.DecodeRequest,
                           writer: asyncio.StreamWriter) -> None:
-        try:
-            await self._submit(router_id, request)
-            return
-        except Refused as e:
-            code, details = e.code.name, e.details
-        except Exception as e:  # as gRPC answers an exception in a handler: UNKNOWN
-            log.exception("submission of %s from %s failed", request.request_id, router_id)
-            code, details = "UNKNOWN", f"{type(e).__name__}: {e}"
-        refusal = pb.RequestOutput(request_id=request.request_id, finish_reason="error",
+        _, refused = await _outcome(submit(router_id, request), "submission", request,
+                                    router_id)
+        if refused is not None:
+            code, details = refused
+            out = pb.RequestOutput(request_id=request.request_id, finish_reason="error",
                                    error=details, error_code=code)
-        writer.write(frame(pb.OutputBatch(outputs=[refusal]).SerializeToString()))
+            writer.write(frame(pb.OutputBatch(outputs=[out]).SerializeToString()))
+
+    @staticmethod
+    async def _run_prefill(prefill: Prefill, router_id: str, request: pb.PrefillRequest,
+                           writer: asyncio.StreamWriter) -> None:
+        response, refused = await _outcome(prefill(router_id, request), "prefill", request,
+                                           router_id)
+        result = pb.PrefillResult(request_id=request.request_id)
+        if refused is None:
+            result.response.CopyFrom(response)
+        else:
+            result.error_code, result.error = refused
+        writer.write(frame(pb.OutputBatch(prefills=[result]).SerializeToString()))
 
     def _refusal(self, hello: pb.OutputsRequest) -> str | None:
         if self._token is not None and not hmac.compare_digest(hello.token.encode(),
@@ -171,6 +192,35 @@ class OutputsSocket:
         if not hello.router_id:
             return "router_id is required"
         return None
+
+
+def socket_for(servicer, role: str, token: str | None) -> OutputsSocket:
+    """The outputs socket a role serves: decode roles their routers' output streams and
+    submissions, roles that prefill (``prefill``, ``both``) prefills."""
+    prefill = servicer.prefill_on_socket if role in ("prefill", "both") else None
+    streams = getattr(servicer, "outputs", None)  # decode roles: their output plane
+    if streams is None:
+        return OutputsSocket(_registration_only, token, prefill=prefill)
+    return OutputsSocket(streams.serve, token, streams.all_sent, servicer.submit_on_socket,
+                         prefill)
+
+
+async def _registration_only(router_id: str) -> AsyncIterator[pb.OutputBatch]:
+    """A prefill worker's stream: registered, then nothing until the connection closes."""
+    yield pb.OutputBatch()
+    await asyncio.Event().wait()
+
+
+async def _outcome(call: Awaitable, what: str, request, router_id: str) -> tuple:
+    """(what ``call`` returned, None), or (None, (status code name, details)): what the gRPC
+    call would have ended with."""
+    try:
+        return await call, None
+    except Refused as e:
+        return None, (e.code.name, e.details)
+    except Exception as e:  # as gRPC answers an exception in a handler: UNKNOWN
+        log.exception("%s of %s from %s failed", what, request.request_id, router_id)
+        return None, ("UNKNOWN", f"{type(e).__name__}: {e}")
 
 
 async def _read_hello(reader: asyncio.StreamReader) -> pb.OutputsRequest:

@@ -23,6 +23,7 @@ from common.redis_schema import Keys
 from engine.async_engine import AsyncEngine
 from proto import auth, keepalive, pb_grpc
 from worker.config import WorkerConfig
+from worker.output_socket import socket_for
 from worker.record import worker_record
 from worker.servicer_base import BaseServicer
 from worker.state import WorkerState
@@ -59,12 +60,8 @@ async def run_worker(config: WorkerConfig, servicer_cls: type[BaseServicer]) -> 
                                      else socket.gethostname())
     state.address = f"{host}:{port}"
     outputs_socket = None
-    streams = getattr(servicer, "outputs", None)  # decode roles: their output plane
-    if streams is not None and config.outputs_port >= 0:
-        from worker.output_socket import OutputsSocket
-
-        outputs_socket = OutputsSocket(streams.serve, secret.grpc_token if secret else None,
-                                       streams.all_sent, servicer.submit_on_socket)
+    if config.outputs_port >= 0:
+        outputs_socket = socket_for(servicer, config.role, secret.grpc_token if secret else None)
         outputs_port = await outputs_socket.start(config.host, config.outputs_port)
         state.outputs_address = f"{host}:{outputs_port}"
 

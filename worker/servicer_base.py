@@ -11,6 +11,7 @@ import grpc
 from engine.async_engine import AsyncEngine
 from proto import API_VERSION, pb, pb_grpc
 from proto.convert import sampling_from_pb
+from worker.call_refusal import REFUSING
 from worker.state import WorkerState
 
 
@@ -40,6 +41,11 @@ class BaseServicer(pb_grpc.WorkerServicer):
             return sampling_from_pb(request.sampling)
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    async def prefill_on_socket(self, router_id: str, request) -> pb.PrefillResponse:
+        """Prefill as it arrives on a router's outputs socket connection (roles that serve
+        Prefill): the same checks; a refusal raises worker/call_refusal.Refused."""
+        return await self.Prefill(request, REFUSING)
 
     async def Abort(self, request, context):
         # Also ends the request's output (an ``abort`` finish), so whatever waits on it, an
