@@ -34,7 +34,6 @@ from router.metrics import RouterMetrics
 from router.model_info import ModelInfo
 from router.openai_schema import ChatCompletionRequest, CompletionRequest
 from router.prefix_index import PrefixIndex
-from router.process_header import ProcessHeaderMiddleware
 from router.rate_limit import KeyRateLimiter
 from router.readiness import readiness
 from router.registry import RegistryView
@@ -120,11 +119,10 @@ def create_app(config: RouterConfig) -> FastAPI:
     app = FastAPI(title="pdserve router", lifespan=lifespan,
                   description="OpenAI-compatible front door of a pdserve cluster", **docs)
     app.state.router = state
-    # Outermost last: the pid header wraps everything, the key is checked before the body
-    # limit reads the body (router/auth.py), then the app parses it.
+    # Outermost last: the key is checked before the body limit reads the body
+    # (router/auth.py), then the app parses it. (The pid header: router/process_header.py.)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
-    app.add_middleware(ProcessHeaderMiddleware)
 
     def shaped(request: Request, exc: APIError):
         """Anthropic's error shape on its routes, OpenAI's everywhere else."""

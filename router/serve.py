@@ -33,6 +33,7 @@ import socket
 import time
 
 from router.config import RouterConfig
+from router.process_header import process_headers
 
 log = logging.getLogger("router.serve")
 GRACEFUL_SHUTDOWN_S = 5  # uvicorn lets requests in flight finish this long
@@ -48,7 +49,7 @@ def serve(config: RouterConfig, log_level: str) -> int:
         from router.app import create_app
 
         uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=log_level,
-                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, headers=process_headers())
         return 0
     return _Supervisor(config, log_level).run()
 
@@ -79,7 +80,8 @@ def _child_main(config: RouterConfig, log_level: str, index: int, parent_pid: in
                                f"%(name)s: %(message)s")
     sock = bind_reuseport(config.host, config.port)
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=log_level,
-                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                                           headers=process_headers()))
     server.run(sockets=[sock])
 
 
