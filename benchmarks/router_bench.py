@@ -10,8 +10,9 @@ started, then driven with the workload of benchmarks/router_workload.py (streami
 Reported per row, each over its own measurement window only:
 - router CPU (user+sys summed over the router's process tree) per request and per streamed
   token, at 1 client and at ``--clients`` (64);
-- added latency at 1 client: router end-to-end p50/p99 minus the p50/p99 of the same Prefill +
-  Decode gRPC calls made straight to the same mocks, in the same run (benchmarks/router_direct.py);
+- added latency at 1 client: router end-to-end p50/p99 minus the p50/p99 of the same prefill +
+  decode made straight to the same mocks, on the carrier the tree's router uses (gRPC calls or
+  outputs-socket frames), in the same run (benchmarks/router_direct.py);
 - req/s at 64 clients; the load generator's, the mocks' and Redis's CPU per request (they share
   the cores); the VM's steal time and the CPU others used in the window; load average before.
 A tree whose router has no ``--workers`` gets no 2-process row (noted). Ratios are against the
@@ -114,7 +115,8 @@ def measure_run(tree: Path, procs: int, redis: stack.RedisProcess, args, run_id:
         tokens = usage.get("completion_tokens", OUTPUT_TOKENS)
         direct = stack.direct_latencies(tree, p_addr["prefill"], d_addr["decode"],
                                         usage["prompt_tokens"], args.direct_requests,
-                                        d_addr.get("decode_outputs", ""))
+                                        d_addr.get("decode_outputs", ""),
+                                        p_addr.get("prefill_outputs", ""))
         requests = [encode_request("127.0.0.1", router.port, CHAT_PATH, b) for b in bodies]
         common = dict(router_pid=router.process.pid, mock_pids=[p_mock.pid, d_mock.pid],
                       redis_pid=redis.process.pid, port=router.port, requests=requests,

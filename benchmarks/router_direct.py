@@ -1,14 +1,17 @@
-"""Direct-to-mock baseline for router_bench: the same Prefill + Decode gRPC calls the router
-makes for one request, made straight to the mock workers, one at a time.
+"""Direct-to-mock baseline for router_bench: the same prefill + decode the router does for one
+request, made straight to the mock workers, one at a time, on the carrier that tree's router
+uses.
 
 Run as a script with PYTHONPATH set to the tree under test, so it speaks that tree's proto:
 it imports nothing of this checkout but ``proto`` (the tree's), grpc and, for trees whose
 decode output is one stream per router (API v3: ``Submit`` + ``Outputs``), the tree's own
-``router.decode_outputs`` reader. Knows the older shapes too: a per-request ``Decode`` stream
-with API v2's ``pull_kv`` oneof or v1's loose first_token/kv_handle fields.
+``router.decode_outputs`` client: trees whose client submits and prefills as frames on the
+workers' outputs sockets do so here too (given the prefill mock's socket), the others make the
+Prefill and Submit calls. Knows the older shapes too: a per-request ``Decode`` stream with API
+v2's ``pull_kv`` oneof or v1's loose first_token/kv_handle fields.
 
     PYTHONPATH=TREE python benchmarks/router_direct.py PREFILL_ADDR DECODE_ADDR PROMPT_TOKENS N \
-        [OUTPUTS_ADDR]
+        [OUTPUTS_ADDR [PREFILL_OUTPUTS_ADDR]]
 prints one line ``DIRECT {"latencies_s": [...]}``.
 """
 
@@ -31,9 +34,10 @@ def decode_request(pb, api_version: int, rid: str, prompt: list[int], sp, first)
 
 
 async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: int,
-                  outputs_addr: str = "", max_tokens: int = 16) -> list[float]:
-    """``outputs_addr``: the decode mock's outputs socket (trees that have one), read the
-    way that tree's router reads it."""
+                  outputs_addr: str = "", prefill_outputs_addr: str = "",
+                  max_tokens: int = 16) -> list[float]:
+    """``outputs_addr`` / ``prefill_outputs_addr``: the decode / prefill mock's outputs socket
+    (trees that have them), used the way that tree's router uses them."""
     import grpc
 
     from proto import API_VERSION, pb, pb_grpc
@@ -54,15 +58,20 @@ async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: in
                 from common.cluster_secret import ENV_VAR, ClusterSecret
 
                 secret = os.environ.get(ENV_VAR)
-                outputs = DecodeOutputs(lambda _: d, token=ClusterSecret(secret).grpc_token
+                outputs = DecodeOutputs({prefill_addr: p, decode_addr: d}.get,
+                                        token=ClusterSecret(secret).grpc_token
                                         if secret else None)
             else:
                 outputs = DecodeOutputs(lambda _: d)
+        on_socket = outputs is not None and hasattr(outputs, "prefill") and prefill_outputs_addr
         for i in range(n + 20):  # the first 20 warm the channels up and are dropped
             started = time.perf_counter()
-            first = await p.Prefill(pb.PrefillRequest(
-                api_version=API_VERSION, request_id=f"d{i}", prompt_token_ids=prompt,
-                sampling=sp))
+            prefill = pb.PrefillRequest(api_version=API_VERSION, request_id=f"d{i}",
+                                        prompt_token_ids=prompt, sampling=sp)
+            if on_socket:
+                first = await outputs.prefill(prefill_addr, prefill_outputs_addr, prefill, 30)
+            else:
+                first = await p.Prefill(prefill)
             request = decode_request(pb, API_VERSION, f"d{i}", prompt, sp, first)
             if outputs is None:
                 async for _ in d.Decode(request):
@@ -81,7 +90,10 @@ async def _submit_and_wait(outputs, stub, address: str, request, outputs_addr: s
     inbox = await (outputs.subscribe(address, request.request_id, outputs_addr) if outputs_addr
                    else outputs.subscribe(address, request.request_id))
     try:
-        await stub.Submit(request, timeout=30)
+        if hasattr(outputs, "submit"):  # as that tree's router submits (a frame or the call)
+            await outputs.submit(address, request, 30)
+        else:
+            await stub.Submit(request, timeout=30)
         deadline = asyncio.get_running_loop().time() + 60
         received = []
         while not (received and received[-1].finish_reason):
@@ -92,5 +104,5 @@ async def _submit_and_wait(outputs, stub, address: str, request, outputs_addr: s
 
 if __name__ == "__main__":
     lat = asyncio.run(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
-                              sys.argv[5] if len(sys.argv) > 5 else ""))
+                              *sys.argv[5:7]))
     print("DIRECT " + json.dumps({"latencies_s": lat}), flush=True)

@@ -139,7 +139,7 @@ def start_mock(tree: Path, redis_url: str, prefix: str, num_prefill: int, num_de
         if line.startswith("MOCK "):
             _, role, addr, *rest = line.split()
             addrs[role] = addr
-            for field_ in rest:  # "outputs=ADDR": a decode mock's outputs socket
+            for field_ in rest:  # "outputs=ADDR": the mock's outputs socket
                 if field_.startswith("outputs="):
                     addrs[f"{role}_outputs"] = field_.split("=", 1)[1]
         if line.startswith("MOCKS_READY"):
@@ -150,14 +150,16 @@ def start_mock(tree: Path, redis_url: str, prefix: str, num_prefill: int, num_de
 
 
 def direct_latencies(tree: Path, prefill_addr: str, decode_addr: str, prompt_tokens: int,
-                     n: int, outputs_addr: str = "") -> list[float] | str:
+                     n: int, outputs_addr: str = "",
+                     prefill_outputs_addr: str = "") -> list[float] | str:
     """router_direct.py against the mocks in the tree's proto; its latencies, or why not.
-    ``outputs_addr``: the decode mock's outputs socket, read as the tree's router does."""
+    ``outputs_addr`` / ``prefill_outputs_addr``: the decode / prefill mock's outputs socket,
+    used as the tree's router uses them."""
     import json
 
+    sockets = [outputs_addr, prefill_outputs_addr] if outputs_addr else []
     proc = subprocess.Popen([sys.executable, str(HERE / "router_direct.py"), prefill_addr,
-                             decode_addr, str(prompt_tokens), str(n),
-                             *([outputs_addr] if outputs_addr else [])], cwd=tree,
+                             decode_addr, str(prompt_tokens), str(n), *sockets], cwd=tree,
                             env=tree_env(tree), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     SPAWNED.add(proc.pid)
