@@ -60,9 +60,10 @@ class OutputsSocket:
         ``prefill``: take the connection's RouterFrame submissions / prefills (None: routers
         make the call)."""
         self._open_stream = open_stream
-        self._handlers = {"submit": (submit, self._run_submit),
-                          "prefill": (prefill, self._run_prefill)}
-        self._handlers = {k: v for k, v in self._handlers.items() if v[0] is not None}
+        # RouterFrame kind -> (the servicer's method, how its outcome is written back)
+        self._handlers = {kind: (method, run) for kind, method, run in (
+            ("submit", submit, self._run_submit), ("prefill", prefill, self._run_prefill))
+            if method is not None}
         self._all_sent = all_sent
         self._token = token.encode() if token else None
         self._server: asyncio.Server | None = None
