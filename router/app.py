@@ -28,6 +28,7 @@ from router.config import RouterConfig
 from router.dispatcher import Dispatcher, GenerateRequest
 from router.errors import APIError, http_error, unavailable
 from router.extra_routes import add_routes as add_extra_routes
+from router.fast_routes import CompletionFastPath
 from router.kv_event_consumer import KVEventConsumer
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
@@ -119,10 +120,6 @@ def create_app(config: RouterConfig) -> FastAPI:
     app = FastAPI(title="pdserve router", lifespan=lifespan,
                   description="OpenAI-compatible front door of a pdserve cluster", **docs)
     app.state.router = state
-    # Outermost last: the key is checked before the body limit reads the body
-    # (router/auth.py), then the app parses it. (The pid header: router/process_header.py.)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
 
     def shaped(request: Request, exc: APIError):
         """Anthropic's error shape on its routes, OpenAI's everywhere else."""
@@ -164,7 +161,6 @@ def create_app(config: RouterConfig) -> FastAPI:
         namespace = key_namespace(api_key, config.share_cache_across_keys)
         return cache_keys(namespace, body.cache_salt)
 
-    # -- OpenAI routes ------------------------------------------------------------------------
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
         created = int(state.model.created)
@@ -172,9 +168,16 @@ def create_app(config: RouterConfig) -> FastAPI:
             {"id": name, "object": "model", "created": created, "owned_by": "pdserve"}
             for name in state.model.names]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request,
-                               api_key: str | None = Depends(authorize)):
+    def key_of(scope) -> tuple[bool, str | None]:
+        """``authorize`` for the fast path (router/fast_routes.py): (accepted, the key)."""
+        if not config.requires_auth:
+            return True, None
+        key = bearer_key(scope.get("headers") or ())
+        return key in config.api_keys, key
+
+    # -- OpenAI routes ------------------------------------------------------------------------
+    # The two completion routes' handlers serve FastAPI's routes and the fast path alike.
+    async def run_chat(body: ChatCompletionRequest, request: Request, api_key: str | None):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
         slot = state.admit(api_key)
@@ -190,9 +193,7 @@ def create_app(config: RouterConfig) -> FastAPI:
                              job.legacy, n=body.n,
                              continuous_usage=bool(opts and opts.continuous_usage_stats))
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request,
-                          api_key: str | None = Depends(authorize)):
+    async def run_completion(body: CompletionRequest, request: Request, api_key: str | None):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
         slot = state.admit(api_key)
@@ -208,6 +209,25 @@ def create_app(config: RouterConfig) -> FastAPI:
         return await respond(state, request, req, body.model, body.stream, "completion",
                              bool(opts and opts.include_usage), body.logprobs is not None, slot,
                              n=body.n, continuous_usage=bool(opts and opts.continuous_usage_stats))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request,
+                               api_key: str | None = Depends(authorize)):
+        return await run_chat(body, request, api_key)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request,
+                          api_key: str | None = Depends(authorize)):
+        return await run_completion(body, request, api_key)
+
+    # Outermost last: the key is checked before the body limit reads the body
+    # (router/auth.py), then the fast path or FastAPI parses it. (The pid header:
+    # router/process_header.py.)
+    app.add_middleware(CompletionFastPath, key_of=key_of, routes={
+        "/v1/chat/completions": (ChatCompletionRequest, run_chat),
+        "/v1/completions": (CompletionRequest, run_completion)})
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
 
     add_extra_routes(app, state, authorize)
     add_anthropic_routes(app, state, authorize, salt_of)
