@@ -57,8 +57,9 @@ def test_rope_kv_kernel_writes_what_the_eager_fp8_write_stores(num_tokens):
     assert (kf == ke).float().mean() > 0.99
 
 
+@pytest.mark.parametrize("splits", [4, 1])  # 1: the 128-token iterations of one split
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_decode_kernel_reads_fp8_cache_like_the_reference(dtype):
+def test_decode_kernel_reads_fp8_cache_like_the_reference(dtype, splits):
     from engine.kernels.decode_attention import paged_decode_attention
 
     dev = torch.device("cuda")
@@ -75,7 +76,8 @@ def test_decode_kernel_reads_fp8_cache_like_the_reference(dtype):
                              seq_lens=lens.tolist(), block_tables=[], block_size=block,
                              block_table_tensor=tables, seq_lens_tensor=lens)
     ref = _batched_decode_attention(q, k_cache, v_cache, meta, d ** -0.5, (0.5, 0.25))
-    got = paged_decode_attention(q, k_cache, v_cache, tables, lens, d ** -0.5, 4, 0.5, 0.25)
+    got = paged_decode_attention(q, k_cache, v_cache, tables, lens, d ** -0.5, splits, 0.5,
+                                 0.25)
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
 
