@@ -149,18 +149,25 @@ def create_app(config: RouterConfig) -> FastAPI:
         has refused bad keys before the body was read; this checks again where it is used.
         ``async``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
         per request for a dictionary lookup."""
-        if not config.requires_auth:
-            return None
-        key = bearer_key(request.scope.get("headers") or ())
-        if key not in config.api_keys:
+        accepted, key = key_of(request.scope)
+        if not accepted:
             raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
                            code="invalid_api_key")
         return key
+
+    def key_of(scope) -> tuple[bool, str | None]:
+        """(whether the key is accepted, the key): ``authorize``'s check, which the fast path
+        (router/fast_routes.py) makes on the scope itself."""
+        if not config.requires_auth:
+            return True, None
+        key = bearer_key(scope.get("headers") or ())
+        return key in config.api_keys, key
 
     def salt_of(api_key: str | None, body) -> tuple[str, ...]:
         namespace = key_namespace(api_key, config.share_cache_across_keys)
         return cache_keys(namespace, body.cache_salt)
 
+    # -- OpenAI routes ------------------------------------------------------------------------
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
         created = int(state.model.created)
@@ -168,14 +175,6 @@ def create_app(config: RouterConfig) -> FastAPI:
             {"id": name, "object": "model", "created": created, "owned_by": "pdserve"}
             for name in state.model.names]}
 
-    def key_of(scope) -> tuple[bool, str | None]:
-        """``authorize`` for the fast path (router/fast_routes.py): (accepted, the key)."""
-        if not config.requires_auth:
-            return True, None
-        key = bearer_key(scope.get("headers") or ())
-        return key in config.api_keys, key
-
-    # -- OpenAI routes ------------------------------------------------------------------------
     # The two completion routes' handlers serve FastAPI's routes and the fast path alike.
     async def run_chat(body: ChatCompletionRequest, request: Request, api_key: str | None):
         state.model.check_name(body.model)
