@@ -10,6 +10,21 @@ from __future__ import annotations
 import json
 
 
+def replaying(body: bytes, receive):
+    """An ASGI ``receive`` that hands on ``body`` whole, already read from ``receive``, then
+    ``receive``'s own messages (http.disconnect, when the client leaves)."""
+    delivered = False
+
+    async def replay():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class BodyLimitMiddleware:
     def __init__(self, app, max_bytes: int):
         self.app = app
@@ -35,17 +50,7 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        delivered = False
-
-        async def replay():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: http.disconnect, when the client leaves
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _reject(self, send) -> None:
         body = json.dumps({"error": {

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import BaseModel
 from starlette.requests import Request
 
+from router.body_limit import replaying
 from router.errors import APIError
 
 # (body, request, api key) -> the response; the function the FastAPI route calls too
@@ -41,7 +42,7 @@ class CompletionFastPath:
         if route is None or scope["method"] != "POST" or not _json_body(scope):
             return await self.app(scope, receive, send)
         body, more = await _read_body(receive)
-        replay = _replaying(body, receive)
+        replay = replaying(body, receive)
         model, handler = route
         accepted, api_key = self.key_of(scope)
         parsed = _parsed(model, body) if accepted and not more else None
@@ -77,19 +78,6 @@ async def _read_body(receive) -> tuple[bytes, bool]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), False
-
-
-def _replaying(body: bytes, receive):
-    delivered = False
-
-    async def replay():
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # after the body: http.disconnect, when the client leaves
-
-    return replay
 
 
 def _parsed(model: type[BaseModel], body: bytes) -> BaseModel | None:
