@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels import pdl
+
 TOKENS = 64  # per program iteration, bf16/fp32 caches
 TOKENS_FP8 = 32  # FP8 caches split over the context (few sequences; the module docstring)
 TOKENS_FP8_ONE_SPLIT = 128  # FP8 caches, one split (a batch that fills the GPU)
@@ -52,11 +54,14 @@ def _decode_partial(
     out_ptr, stride_xb, stride_xh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, FP16_MATH: tl.constexpr,
+    PRECISION: tl.constexpr, FP16_MATH: tl.constexpr, PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    if PDL:  # engine/kernels/pdl.py
+        pdl.release_dependents()
+        pdl.wait_for_producer()
     seq_len = tl.load(lens_ptr + b)
     per_split = tl.cdiv(tl.cdiv(seq_len, SPLITS), TOKENS) * TOKENS
     start = split * per_split
@@ -111,10 +116,13 @@ def _decode_merge(
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
     stride_xb, stride_xh,
-    HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
+    if PDL:  # engine/kernels/pdl.py
+        pdl.release_dependents()
+        pdl.wait_for_producer()
     s = tl.arange(0, SPLITS_PAD)
     d = tl.arange(0, HEAD_DIM)
     lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + s, mask=s < SPLITS,
@@ -168,7 +176,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         FP16_MATH=fp16_math if fp16_math is not None else (
             k_cache.dtype == torch.float8_e4m3fn and q.dtype != torch.float32),
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages, **pdl.launch(q.device),
     )
     if splits > 1:
         _decode_merge[(num_seqs, num_heads)](
@@ -177,6 +185,6 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             lse.stride(0), lse.stride(1),
             out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits),
-            num_warps=4,
+            num_warps=4, **pdl.launch(q.device),
         )
     return out

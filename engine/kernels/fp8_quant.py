@@ -21,14 +21,19 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels import pdl
+
 FP8 = torch.float8_e4m3fn
 ONE_PASS_COLS = 16384  # rows up to this wide are held in registers: one read
 
 
 @triton.jit
 def _quant_rows(x_ptr, q_ptr, s_ptr, M, K, FP8_MAX: tl.constexpr, ONE_PASS: tl.constexpr,
-                BLOCK: tl.constexpr):
+                BLOCK: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0)
+    if PDL:  # engine/kernels/pdl.py
+        pdl.release_dependents()
+        pdl.wait_for_producer()
     in_cols = tl.where(row < M, K, 0)  # rows past M: the zero padding
     base = row.to(tl.int64) * K
     if ONE_PASS:
@@ -87,5 +92,5 @@ def quantize_rows(x: torch.Tensor, pad_rows_to: int = 1,
     one_pass = k <= ONE_PASS_COLS
     block = triton.next_power_of_2(k) if one_pass else 4096
     _quant_rows[(rows,)](x, q, s, m, k, FP8_MAX=fp8_max, ONE_PASS=one_pass, BLOCK=block,
-                         num_warps=min(16, max(4, block // 1024)))
+                         num_warps=min(16, max(4, block // 1024)), **pdl.launch(x.device))
     return q, s

@@ -13,13 +13,18 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels import pdl
+
 
 @triton.jit
 def _add_rmsnorm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-                 HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                 HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
+    if PDL:  # engine/kernels/pdl.py
+        pdl.release_dependents()
+        pdl.wait_for_producer()
     x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0)
     if HAS_RES:
         r = tl.load(res_ptr + row * n_cols + cols, mask=mask, other=0.0)
@@ -44,14 +49,18 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         assert residual.is_contiguous() and residual.shape == x.shape
     _add_rmsnorm[(rows,)](x, residual if residual is not None else x, weight, out, res_out,
                           cols, eps, HAS_RES=residual is not None,
-                          BLOCK=triton.next_power_of_2(cols), num_warps=8)
+                          BLOCK=triton.next_power_of_2(cols), num_warps=8,
+                          **pdl.launch(x.device))
     return out, res_out
 
 
 @triton.jit
-def _silu_mul(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+def _silu_mul(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     start = tl.program_id(1) * BLOCK
+    if PDL:  # engine/kernels/pdl.py
+        pdl.release_dependents()
+        pdl.wait_for_producer()
     cols = start + tl.arange(0, BLOCK)
     mask = cols < n_cols
     gate = tl.load(x_ptr + row * 2 * n_cols + cols, mask=mask, other=0.0)
@@ -76,5 +85,6 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     n = two_i // 2
     out = torch.empty(rows, n, dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _silu_mul[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, num_warps=4)
+    _silu_mul[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, num_warps=4,
+                                             **pdl.launch(gate_up.device))
     return out

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from engine.kernels import pdl
 from engine.kernels.fused_ops import silu_times
 
 BLOCK_N = 8
@@ -24,8 +25,14 @@ BLOCK_K = 512
 
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-          UNROLL: tl.constexpr, GATED: tl.constexpr):
+          UNROLL: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
+          LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if PDL:  # engine/kernels/pdl.py: the weights are ours to read before the wait; x is not
+        pdl.release_dependents()
+        if PREFETCH:
+            pdl.prefetch_rows(w_ptr + n.to(tl.int64) * K, K, LINES, LINE_ELEMS)
+        pdl.wait_for_producer()
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     # UNROLL tiles asked for back to back before the first is used (K % (BLOCK_K * UNROLL) == 0)
     for k_outer in range(0, K, BLOCK_K * UNROLL):
@@ -60,7 +67,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, gated: bool = False, block_n: in
     out = torch.empty(1, out_features, dtype=x.dtype, device=x.device)
     _gemv[(out_features // block_n,)](x.contiguous(), weight, out, in_features,
                                       BLOCK_N=block_n, BLOCK_K=block_k, UNROLL=unroll,
-                                      GATED=gated, num_warps=num_warps)
+                                      GATED=gated, num_warps=num_warps,
+                                      **pdl.weight_launch(x.device, in_features,
+                                                          weight.element_size()))
     return out
 
 

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels import pdl
 from engine.kernels.moe_routing import route
 
 MAX_TOKENS = 4  # at most this many tokens per step: this path; more: the grouped kernel
@@ -44,9 +45,12 @@ DOWN_TILES = (1, 1024, 1)
 @triton.jit
 def _gate_up_silu(x_ptr, w_ptr, h_ptr, ids_ptr, expert_start, num_local, H: tl.constexpr,
                   INTER: tl.constexpr, TOP_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
+                  BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     slot = tl.program_id(0)
     token = slot // TOP_K
+    if PDL:  # engine/kernels/pdl.py: which rows to read comes from the routing kernel
+        pdl.release_dependents()
+        pdl.wait_for_producer()
     expert = tl.load(ids_ptr + slot)
     local = expert - expert_start
     if (local >= 0) & (local < num_local):
@@ -75,9 +79,12 @@ def _gate_up_silu(x_ptr, w_ptr, h_ptr, ids_ptr, expert_start, num_local, H: tl.c
 @triton.jit
 def _down_weighted(h_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, expert_start, num_local,
                    H: tl.constexpr, INTER: tl.constexpr, TOP_K: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     token = tl.program_id(0)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if PDL:  # engine/kernels/pdl.py
+        pdl.release_dependents()
+        pdl.wait_for_producer()
     n_ok = n < H
     k = tl.arange(0, BLOCK_K)
     out = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -127,10 +134,10 @@ def moe_gemv(x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor
     bn, bk, warps = gate_up_tiles
     _gate_up_silu[(num_slots, triton.cdiv(inter, bn))](
         x, gate_up, h, ids, expert_start, num_local, H=hidden, INTER=inter, TOP_K=top_k,
-        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl.launch(dev))
     out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=dev)
     bn, bk, warps = down_tiles
     _down_weighted[(num_tokens, triton.cdiv(hidden, bn))](
         h, down, out, weights, ids, expert_start, num_local, H=hidden, INTER=inter, TOP_K=top_k,
-        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl.launch(dev))
     return out, weights, ids

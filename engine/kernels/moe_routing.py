@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels import pdl
+
 
 @triton.jit
 def softmax_top_k(logits_ptr, token, num_experts, TOP_K: tl.constexpr, K_P2: tl.constexpr,
@@ -48,8 +50,12 @@ def softmax_top_k(logits_ptr, token, num_experts, TOP_K: tl.constexpr, K_P2: tl.
 
 @triton.jit
 def _route(logits_ptr, weights_ptr, ids_ptr, num_experts, TOP_K: tl.constexpr,
-           K_P2: tl.constexpr, EXPERTS_P2: tl.constexpr, RENORMALIZE: tl.constexpr):
+           K_P2: tl.constexpr, EXPERTS_P2: tl.constexpr, RENORMALIZE: tl.constexpr,
+           PDL: tl.constexpr):
     token = tl.program_id(0)
+    if PDL:  # engine/kernels/pdl.py
+        pdl.release_dependents()
+        pdl.wait_for_producer()
     weights, ids = softmax_top_k(logits_ptr, token, num_experts, TOP_K, K_P2, EXPERTS_P2,
                                  RENORMALIZE)
     j = tl.arange(0, K_P2)
@@ -74,5 +80,5 @@ def route(router_logits: torch.Tensor, top_k: int,
     if num_tokens:
         _route[(num_tokens,)](logits, weights, ids, num_experts, TOP_K=top_k,
                               RENORMALIZE=renormalize, **route_constants(num_experts, top_k),
-                              num_warps=1)
+                              num_warps=1, **pdl.launch(logits.device))
     return weights, ids

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels import pdl
+
 
 @triton.jit
 def _rotate(x1, x2, c, s, dtype: tl.constexpr):
@@ -53,9 +55,12 @@ def _rope_write_kv(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_
                    q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h,
                    table_stride, cache_stride_b, cache_stride_h, cache_stride_t, block_size,
                    num_q_heads, k_scale, v_scale, qn_ptr, kn_ptr, eps, HALF: tl.constexpr,
-                   FP8: tl.constexpr, QK_NORM: tl.constexpr):
+                   FP8: tl.constexpr, QK_NORM: tl.constexpr, PDL: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
+    if PDL:  # engine/kernels/pdl.py
+        pdl.release_dependents()
+        pdl.wait_for_producer()
     dtype = q_ptr.dtype.element_ty
     d = tl.arange(0, HALF)
     pos = tl.load(pos_ptr + t)
@@ -124,4 +129,4 @@ def rope_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positio
         cos_table.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_size, num_q_heads, float(k_scale), float(v_scale), qn, kn, float(eps),
         HALF=head_dim // 2, FP8=k_cache.dtype == torch.float8_e4m3fn,
-        QK_NORM=qk_norm is not None, num_warps=1)
+        QK_NORM=qk_norm is not None, num_warps=1, **pdl.launch(q.device))

@@ -82,6 +82,21 @@ NAMED_MODELS: dict[str, ModelConfig] = {
         moe=MoEConfig(num_experts=8, top_k=2, moe_intermediate_size=32, renormalize=False,
                       shared_expert_intermediate_size=64),
     ),
+    # Small shapes for GPU tests: widths the decode kernels take (the GEMVs tile K by 512, the
+    # attention kernel wants head_dim 128), a few layers, fast to initialise.
+    "small-llama": ModelConfig(
+        model_type="llama", vocab_size=4096, hidden_size=1024, intermediate_size=2048,
+        num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=128,
+        rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=4096,
+        eos_token_ids=(2,),
+    ),
+    "small-qwen3-moe": ModelConfig(
+        model_type="qwen3_moe", vocab_size=4096, hidden_size=1024, intermediate_size=2048,
+        num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=128,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, qk_norm=True, max_position_embeddings=4096,
+        eos_token_ids=(2,),
+        moe=MoEConfig(num_experts=16, top_k=4, moe_intermediate_size=512, renormalize=True),
+    ),
 }
 
 
