@@ -60,7 +60,6 @@ def _decode_partial(
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     if PDL:  # engine/kernels/pdl.py
-        pdl.release_dependents()
         pdl.wait_for_producer()
     seq_len = tl.load(lens_ptr + b)
     per_split = tl.cdiv(tl.cdiv(seq_len, SPLITS), TOKENS) * TOKENS
@@ -98,6 +97,8 @@ def _decode_partial(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None] * v_scale
     if SPLITS == 1:  # nothing to merge: the output, in q's dtype
@@ -121,7 +122,6 @@ def _decode_merge(
     b = tl.program_id(0)
     h = tl.program_id(1)
     if PDL:  # engine/kernels/pdl.py
-        pdl.release_dependents()
         pdl.wait_for_producer()
     s = tl.arange(0, SPLITS_PAD)
     d = tl.arange(0, HEAD_DIM)
@@ -132,6 +132,8 @@ def _decode_merge(
     parts = tl.load(o_ptr + b * stride_ob + h * stride_oh + s[:, None] * stride_os + d[None, :],
                     mask=(s < SPLITS)[:, None], other=0.0)
     out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
     tl.store(out_ptr + b * stride_xb + h * stride_xh + d, out.to(out_ptr.dtype.element_ty))
 
 

@@ -43,7 +43,6 @@ def _fp8_gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K: tl.constexpr, sc
     n_ok = n < N
     rows = w_ptr + n[:, None].to(tl.int64) * K
     if PDL:  # engine/kernels/pdl.py: the weights are ours to read before the wait; x is not
-        pdl.release_dependents()
         if PREFETCH:
             pdl.prefetch_rows(w_ptr + tl.minimum(n, N - 1).to(tl.int64) * K, K, LINES,
                               LINE_ELEMS)
@@ -79,6 +78,8 @@ def _fp8_gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K: tl.constexpr, sc
             else:
                 acc += prod
     y = tl.sum(acc, axis=1)
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
     if not BLOCKWISE:
         y = y * tl.load(scale_ptr + n, mask=n_ok, other=0.0)
     if HAS_BIAS:

@@ -32,10 +32,11 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, M, K, FP8_MAX: tl.constexpr, ONE_PASS: tl.c
                 BLOCK: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0)
     if PDL:  # engine/kernels/pdl.py
-        pdl.release_dependents()
         pdl.wait_for_producer()
     in_cols = tl.where(row < M, K, 0)  # rows past M: the zero padding
     base = row.to(tl.int64) * K
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py): it waits for our stores
+        pdl.release_dependents()
     if ONE_PASS:
         cols = tl.arange(0, BLOCK)
         x = tl.load(x_ptr + base + cols, mask=cols < in_cols, other=0.0).to(tl.float32)

@@ -35,7 +35,6 @@ def _skinny_gemm(a_ptr, as_ptr, b_ptr, bs_ptr, bias_ptr, c_ptr, M, N, K: tl.cons
     k = tl.arange(0, BLOCK_K)
     m_ok, n_ok = m < M, n < N
     if PDL:  # engine/kernels/pdl.py: the weight band is ours to read before the wait; x is not
-        pdl.release_dependents()
         if PREFETCH:
             pdl.prefetch_rows(b_ptr + tl.minimum(n, N - 1).to(tl.int64) * K, K, LINES,
                               LINE_ELEMS)
@@ -50,6 +49,8 @@ def _skinny_gemm(a_ptr, as_ptr, b_ptr, bs_ptr, bias_ptr, c_ptr, M, N, K: tl.cons
         acc = tl.dot(a, b, acc)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
     a_s = tl.load(as_ptr + m, mask=m_ok, other=0.0)
     b_s = tl.load(bs_ptr + n, mask=n_ok, other=0.0)
     acc = acc * a_s[:, None] * b_s[None, :]

@@ -23,13 +23,14 @@ def _add_rmsnorm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     if PDL:  # engine/kernels/pdl.py
-        pdl.release_dependents()
         pdl.wait_for_producer()
     x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0)
     if HAS_RES:
         r = tl.load(res_ptr + row * n_cols + cols, mask=mask, other=0.0)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(res_out_ptr + row * n_cols + cols, x, mask=mask)
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
     xf = x.to(tl.float32)
     var = tl.sum(xf * xf, axis=0) / n_cols
     normed = (xf * tl.rsqrt(var + eps)).to(x.dtype)
@@ -59,12 +60,13 @@ def _silu_mul(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     start = tl.program_id(1) * BLOCK
     if PDL:  # engine/kernels/pdl.py
-        pdl.release_dependents()
         pdl.wait_for_producer()
     cols = start + tl.arange(0, BLOCK)
     mask = cols < n_cols
     gate = tl.load(x_ptr + row * 2 * n_cols + cols, mask=mask, other=0.0)
     up = tl.load(x_ptr + row * 2 * n_cols + n_cols + cols, mask=mask, other=0.0)
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
     tl.store(out_ptr + row * n_cols + cols, silu_times(gate, up), mask=mask)
 
 

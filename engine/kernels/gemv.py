@@ -29,7 +29,6 @@ def _gemv(x_ptr, w_ptr, out_ptr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K
           LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     if PDL:  # engine/kernels/pdl.py: the weights are ours to read before the wait; x is not
-        pdl.release_dependents()
         if PREFETCH:
             pdl.prefetch_rows(w_ptr + n.to(tl.int64) * K, K, LINES, LINE_ELEMS)
         pdl.wait_for_producer()
@@ -44,6 +43,8 @@ def _gemv(x_ptr, w_ptr, out_ptr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K
             else:
                 x = tl.load(x_ptr + k)
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
     tl.store(out_ptr + n, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty))
 
 

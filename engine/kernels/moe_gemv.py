@@ -49,7 +49,6 @@ def _gate_up_silu(x_ptr, w_ptr, h_ptr, ids_ptr, expert_start, num_local, H: tl.c
     slot = tl.program_id(0)
     token = slot // TOP_K
     if PDL:  # engine/kernels/pdl.py: which rows to read comes from the routing kernel
-        pdl.release_dependents()
         pdl.wait_for_producer()
     expert = tl.load(ids_ptr + slot)
     local = expert - expert_start
@@ -72,6 +71,8 @@ def _gate_up_silu(x_ptr, w_ptr, h_ptr, ids_ptr, expert_start, num_local, H: tl.c
             acc_u += tl.load(g_ptrs + INTER * H + k0, mask=m, other=0.0).to(tl.float32) * x
         g = tl.sum(acc_g, 1)
         u = tl.sum(acc_u, 1)
+        if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+            pdl.release_dependents()
         tl.store(h_ptr + slot.to(tl.int64) * INTER + n,
                  (g * tl.sigmoid(g) * u).to(h_ptr.dtype.element_ty), mask=n_ok)
 
@@ -83,7 +84,6 @@ def _down_weighted(h_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, expert_start, nu
     token = tl.program_id(0)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     if PDL:  # engine/kernels/pdl.py
-        pdl.release_dependents()
         pdl.wait_for_producer()
     n_ok = n < H
     k = tl.arange(0, BLOCK_K)
@@ -106,6 +106,8 @@ def _down_weighted(h_ptr, w_ptr, out_ptr, weights_ptr, ids_ptr, expert_start, nu
             w = tl.load(w_ptrs + k0, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             acc += w.to(tl.float32) * a
         out += tl.where(held, tl.load(weights_ptr + slot), 0.0) * tl.sum(acc, 1)
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
     tl.store(out_ptr + token.to(tl.int64) * H + n, out.to(out_ptr.dtype.element_ty),
              mask=n_ok)
 

@@ -54,10 +54,11 @@ def _route(logits_ptr, weights_ptr, ids_ptr, num_experts, TOP_K: tl.constexpr,
            PDL: tl.constexpr):
     token = tl.program_id(0)
     if PDL:  # engine/kernels/pdl.py
-        pdl.release_dependents()
         pdl.wait_for_producer()
     weights, ids = softmax_top_k(logits_ptr, token, num_experts, TOP_K, K_P2, EXPERTS_P2,
                                  RENORMALIZE)
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
     j = tl.arange(0, K_P2)
     out = token.to(tl.int64) * TOP_K + j
     tl.store(weights_ptr + out, weights, mask=j < TOP_K)

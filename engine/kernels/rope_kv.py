@@ -59,7 +59,6 @@ def _rope_write_kv(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     if PDL:  # engine/kernels/pdl.py
-        pdl.release_dependents()
         pdl.wait_for_producer()
     dtype = q_ptr.dtype.element_ty
     d = tl.arange(0, HALF)
@@ -67,6 +66,8 @@ def _rope_write_kv(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_
     # The table's second half repeats its first (cat(freqs, freqs)): read the first only.
     c = tl.load(cos_ptr + pos * table_stride + d).to(dtype).to(tl.float32)
     s = tl.load(sin_ptr + pos * table_stride + d).to(dtype).to(tl.float32)
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py): it waits for our stores
+        pdl.release_dependents()
     if h < num_q_heads:
         base = q_ptr + t * q_stride_t + h * q_stride_h
         x1, x2 = tl.load(base + d), tl.load(base + HALF + d)
