@@ -18,7 +18,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.redis_acl import ROUTER, url_for_role
 from common.redis_schema import Keys
-from router import heap
 from router.admission import Admission
 from router.anthropic import errors as anthropic_errors
 from router.anthropic.routes import add_routes as add_anthropic_routes
@@ -109,7 +108,6 @@ def create_app(config: RouterConfig) -> FastAPI:
         await state.registry.refresh()
         tasks = [asyncio.create_task(state.registry.run(), name="registry"),
                  asyncio.create_task(state.consumer.run(), name="kv-events")]
-        heap.settle()
         yield
         for task in tasks:
             task.cancel()

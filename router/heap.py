@@ -10,7 +10,8 @@ benchmarks/router_bench.py: the router spent 1.07 s of 12.6 s of CPU in 1,691 co
 
 So, once the startup objects exist, they move to the permanent generation (``gc.freeze``:
 never traversed again) and young collections run every YOUNG_THRESHOLD allocations. Cycles
-are still collected; they just wait a little longer.
+are still collected; they just wait a little longer. Called by router/serve.py just before
+it serves, not by the app itself: tests build the app inside pytest's process.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import signal
 import socket
 import time
 
+from router import heap
 from router.config import RouterConfig
 from router.process_header import process_headers
 
@@ -48,7 +49,9 @@ def serve(config: RouterConfig, log_level: str) -> int:
 
         from router.app import create_app
 
-        uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=log_level,
+        app = create_app(config)
+        heap.settle()  # the process serves from here on (router/heap.py)
+        uvicorn.run(app, host=config.host, port=config.port, log_level=log_level,
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, headers=process_headers())
         return 0
     return _Supervisor(config, log_level).run()
@@ -79,7 +82,9 @@ def _child_main(config: RouterConfig, log_level: str, index: int, parent_pid: in
                         format=f"%(asctime)s %(levelname)s [router {index} pid {os.getpid()}] "
                                f"%(name)s: %(message)s")
     sock = bind_reuseport(config.host, config.port)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=log_level,
+    app = create_app(config)
+    heap.settle()  # the process serves from here on (router/heap.py)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
                                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                                            headers=process_headers()))
     server.run(sockets=[sock])
