@@ -1,7 +1,7 @@
 """What programmatic dependent launch buys the decode step (GPU, Hopper): each model's batch-1
 and batch-64 decode step with the engine's CUDA graphs captured with PDL (the default), then
-captured again without it, then with it but without the weight prefetch, then as at first
-again (the spread of the two "on" rows is the run's noise); same process, same weights,
+captured again without it, then with it again (the spread of the two "on" rows is the run's
+noise); same process, same weights,
 against the step's roofline (bytes read / HBM copy rate measured in the run).
 
 Models (``--models``): ``random:llama-3.1-8b`` bf16; its ``-fp8`` variant with an FP8 KV cache
@@ -32,8 +32,7 @@ MODELS = {  # name: (model, kv cache dtype)
     "fp8": ("random:llama-3.1-8b-fp8", "fp8"),
     "moe": ("random:qwen3-30b-a3b", "auto"),
 }
-PASSES = (("on", True, True), ("off", False, False), ("on, no prefetch", True, False),
-          ("on again", True, True))  # label, pdl.ENABLED, pdl.PREFETCH
+PASSES = (("on", True), ("off", False), ("on again", True))  # label, pdl.ENABLED
 
 
 def roofline_ms(engine: LLMEngine, batch: int, ctx: float, kv_bytes: int,
@@ -60,8 +59,8 @@ def bench_model(name: str, args, ceilings: dict) -> dict:
     kv_bytes = 1 if kv_dtype == "fp8" else 2
     out = {"model": model, "kv_cache_dtype": kv_dtype, "passes": {}}
     ours_generate(engine, random_prompts(1, 64, vocab, 0), 4)  # warm-up
-    for label, on, prefetch in PASSES:
-        pdl.ENABLED, pdl.PREFETCH = on, prefetch
+    for label, on in PASSES:
+        pdl.ENABLED = on
         engine.runner.graphs.capture()
         rows = {}
         for batch in (1, 64):
@@ -71,7 +70,7 @@ def bench_model(name: str, args, ceilings: dict) -> dict:
         out["passes"][label] = rows
         print(f"{name} PDL {label}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in rows.items()),
               flush=True)
-    pdl.ENABLED, pdl.PREFETCH = True, True
+    pdl.ENABLED = True
     out["roofline_ms"] = {f"batch{b}": roofline_ms(engine, b, args.ctx + args.gen / 2, kv_bytes,
                                                    ceilings["hbm_copy_bytes_per_s"])
                           for b in (1, 64)}
@@ -101,11 +100,11 @@ def main() -> None:
     for name, r in results.items():
         for batch in ("batch1", "batch64"):
             roof = r["roofline_ms"][batch]
-            on, off, bare, again = (r["passes"][label][batch] for label, *_ in PASSES)
-            rows.append([f"{name} decode {batch} step ms", off, on, bare, again, off / on, roof,
+            on, off, again = (r["passes"][label][batch] for label, _ in PASSES)
+            rows.append([f"{name} decode {batch} step ms", off, on, again, off / on, roof,
                          roof / min(on, again)])
-    table = print_table(["metric", "PDL off", "PDL on", "PDL on, no prefetch", "PDL on again",
-                         "off / on", "roofline", "best on vs roofline"], rows)
+    table = print_table(["metric", "PDL off", "PDL on", "PDL on again", "off / on",
+                         "roofline", "best on vs roofline"], rows)
     save_json(args.out, {"ctx": args.ctx, "gen_tokens": args.gen, "ceilings": ceilings,
                          "results": results, "table": table, "machine": machine_info()})
 

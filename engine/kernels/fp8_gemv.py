@@ -37,15 +37,11 @@ SCALE_BLOCK = 128  # the tile of the block-wise format
 def _fp8_gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K: tl.constexpr, scale_cols,
               HAS_BIAS: tl.constexpr, BLOCKWISE: tl.constexpr, EVEN: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-              UNROLL: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr,
-              PREFETCH: tl.constexpr, LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
+              UNROLL: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     rows = w_ptr + n[:, None].to(tl.int64) * K
-    if PDL:  # engine/kernels/pdl.py: the weights are ours to read before the wait; x is not
-        if PREFETCH:
-            pdl.prefetch_rows(w_ptr + tl.minimum(n, N - 1).to(tl.int64) * K, K, LINES,
-                              LINE_ELEMS)
+    if PDL:  # engine/kernels/pdl.py
         pdl.wait_for_producer()
     if BLOCKWISE:
         SPLIT: tl.constexpr = BLOCK_K // SCALE_BLOCK
@@ -117,5 +113,5 @@ def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
         x.contiguous(), weight, scale, bias if bias is not None else scale, out, n, k,
         scale.shape[-1] if blockwise else 1, HAS_BIAS=bias is not None, BLOCKWISE=blockwise,
         EVEN=even, BLOCK_N=block_n, BLOCK_K=block_k, SCALE_BLOCK=SCALE_BLOCK, UNROLL=unroll,
-        GATED=gated, num_warps=num_warps, **pdl.weight_launch(x.device, k, 1))
+        GATED=gated, num_warps=num_warps, **pdl.launch(x.device))
     return out

@@ -28,16 +28,12 @@ TILES = {"block_n": 32, "block_k": 256, "num_warps": 4, "num_stages": 4}
 @triton.jit
 def _skinny_gemm(a_ptr, as_ptr, b_ptr, bs_ptr, bias_ptr, c_ptr, M, N, K: tl.constexpr,
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
-                 LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
+                 BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, BLOCK_M)
     k = tl.arange(0, BLOCK_K)
     m_ok, n_ok = m < M, n < N
-    if PDL:  # engine/kernels/pdl.py: the weight band is ours to read before the wait; x is not
-        if PREFETCH:
-            pdl.prefetch_rows(b_ptr + tl.minimum(n, N - 1).to(tl.int64) * K, K, LINES,
-                              LINE_ELEMS)
+    if PDL:  # engine/kernels/pdl.py
         pdl.wait_for_producer()
     a_ptrs = a_ptr + m[:, None].to(tl.int64) * K + k[None, :]
     b_ptrs = b_ptr + n[None, :].to(tl.int64) * K + k[:, None]  # the weight [N, K] as [K, N]
@@ -81,5 +77,5 @@ def skinny_gemm(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,
         xq, x_scale, weight, w_scale, bias if bias is not None else w_scale, out, m, n, k,
         HAS_BIAS=bias is not None, BLOCK_M=max(16, triton.next_power_of_2(m)),
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
-        **pdl.weight_launch(xq.device, k, 1))
+        **pdl.launch(xq.device))
     return out

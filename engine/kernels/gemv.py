@@ -25,12 +25,9 @@ BLOCK_K = 512
 
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-          UNROLL: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
-          LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
+          UNROLL: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    if PDL:  # engine/kernels/pdl.py: the weights are ours to read before the wait; x is not
-        if PREFETCH:
-            pdl.prefetch_rows(w_ptr + n.to(tl.int64) * K, K, LINES, LINE_ELEMS)
+    if PDL:  # engine/kernels/pdl.py
         pdl.wait_for_producer()
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     # UNROLL tiles asked for back to back before the first is used (K % (BLOCK_K * UNROLL) == 0)
@@ -69,8 +66,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, gated: bool = False, block_n: in
     _gemv[(out_features // block_n,)](x.contiguous(), weight, out, in_features,
                                       BLOCK_N=block_n, BLOCK_K=block_k, UNROLL=unroll,
                                       GATED=gated, num_warps=num_warps,
-                                      **pdl.weight_launch(x.device, in_features,
-                                                          weight.element_size()))
+                                      **pdl.launch(x.device))
     return out
 
 

@@ -12,20 +12,24 @@ visible. What a kernel does before its wait overlaps the previous kernel's tail.
 
 The contract for a kernel launched with PDL (``PDL`` constexpr true), which keeps every result
 what it is without PDL:
-- before ``wait_for_producer()``, touch no memory an earlier kernel writes, and write nothing
-  (a buffer written here may still be read by the previous kernel, the caching allocator having
-  handed it on); reading weights is fine, and ``prefetch_l2`` of them is the point;
+- ``wait_for_producer()`` before touching any memory: the previous kernel's outputs are not
+  ready before it, and a buffer written here may still be read by the previous kernel (the
+  caching allocator hands buffers on);
 - ``release_dependents()`` once the main work is done, before the epilogue's stores: the next
-  kernel then launches during this one's last wave, one kernel ahead and no more. (Released at
-  the start instead, every kernel let the next one launch at once, a chain of grids waited on
-  the SMs, and their prefetches evicted each other's lines from the L2: on an H200 the bf16
-  batch-1 step went 4.48 -> 5.49 ms, benchmarks/results/pdl_gpu_release_first.json);
+  kernel then launches during this one's last wave, one kernel ahead;
 - waiting is transitive: the previous kernel could not complete before its own wait returned.
 A kernel launched without PDL (torch's, cuBLAS's) waits for everything before it as usual, and a
 PDL kernel after it starts when it completes.
 
 ``ENABLED`` is read at each launch, so benchmarks flip it and capture their graphs again to
 measure both in one process; ``PDSERVE_PDL=0`` turns it off for a server.
+
+Measured on one H200 (benchmarks/pdl_bench.py; benchmarks/results/pdl_gpu*.json), what did not
+pay and is not here:
+- releasing the dependents first thing: every kernel let the next launch at once, grids queued
+  on the SMs several kernels ahead, and the bf16 batch-1 step went 4.48 -> 5.49 ms;
+- each weight-streaming kernel prefetching its weight rows into the L2 before its wait (the
+  weights are no producer's output): 4.25 -> 5.29 ms (bf16), 2.88 -> 3.26 (FP8) at batch 1.
 """
 
 from __future__ import annotations
@@ -79,35 +83,3 @@ else:
     @triton.jit
     def release_dependents():
         pass
-
-
-PREFETCH = os.environ.get("PDSERVE_PDL_PREFETCH", "1") != "0"
-LINE_BYTES = 128
-
-
-def weight_launch(device: torch.device, row_elems: int, element_size: int) -> dict:
-    """``launch``, plus ``prefetch_rows``' constexprs (``PREFETCH``, ``LINES``,
-    ``LINE_ELEMS``) for a kernel that streams weight rows of ``row_elems`` elements of
-    ``element_size`` bytes."""
-    flags = launch(device)
-    flags["PREFETCH"] = flags["PDL"] and PREFETCH
-    flags["LINE_ELEMS"] = LINE_BYTES // element_size
-    flags["LINES"] = triton.next_power_of_2(triton.cdiv(row_elems, flags["LINE_ELEMS"]))
-    return flags
-
-
-@triton.jit
-def prefetch_l2(ptrs):
-    """Ask the L2 for the 128-byte lines at ``ptrs`` without waiting for them."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
-def prefetch_rows(row_ptrs, row_elems, LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
-    """Prefetch whole rows into the L2, one address a line: ``row_ptrs`` [R] point at the rows'
-    starts, each ``row_elems`` long (``weight_launch`` gives LINES and LINE_ELEMS). Done before
-    ``wait_for_producer`` by a weight-streaming kernel, so its bytes are on their way while the
-    previous kernel drains."""
-    offsets = tl.minimum(tl.arange(0, LINES) * LINE_ELEMS, row_elems - 1)
-    prefetch_l2(row_ptrs[:, None] + offsets[None, :])
