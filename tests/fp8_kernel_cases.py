@@ -50,6 +50,22 @@ def check_quantize_rows(device: torch.device, big: bool) -> None:
                            (m, k, "group"))
 
 
+def check_silu_quantize_rows(device: torch.device, big: bool) -> None:
+    """SiLU(gate) * up quantized in one kernel: the same codes and scales as the silu_mul
+    kernel followed by quantize_rows (the same operations in the same order)."""
+    from engine.kernels.fp8_quant import quantize_rows, quantize_silu_rows
+    from engine.kernels.fused_ops import silu_mul
+
+    g = torch.Generator(device=device).manual_seed(1)
+    for m, n in [(2, 1000), (5, 64)] + ([(64, 14336), (33, 6144)] if big else []):
+        gate_up = (3 * torch.randn(m, 2 * n, generator=g, device=device)).to(BF16)
+        q, s = quantize_silu_rows(gate_up)
+        ref_q, ref_s = quantize_rows(silu_mul(gate_up))
+        assert q.shape == (m, n) and s.shape == (m, 1)
+        assert torch.equal(s, ref_s), (m, n)
+        assert torch.equal(_bits(q), _bits(ref_q)), (m, n)
+
+
 def _same_quantization(q, s, ref_q, ref_s, where) -> None:
     """The kernel's quantization against torch's. Bit for bit under the interpreter, but the
     bitwise check failed on the H200 (2026-12-02; the differing values were not isolated): an
@@ -192,6 +208,7 @@ def check_block_linear(device: torch.device) -> None:
 
 def run_all(device: torch.device, big: bool) -> None:
     check_quantize_rows(device, big)
+    check_silu_quantize_rows(device, big)
     check_gemv(device, big)
     check_linear(device)
     check_block_gemm(device, big)

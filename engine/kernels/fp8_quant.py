@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from engine.kernels import pdl
+from engine.kernels.fused_ops import silu_times
 
 FP8 = torch.float8_e4m3fn
 ONE_PASS_COLS = 16384  # rows up to this wide are held in registers: one read
@@ -72,6 +73,45 @@ def _quant_groups(x_ptr, q_ptr, s_ptr, M, K, groups, FP8_MAX: tl.constexpr,
     tl.store(s_ptr + row.to(tl.int64) * groups + g, scale)
     q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)
     tl.store(q_ptr + base + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
+
+
+@triton.jit
+def _silu_quant_rows(x_ptr, q_ptr, s_ptr, N, FP8_MAX: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    if PDL:  # engine/kernels/pdl.py
+        pdl.wait_for_producer()
+    cols = tl.arange(0, BLOCK)
+    ok = cols < N
+    gate = tl.load(x_ptr + row * 2 * N + cols, mask=ok, other=0.0)
+    up = tl.load(x_ptr + row * 2 * N + N + cols, mask=ok, other=0.0)
+    if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
+        pdl.release_dependents()
+    h = silu_times(gate, up).to(tl.float32)  # rounded to the activation dtype, as silu_mul's
+    scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(h), axis=0), 1e-12), FP8_MAX)
+    q = tl.clamp(tl.math.div_rn(h, scale), -FP8_MAX, FP8_MAX)
+    tl.store(q_ptr + row * N + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
+    tl.store(s_ptr + row, scale)
+
+
+def silu_quantize_applies(gate_up: torch.Tensor) -> bool:
+    return gate_up.dim() == 2 and gate_up.shape[1] // 2 <= ONE_PASS_COLS
+
+
+def quantize_silu_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gate_up`` [M, 2I] (gate then up) -> SiLU(gate) * up as (e4m3 [M, I], fp32 scales
+    [M, 1]) in one kernel: bit for bit ``quantize_rows(fused_ops.silu_mul(gate_up))``, without
+    the bf16 product's trip through memory and the second launch (``silu_quantize_applies``
+    must hold)."""
+    assert silu_quantize_applies(gate_up) and gate_up.is_contiguous()
+    m, two_i = gate_up.shape
+    n = two_i // 2
+    q = torch.empty(m, n, dtype=FP8, device=gate_up.device)
+    s = torch.empty(m, 1, dtype=torch.float32, device=gate_up.device)
+    block = triton.next_power_of_2(n)
+    _silu_quant_rows[(m,)](gate_up, q, s, n, FP8_MAX=torch.finfo(FP8).max, BLOCK=block,
+                           num_warps=min(16, max(4, block // 1024)), **pdl.launch(gate_up.device))
+    return q, s
 
 
 def quantize_rows(x: torch.Tensor, pad_rows_to: int = 1,

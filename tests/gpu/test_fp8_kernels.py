@@ -12,6 +12,7 @@ from tests.fp8_kernel_cases import (
     check_gemv,
     check_linear,
     check_quantize_rows,
+    check_silu_quantize_rows,
 )
 
 pytestmark = pytest.mark.gpu
@@ -19,6 +20,10 @@ pytestmark = pytest.mark.gpu
 
 def test_quantize_rows_matches_the_torch_quantization():
     check_quantize_rows(torch.device("cuda"), big=True)
+
+
+def test_silu_quantization_matches_silu_mul_then_quantize_rows():
+    check_silu_quantize_rows(torch.device("cuda"), big=True)
 
 
 def test_fp8_gemv_matches_the_dequantized_product():

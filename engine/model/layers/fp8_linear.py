@@ -124,6 +124,16 @@ class Fp8LinearMethod(LinearMethod):
                               if SKINNY_GEMM and self.strategy != "block" else None)
         layer.fp8_kernels = True
 
+    def takes_gated_rows(self, layer: Linear, x: torch.Tensor) -> bool:
+        """At 2-64 rows on the skinny GEMM: SiLU(gate) * up is computed by the activation
+        quantization kernel (fp8_quant.quantize_silu_rows), one launch and one pass fewer."""
+        if not (layer.fp8_kernels and layer.skinny_tiles is not None and x.dim() == 2
+                and 1 < x.shape[0] <= SKINNY_MAX_ROWS):
+            return False
+        from engine.kernels.fp8_quant import silu_quantize_applies
+
+        return silu_quantize_applies(x)
+
     def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
         blockwise = self.strategy == "block"
         scale = getattr(layer, self.scale_name)
@@ -149,9 +159,11 @@ class Fp8LinearMethod(LinearMethod):
             from engine.kernels.fp8_quant import quantize_rows
 
             if layer.skinny_tiles is not None and 1 < rows <= SKINNY_MAX_ROWS:
+                from engine.kernels.fp8_quant import quantize_silu_rows
                 from engine.kernels.fp8_skinny_gemm import skinny_gemm
 
-                xq, xs = quantize_rows(x2.contiguous())
+                xq, xs = (quantize_silu_rows(x2.contiguous()) if gated
+                          else quantize_rows(x2.contiguous()))
                 y = skinny_gemm(xq, xs, layer.weight, layer.weight_scale, layer.bias, x.dtype,
                                 **layer.skinny_tiles)
                 return y.reshape(*shape[:-1], layer.out_features)

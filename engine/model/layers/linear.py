@@ -36,9 +36,15 @@ class LinearMethod:
         """On CUDA, switch ``apply`` to this method's own kernels, if it has any."""
 
     def apply(self, layer: Linear, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        """``x @ W.T (+ b)``; ``gated`` (only where ``layer.runs_gemv(x)``):
-        ``x`` is [1, 2 * in], gate then up, and the input is SiLU(gate) * up."""
+        """``x @ W.T (+ b)``; ``gated`` (only where ``layer.runs_gemv(x)`` or
+        ``takes_gated_rows``): ``x`` is [T, 2 * in], gate then up, and the input is
+        SiLU(gate) * up."""
         raise NotImplementedError
+
+    def takes_gated_rows(self, layer: Linear, x: torch.Tensor) -> bool:
+        """Whether ``apply`` folds SiLU(gate) * up into its own kernels for this many-row
+        ``x`` (default: no, ``Linear.forward`` runs the silu_mul kernel first)."""
+        return False
 
 
 class UnquantizedLinearMethod(LinearMethod):
@@ -92,7 +98,7 @@ class Linear(nn.Module):
         input is SiLU(gate) * up. A one-row step folds that into the GEMV (a launch fewer per
         layer); otherwise the silu_mul kernel runs first. Through ``__call__`` either way, so
         tensor parallelism's all-reduce hook still follows the down projection."""
-        if gated and not self.runs_gemv(x):
+        if gated and not self.runs_gemv(x) and not self.method.takes_gated_rows(self, x):
             from engine.kernels.fused_ops import silu_mul
 
             x, gated = silu_mul(x.contiguous()), False
