@@ -17,8 +17,9 @@ from engine.kernels import pdl
 
 
 @triton.jit
-def _add_rmsnorm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-                 HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _add_rmsnorm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, q_ptr, s_ptr, n_cols, eps,
+                 HAS_RES: tl.constexpr, BLOCK: tl.constexpr, QUANT: tl.constexpr,
+                 FP8_MAX: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -35,24 +36,36 @@ def _add_rmsnorm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
     var = tl.sum(xf * xf, axis=0) / n_cols
     normed = (xf * tl.rsqrt(var + eps)).to(x.dtype)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-    tl.store(out_ptr + row * n_cols + cols, (w.to(tl.float32) * normed.to(tl.float32)).to(
-        x.dtype), mask=mask)
+    out = (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)
+    tl.store(out_ptr + row * n_cols + cols, out, mask=mask)
+    if QUANT:  # and its FP8 rows, as fp8_quant.quantize_rows makes them from ``out``
+        o = tl.where(mask, out.to(tl.float32), 0.0)
+        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(o), axis=0), 1e-12), FP8_MAX)
+        q = tl.clamp(tl.math.div_rn(o, scale), -FP8_MAX, FP8_MAX)
+        tl.store(q_ptr + row * n_cols + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(s_ptr + row, scale)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-            residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (norm(x + residual) * weight, x + residual); without a residual, (norm(x), x)."""
+            residual: torch.Tensor | None = None, quantize: bool = False) -> tuple:
+    """Returns (norm(x + residual) * weight, x + residual); without a residual, (norm(x), x).
+    ``quantize``: also the normalized rows in e4m3 with one fp32 scale each, (out, res, q
+    [rows, cols], s [rows, 1]): what ``fp8_quant.quantize_rows(out)`` gives, in the same pass
+    (the input of an FP8 linear, engine/model/layers/norm.py)."""
     assert x.is_contiguous() and x.dim() == 2
     rows, cols = x.shape
     out = torch.empty_like(x)
     res_out = torch.empty_like(x) if residual is not None else x
     if residual is not None:
         assert residual.is_contiguous() and residual.shape == x.shape
+    fp8 = torch.float8_e4m3fn
+    q = torch.empty(rows, cols, dtype=fp8, device=x.device) if quantize else out
+    s = torch.empty(rows, 1, dtype=torch.float32, device=x.device) if quantize else out
     _add_rmsnorm[(rows,)](x, residual if residual is not None else x, weight, out, res_out,
-                          cols, eps, HAS_RES=residual is not None,
-                          BLOCK=triton.next_power_of_2(cols), num_warps=8,
-                          **pdl.launch(x.device))
-    return out, res_out
+                          q, s, cols, eps, HAS_RES=residual is not None,
+                          BLOCK=triton.next_power_of_2(cols), QUANT=quantize,
+                          FP8_MAX=torch.finfo(fp8).max, num_warps=8, **pdl.launch(x.device))
+    return (out, res_out, q, s) if quantize else (out, res_out)
 
 
 @triton.jit

@@ -124,6 +124,11 @@ class Fp8LinearMethod(LinearMethod):
                               if SKINNY_GEMM and self.strategy != "block" else None)
         layer.fp8_kernels = True
 
+    def takes_quantized_rows(self, layer: Linear, x: torch.Tensor) -> bool:
+        """At 2-64 rows on the skinny GEMM, the rows quantized by the norm before it."""
+        return (layer.fp8_kernels and layer.skinny_tiles is not None and x.dim() == 2
+                and 1 < x.shape[0] <= SKINNY_MAX_ROWS)
+
     def takes_gated_rows(self, layer: Linear, x: torch.Tensor) -> bool:
         """At 2-64 rows on the skinny GEMM: SiLU(gate) * up is computed by the activation
         quantization kernel (fp8_quant.quantize_silu_rows), one launch and one pass fewer."""
@@ -162,8 +167,12 @@ class Fp8LinearMethod(LinearMethod):
                 from engine.kernels.fp8_quant import quantize_silu_rows
                 from engine.kernels.fp8_skinny_gemm import skinny_gemm
 
-                xq, xs = (quantize_silu_rows(x2.contiguous()) if gated
-                          else quantize_rows(x2.contiguous()))
+                handed, layer.quantized_input = layer.quantized_input, None
+                if handed is not None and handed[0] is x and not gated:
+                    xq, xs = handed[1], handed[2]
+                else:
+                    xq, xs = (quantize_silu_rows(x2.contiguous()) if gated
+                              else quantize_rows(x2.contiguous()))
                 y = skinny_gemm(xq, xs, layer.weight, layer.weight_scale, layer.bias, x.dtype,
                                 **layer.skinny_tiles)
                 return y.reshape(*shape[:-1], layer.out_features)
@@ -186,7 +195,7 @@ class Fp8LinearMethod(LinearMethod):
         fused.out_features = sum(p.out_features for p in parts)
         fused.method, fused.compute_dtype = self, first.compute_dtype
         fused.decode_gemv = fused.fp8_kernels = False  # use_fused_kernels sets them
-        fused.skinny_tiles = None
+        fused.skinny_tiles = fused.quantized_input = None
         if self.strategy == "block" and any(p.out_features % BLOCK for p in parts[:-1]):
             return _dequantized_concat(parts)  # tiles would straddle two parts
         fused.weight = nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)

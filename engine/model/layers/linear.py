@@ -41,6 +41,11 @@ class LinearMethod:
         SiLU(gate) * up."""
         raise NotImplementedError
 
+    def takes_quantized_rows(self, layer: Linear, x: torch.Tensor) -> bool:
+        """Whether ``apply`` would quantize these rows first, and so takes them already
+        quantized (``Linear.quantized_input``, from the norm before it). Default: no."""
+        return False
+
     def takes_gated_rows(self, layer: Linear, x: torch.Tensor) -> bool:
         """Whether ``apply`` folds SiLU(gate) * up into its own kernels for this many-row
         ``x`` (default: no, ``Linear.forward`` runs the silu_mul kernel first)."""
@@ -91,6 +96,9 @@ class Linear(nn.Module):
         self.decode_gemv = False  # the methods' use_fused_kernels set it
         self.fp8_kernels = False  # Fp8LinearMethod.use_fused_kernels sets it
         self.skinny_tiles = None  # and this: engine/kernels/fp8_skinny_gemm.py's tiles
+        # (input, e4m3 rows, scales) handed over by the norm that made ``input``
+        # (layers/norm.py); used once, by the call whose x is that very tensor.
+        self.quantized_input = None
         self.method.create_weights(self, bias, device, dtype)
 
     def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:

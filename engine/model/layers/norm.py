@@ -14,6 +14,11 @@ class RMSNorm(nn.Module):
         # CUDA: add_and_norm runs engine/kernels/fused_ops.rmsnorm, one read and one write of
         # the activations instead of several passes (set by the model's use_fused_kernels).
         self.fused = False
+        # The linear this norm's output goes into (set by the model's use_fused_kernels): when
+        # its method takes pre-quantized rows (an FP8 linear at 2-64 rows), the fused kernel
+        # writes them in the same pass and hands them over (Linear.quantized_input), one
+        # quantization kernel fewer a linear.
+        self.feeds = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -31,6 +36,11 @@ class RMSNorm(nn.Module):
         if self.fused:
             from engine.kernels.fused_ops import rmsnorm
 
+            feeds = self.feeds
+            if feeds is not None and feeds.method.takes_quantized_rows(feeds, x):
+                out, res, q, s = rmsnorm(x, self.weight, self.eps, residual, quantize=True)
+                feeds.quantized_input = (out, q, s)
+                return out, res
             return rmsnorm(x, self.weight, self.eps, residual)
         if residual is not None:
             x = residual + x
