@@ -7,8 +7,10 @@ per-channel, quantized at load) and an FP8 KV cache, against FP8 ceilings measur
 - prefill of 4k tokens vs the FP8 GEMM rate (``torch._scaled_mm``, 8192³, row-wise scales).
 
 Each row once per path, same GPU, same run (``--fp8-paths``): ``kernels`` (the FP8 GEMV at
-batch 1, one-kernel activation quantization before ``_scaled_mm``), ``skinny`` (``kernels`` with
-the skinny FP8 GEMM at 2-64 rows) and ``torch`` (what came before: torch ops quantize every
+batch 1, one-kernel activation quantization before ``_scaled_mm``), ``skinny`` (``kernels``
+with the skinny FP8 GEMM at 2-64 rows), ``fused`` (``skinny`` with
+``fp8_linear.FUSED_ACTIVATION_QUANT`` and ``gemv_tiles.WHOLE_ROWS`` on: both off by default
+until this path has run on a GPU) and ``torch`` (what came before: torch ops quantize every
 linear's activations, ``_scaled_mm`` on 16 padded rows at batch 1).
 
     python -m benchmarks.engine_bench_fp8 [--fp8-paths kernels,torch] [--out ...]   # FP8 only
@@ -23,10 +25,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import machine_info, median_time, print_table, save_json
+from engine.kernels import gemv_tiles
 from engine.model.layers import fp8_linear
 
-# fp8_linear's (TRITON_KERNELS, SKINNY_GEMM) while the engine loads
-PATHS = {"kernels": (True, False), "skinny": (True, True), "torch": (False, False)}
+# (fp8_linear.TRITON_KERNELS, SKINNY_GEMM, FUSED_ACTIVATION_QUANT, gemv_tiles.WHOLE_ROWS)
+# while the engine loads and captures its graphs
+PATHS = {"kernels": (True, False, False, False), "skinny": (True, True, False, False),
+         "fused": (True, True, True, True), "torch": (False, False, False, False)}
 
 
 def fp8_gemm_flops(device: torch.device, sync) -> float:
@@ -48,15 +53,25 @@ def bench_fp8(args, ceilings: dict, ours_generate, random_prompts, sync) -> dict
     ceilings["fp8_gemm_flops"] = fp8_gemm_flops(torch.device("cuda"), sync)
     out = {}
     for path in args.fp8_paths.split(","):
-        saved = fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM
-        fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM = PATHS[path]
+        saved = _settings()
+        _apply(PATHS[path])
         try:
             out[path] = bench_fp8_path(args, ceilings, ours_generate, random_prompts, sync)
         finally:
-            fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM = saved
+            _apply(saved)
         gc.collect()
         torch.cuda.empty_cache()
     return out
+
+
+def _settings() -> tuple:
+    return (fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM,
+            fp8_linear.FUSED_ACTIVATION_QUANT, gemv_tiles.WHOLE_ROWS)
+
+
+def _apply(settings: tuple) -> None:
+    (fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM, fp8_linear.FUSED_ACTIVATION_QUANT,
+     gemv_tiles.WHOLE_ROWS) = settings
 
 
 def bench_fp8_path(args, ceilings: dict, ours_generate, random_prompts, sync) -> dict:
@@ -153,7 +168,10 @@ def add_paths_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp8-paths", default="kernels,torch",
                         help="FP8 linear paths to run, comma-separated: kernels (Triton FP8 "
                              "GEMV + fused quantization), skinny (kernels, plus the skinny "
-                             "FP8 GEMM at 2-64 rows instead of _scaled_mm), torch (torch-op "
+                             "FP8 GEMM at 2-64 rows instead of _scaled_mm), fused (skinny, "
+                             "plus the activation quantization folded into the norms and "
+                             "SiLU*mul, and one-tile GEMV rows loaded before the PDL wait), "
+                             "torch (torch-op "
                              "quantization, _scaled_mm at every batch size)")
 
 

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels import pdl
+from engine.kernels import gemv_tiles, pdl
 from engine.kernels.fused_ops import silu_times
 
 BLOCK_N = 8
@@ -131,7 +131,8 @@ def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
     unroll = max(1, min(unroll, triton.cdiv(k, block_k)))
     even = n % block_n == 0 and k % (block_k * unroll) == 0
     # One tile covers the rows: loaded at once, before waiting for x (engine/kernels/pdl.py).
-    whole_rows = (k == block_k * unroll and k & (k - 1) == 0 and not gated and not blockwise)
+    whole_rows = (gemv_tiles.WHOLE_ROWS and k == block_k * unroll and k & (k - 1) == 0
+                  and not gated and not blockwise)
     _fp8_gemv[(triton.cdiv(n, block_n),)](
         x.contiguous(), weight, scale, bias if bias is not None else scale, out, n, k,
         scale.shape[-1] if blockwise else 1, HAS_BIAS=bias is not None, BLOCKWISE=blockwise,

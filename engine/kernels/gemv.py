@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from engine.kernels import pdl
+from engine.kernels import gemv_tiles, pdl
 from engine.kernels.fused_ops import silu_times
 
 BLOCK_N = 8
@@ -74,8 +74,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, gated: bool = False, block_n: in
     assert out_features % block_n == 0 and in_features % (block_k * unroll) == 0
     out = torch.empty(1, out_features, dtype=x.dtype, device=x.device)
     # One tile covers the rows: loaded at once, before waiting for x (engine/kernels/pdl.py).
-    whole_rows = (in_features == block_k * unroll and in_features & (in_features - 1) == 0
-                  and not gated)
+    whole_rows = (gemv_tiles.WHOLE_ROWS and in_features == block_k * unroll
+                  and in_features & (in_features - 1) == 0 and not gated)
     _gemv[(out_features // block_n,)](x.contiguous(), weight, out, in_features,
                                       BLOCK_N=block_n, BLOCK_K=block_k, UNROLL=unroll,
                                       GATED=gated, WHOLE_ROWS=whole_rows, num_warps=num_warps,

@@ -15,8 +15,9 @@ what it is without PDL:
 - ``wait_for_producer()`` before touching memory an earlier kernel writes (its outputs are not
   ready before it) and before writing anything (a buffer written here may still be read by the
   previous kernel: the caching allocator hands buffers on). Weights are nobody's output: a
-  GEMV whose rows fit one tile loads them before its wait (``WHOLE_ROWS``), so its bytes are
-  on their way while the previous kernel drains;
+  GEMV whose rows fit one tile may load them before its wait (``gemv_tiles.WHOLE_ROWS``,
+  off until a GPU run has measured it), so its bytes are on their way while the previous
+  kernel drains;
 - ``release_dependents()`` once the main work is done, before the epilogue's stores: the next
   kernel then launches during this one's last wave, one kernel ahead;
 - waiting is transitive: the previous kernel could not complete before its own wait returned.

@@ -149,28 +149,25 @@ def test_skinny_gemm_linear_matches_scaled_mm_linear(monkeypatch):
         assert (got - ref).abs().max() <= 0.01 * ref.abs().max()
 
 
-def test_norm_handing_quantized_rows_to_the_fp8_linear_changes_nothing():
-    """The fused add+RMSNorm quantizing its output for the FP8 linear after it (and SiLU*mul
-    quantized by the down projection's kernel) give the logits the separate quantization
-    kernels give: the same operations, in the same order."""
+def test_norm_handing_quantized_rows_to_the_fp8_linear_changes_nothing(monkeypatch):
+    """The fused add+RMSNorm quantizing its output for the FP8 linear after it, and SiLU*mul
+    quantized by the down projection's kernel (``fp8_linear.FUSED_ACTIVATION_QUANT``), give
+    the tokens and logprobs the separate quantization kernels give: the same operations, in
+    the same order."""
     from engine import LLM, SamplingParams
-    from engine.model.layers.linear import Linear
+    from engine.model.layers import fp8_linear
 
     prompts = [[5 + i, 40, 90 + i, 7] * (3 + i) for i in range(12)]
     greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
     kw = dict(device="cuda", dtype="bfloat16", seed=3, kv_cache_memory_bytes=256 << 20,
               kv_cache_dtype="fp8")
+    monkeypatch.setattr(fp8_linear, "FUSED_ACTIVATION_QUANT", True)
     with LLM("random:small-llama-fp8", **kw) as llm:
-        model = llm.engine.runner.model
-        layer = model.model.layers[0]
+        layer = llm.engine.runner.model.model.layers[0]
         assert layer.input_layernorm.feeds is layer.self_attn.qkv_proj
         handed = [o.token_ids + [lp.logprob for lp in o.logprobs]
                   for o in llm.generate(prompts, greedy)]
-        for layer in model.model.layers:  # back to quantize_rows before each linear
-            layer.input_layernorm.feeds = layer.post_attention_layernorm.feeds = None
-        for m in model.modules():
-            if isinstance(m, Linear):
-                m.method.takes_gated_rows = lambda layer, x: False
+        monkeypatch.setattr(fp8_linear, "FUSED_ACTIVATION_QUANT", False)
         llm.engine.pool.reset_prefix_cache()
         llm.engine.runner.graphs.capture()
         apart = [o.token_ids + [lp.logprob for lp in o.logprobs]

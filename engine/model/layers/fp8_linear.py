@@ -44,6 +44,13 @@ STRATEGIES = ("tensor", "channel", "block")
 # False: ``use_fused_kernels`` keeps the torch path (torch quantization ops, _scaled_mm at batch
 # 1 too), so engine_bench_fp8 can measure both in one run. Read once, when kernels are chosen.
 TRITON_KERNELS = True
+# Off until measured: at 2-64 rows, the fused add+RMSNorm quantizes the rows it hands to q/k/v
+# and gate_up (layers/norm.py), and the down projection's quantization computes SiLU(gate)*up
+# (fp8_quant.quantize_silu_rows): 3 kernels fewer a layer. Written in session 9, checked on CPU
+# under Triton's interpreter (bit for bit the separate kernels); the device budget ran out
+# before a GPU run (tests/gpu/test_fp8_gpu.py and test_fp8_kernels.py have its cases). Read at
+# each call: benchmarks flip it and capture graphs again.
+FUSED_ACTIVATION_QUANT = False
 
 
 def quantize_per_row(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,14 +133,14 @@ class Fp8LinearMethod(LinearMethod):
 
     def takes_quantized_rows(self, layer: Linear, x: torch.Tensor) -> bool:
         """At 2-64 rows on the skinny GEMM, the rows quantized by the norm before it."""
-        return (layer.fp8_kernels and layer.skinny_tiles is not None and x.dim() == 2
-                and 1 < x.shape[0] <= SKINNY_MAX_ROWS)
+        return (FUSED_ACTIVATION_QUANT and layer.fp8_kernels and layer.skinny_tiles is not None
+                and x.dim() == 2 and 1 < x.shape[0] <= SKINNY_MAX_ROWS)
 
     def takes_gated_rows(self, layer: Linear, x: torch.Tensor) -> bool:
         """At 2-64 rows on the skinny GEMM: SiLU(gate) * up is computed by the activation
         quantization kernel (fp8_quant.quantize_silu_rows), one launch and one pass fewer."""
-        if not (layer.fp8_kernels and layer.skinny_tiles is not None and x.dim() == 2
-                and 1 < x.shape[0] <= SKINNY_MAX_ROWS):
+        if not (FUSED_ACTIVATION_QUANT and layer.fp8_kernels and layer.skinny_tiles is not None
+                and x.dim() == 2 and 1 < x.shape[0] <= SKINNY_MAX_ROWS):
             return False
         from engine.kernels.fp8_quant import silu_quantize_applies
 
