@@ -1,8 +1,8 @@
 """What programmatic dependent launch buys the decode step (GPU, Hopper): each model's batch-1
 and batch-64 decode step with the engine's CUDA graphs captured with PDL (the default), then
 captured again without it, then with it again (the spread of the two "on" rows is the run's
-noise); same process, same weights,
-against the step's roofline (bytes read / HBM copy rate measured in the run).
+noise); same process, same weights, against the step's roofline (bytes read / HBM copy rate
+measured in the run).
 
 Models (``--models``): ``random:llama-3.1-8b`` bf16; its ``-fp8`` variant with an FP8 KV cache
 (weights as stored: 1 byte a linear weight, the bf16 LM head 2); ``random:qwen3-30b-a3b`` bf16

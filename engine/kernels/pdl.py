@@ -2,7 +2,7 @@
 
 A batch-1 decode step is about ten kernels a layer, and each is only a few microseconds of
 weight reads: o_proj's FP8 GEMV takes 7.1 us for 3.9 us of bytes (benchmarks/results/README.md,
-session 7). Much of the difference is the gap between kernels: a kernel's blocks are scheduled
+session 7). Part of the difference is the gap between kernels: a kernel's blocks are scheduled
 only once the previous kernel has drained, then each block computes its addresses and waits a
 memory latency for its first bytes. With PDL (``launch_pdl=True``; captured into CUDA graphs
 as programmatic edges) the next kernel's grid is launched as soon as every block of the
@@ -27,8 +27,11 @@ PDL kernel after it starts when it completes.
 ``ENABLED`` is read at each launch, so benchmarks flip it and capture their graphs again to
 measure both in one process; ``PDSERVE_PDL=0`` turns it off for a server.
 
-Measured on one H200 (benchmarks/pdl_bench.py; benchmarks/results/pdl_gpu*.json), what did not
-pay and is not here:
+Measured on one H200 (benchmarks/pdl_bench.py, benchmarks/results/pdl_gpu.json), PDL off -> on:
+batch 1 4.47 -> 4.32 ms (bf16 Llama-3.1-8B), 2.93 -> 2.88 (FP8 weights and KV), 2.93 -> 2.72
+(Qwen3-30B-A3B); FP8 batch 64 5.60 -> 5.49; bf16 and MoE batch 64 unchanged. Less than the
+gaps suggested: most of what a small GEMV loses is inside it. What did not pay and is not here
+(pdl_gpu_release_first.json, pdl_gpu_prefetch.json):
 - releasing the dependents first thing: every kernel let the next launch at once, grids queued
   on the SMs several kernels ahead, and the bf16 batch-1 step went 4.48 -> 5.49 ms;
 - each weight-streaming kernel prefetching its weight rows into the L2 before its wait (the
