@@ -1,12 +1,13 @@
 """The router's garbage-collector settings, applied once it has loaded (issue 16).
 
 A streamed request allocates hundreds of container objects (frames, protobuf messages, dicts,
-coroutines); with CPython's default threshold a young collection runs every 700 net
-allocations, over 1,000 of them a second at this VM's request rates, and every tenth of those
-promotes the objects of the requests in flight, so the older collections, and now and then a
-full one, walk them again together with the ~90,000 objects the router holds from startup
-(tokenizer, chat template, FastAPI's routes and models). Measured on the 2-core VM with
-benchmarks/router_bench.py: the router spent 1.07 s of 12.6 s of CPU in 1,691 collections.
+coroutines). With CPython's default thresholds a young collection runs every 700 net
+allocations, and every tenth of those promotes the objects of the requests in flight, so the
+older collections, and now and then a full one, walk them again together with everything the
+router holds from startup (tokenizer, chat template, FastAPI's routes and models; the process
+tracks ~90,000 objects while it serves). Measured on the 2-core VM in one benchmarks/
+router_bench.py run (a ``gc.callbacks`` probe): the router spent 1.07 s of its 12.6 s of CPU in
+1,691 collections.
 
 So, once the startup objects exist, they move to the permanent generation (``gc.freeze``:
 never traversed again) and young collections run every YOUNG_THRESHOLD allocations. Cycles
