@@ -52,8 +52,10 @@ def _fp8_gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K: tl.constexpr, sc
             pdl.wait_for_producer()
         y = tl.sum(w.to(tl.float32) * tl.load(x_ptr + kk).to(tl.float32)[None, :], axis=1)
     else:
+        if PDL:
+            pdl.wait_for_producer()
         y = _tiled_rows(x_ptr, rows, scale_ptr, n, n_ok, K, scale_cols, BLOCKWISE, EVEN,
-                        BLOCK_N, BLOCK_K, SCALE_BLOCK, UNROLL, GATED, PDL)
+                        BLOCK_N, BLOCK_K, SCALE_BLOCK, UNROLL, GATED)
     if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
         pdl.release_dependents()
     if not BLOCKWISE:
@@ -67,10 +69,8 @@ def _fp8_gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K: tl.constexpr, sc
 def _tiled_rows(x_ptr, rows, scale_ptr, n, n_ok, K: tl.constexpr, scale_cols,
                 BLOCKWISE: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr, UNROLL: tl.constexpr,
-                GATED: tl.constexpr, PDL: tl.constexpr):
+                GATED: tl.constexpr):
     """The rows' products with x, K tile by tile (the block-wise scales applied per slice)."""
-    if PDL:  # engine/kernels/pdl.py
-        pdl.wait_for_producer()
     if BLOCKWISE:
         SPLIT: tl.constexpr = BLOCK_K // SCALE_BLOCK
         acc = tl.zeros([BLOCK_N, SPLIT], dtype=tl.float32)

@@ -49,6 +49,8 @@ import triton.language as tl
 
 ENABLED = os.environ.get("PDSERVE_PDL", "1") != "0"
 HAS_GDC = hasattr(getattr(tl.extra, "cuda", None), "gdc_wait")
+# Under Triton's interpreter (chosen when kernels are defined, so read once) nothing is launched.
+_INTERPRETED = bool(os.environ.get("TRITON_INTERPRET"))
 
 
 @functools.cache
@@ -58,7 +60,7 @@ def _device_supports(index: int) -> bool:
 
 def enabled(device: torch.device) -> bool:
     """Whether kernels on ``device`` are launched with PDL now."""
-    if not (ENABLED and HAS_GDC) or device.type != "cuda" or os.environ.get("TRITON_INTERPRET"):
+    if not (ENABLED and HAS_GDC) or device.type != "cuda" or _INTERPRETED:
         return False
     return _device_supports(device.index if device.index is not None
                             else torch.cuda.current_device())

@@ -139,8 +139,7 @@ class Fp8LinearMethod(LinearMethod):
     def takes_gated_rows(self, layer: Linear, x: torch.Tensor) -> bool:
         """At 2-64 rows on the skinny GEMM: SiLU(gate) * up is computed by the activation
         quantization kernel (fp8_quant.quantize_silu_rows), one launch and one pass fewer."""
-        if not (FUSED_ACTIVATION_QUANT and layer.fp8_kernels and layer.skinny_tiles is not None
-                and x.dim() == 2 and 1 < x.shape[0] <= SKINNY_MAX_ROWS):
+        if not self.takes_quantized_rows(layer, x):  # the same rows, the same GEMM
             return False
         from engine.kernels.fp8_quant import silu_quantize_applies
 
