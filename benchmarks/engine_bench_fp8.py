@@ -9,11 +9,11 @@ per-channel, quantized at load) and an FP8 KV cache, against FP8 ceilings measur
 Each row once per path, same GPU, same run (``--fp8-paths``): ``kernels`` (the FP8 GEMV at
 batch 1, one-kernel activation quantization before ``_scaled_mm``), ``skinny`` (``kernels``
 with the skinny FP8 GEMM at 2-64 rows), ``fused`` (``skinny`` with
-``fp8_linear.FUSED_ACTIVATION_QUANT`` and ``gemv_tiles.WHOLE_ROWS`` on: both off by default
-until this path has run on a GPU) and ``torch`` (what came before: torch ops quantize every
+``fp8_linear.FUSED_ACTIVATION_QUANT``: the norm and SiLU kernels quantize the rows; the
+default) and ``torch`` (what came before: torch ops quantize every
 linear's activations, ``_scaled_mm`` on 16 padded rows at batch 1).
 
-    python -m benchmarks.engine_bench_fp8 [--fp8-paths kernels,torch] [--out ...]   # FP8 only
+    python -m benchmarks.engine_bench_fp8 [--fp8-paths fused,torch] [--out ...]   # FP8 only
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import machine_info, median_time, print_table, save_json
-from engine.kernels import gemv_tiles
 from engine.model.layers import fp8_linear
 
-# (fp8_linear.TRITON_KERNELS, SKINNY_GEMM, FUSED_ACTIVATION_QUANT, gemv_tiles.WHOLE_ROWS)
-# while the engine loads and captures its graphs
-PATHS = {"kernels": (True, False, False, False), "skinny": (True, True, False, False),
-         "fused": (True, True, True, True), "torch": (False, False, False, False)}
+# (fp8_linear.TRITON_KERNELS, SKINNY_GEMM, FUSED_ACTIVATION_QUANT) while the engine loads and
+# captures its graphs
+PATHS = {"kernels": (True, False, False), "skinny": (True, True, False),
+         "fused": (True, True, True), "torch": (False, False, False)}
 
 
 def fp8_gemm_flops(device: torch.device, sync) -> float:
@@ -66,12 +65,11 @@ def bench_fp8(args, ceilings: dict, ours_generate, random_prompts, sync) -> dict
 
 def _settings() -> tuple:
     return (fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM,
-            fp8_linear.FUSED_ACTIVATION_QUANT, gemv_tiles.WHOLE_ROWS)
+            fp8_linear.FUSED_ACTIVATION_QUANT)
 
 
 def _apply(settings: tuple) -> None:
-    (fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM, fp8_linear.FUSED_ACTIVATION_QUANT,
-     gemv_tiles.WHOLE_ROWS) = settings
+    fp8_linear.TRITON_KERNELS, fp8_linear.SKINNY_GEMM, fp8_linear.FUSED_ACTIVATION_QUANT = settings
 
 
 def bench_fp8_path(args, ceilings: dict, ours_generate, random_prompts, sync) -> dict:
@@ -165,13 +163,12 @@ def main() -> None:
 
 
 def add_paths_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fp8-paths", default="kernels,torch",
+    parser.add_argument("--fp8-paths", default="fused,torch",
                         help="FP8 linear paths to run, comma-separated: kernels (Triton FP8 "
                              "GEMV + fused quantization), skinny (kernels, plus the skinny "
                              "FP8 GEMM at 2-64 rows instead of _scaled_mm), fused (skinny, "
                              "plus the activation quantization folded into the norms and "
-                             "SiLU*mul, and one-tile GEMV rows loaded before the PDL wait), "
-                             "torch (torch-op "
+                             "SiLU*mul: the engine's default), torch (torch-op "
                              "quantization, _scaled_mm at every batch size)")
 
 

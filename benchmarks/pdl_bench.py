@@ -2,14 +2,16 @@
 and batch-64 decode step with the engine's CUDA graphs captured with PDL (the default), then
 captured again without it, then with it again (the spread of the two "on" rows is the run's
 noise); same process, same weights, against the step's roofline (bytes read / HBM copy rate
-measured in the run).
+measured in the run). ``--switch`` toggles another decode-step setting the same way instead,
+PDL staying on: ``fused_quant`` (``fp8_linear.FUSED_ACTIVATION_QUANT``: the norm and SiLU
+kernels hand e4m3 rows to the FP8 linears).
 
 Models (``--models``): ``random:llama-3.1-8b`` bf16; its ``-fp8`` variant with an FP8 KV cache
 (weights as stored: 1 byte a linear weight, the bf16 LM head 2); ``random:qwen3-30b-a3b`` bf16
 (active bytes at batch 1, the experts 64 tokens are expected to hit at batch 64, as
 benchmarks/moe_bench.py counts them).
 
-    python -m benchmarks.pdl_bench [--models llama,fp8,moe] [--out PATH]
+    python -m benchmarks.pdl_bench [--models llama,fp8,moe] [--switch pdl] [--out PATH]
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ from benchmarks.moe_bench import step_bytes as moe_step_bytes
 from benchmarks.report import machine_info, print_table, save_json
 from engine import EngineConfig, LLMEngine
 from engine.kernels import pdl
+from engine.model.layers import fp8_linear
 
 MODELS = {  # name: (model, kv cache dtype)
     "llama": ("random:llama-3.1-8b", "auto"),
     "fp8": ("random:llama-3.1-8b-fp8", "fp8"),
     "moe": ("random:qwen3-30b-a3b", "auto"),
 }
-PASSES = (("on", True), ("off", False), ("on again", True))  # label, pdl.ENABLED
+SWITCHES = {  # --switch: the module and the flag each pass sets (read at capture)
+    "pdl": (pdl, "ENABLED"),
+    "fused_quant": (fp8_linear, "FUSED_ACTIVATION_QUANT"),
+}
+PASSES = (("on", True), ("off", False), ("on again", True))  # label, the switch's value
 
 
 def roofline_ms(engine: LLMEngine, batch: int, ctx: float, kv_bytes: int,
@@ -57,10 +64,12 @@ def bench_model(name: str, args, ceilings: dict) -> dict:
                                     max_graph_batch=64))
     vocab = engine.model_config.vocab_size
     kv_bytes = 1 if kv_dtype == "fp8" else 2
-    out = {"model": model, "kv_cache_dtype": kv_dtype, "passes": {}}
+    out = {"model": model, "kv_cache_dtype": kv_dtype, "switch": args.switch, "passes": {}}
     ours_generate(engine, random_prompts(1, 64, vocab, 0), 4)  # warm-up
+    module, flag = SWITCHES[args.switch]
+    default = getattr(module, flag)
     for label, on in PASSES:
-        pdl.ENABLED = on
+        setattr(module, flag, on)
         engine.runner.graphs.capture()
         rows = {}
         for batch in (1, 64):
@@ -68,9 +77,9 @@ def bench_model(name: str, args, ceilings: dict) -> dict:
             r = ours_generate(engine, random_prompts(batch, args.ctx, vocab, seed=batch), args.gen)
             rows[f"batch{batch}"] = r["decode_step_ms"]
         out["passes"][label] = rows
-        print(f"{name} PDL {label}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in rows.items()),
-              flush=True)
-    pdl.ENABLED = True
+        print(f"{name} {args.switch} {label}: "
+              + ", ".join(f"{k} {v:.3f} ms" for k, v in rows.items()), flush=True)
+    setattr(module, flag, default)
     out["roofline_ms"] = {f"batch{b}": roofline_ms(engine, b, args.ctx + args.gen / 2, kv_bytes,
                                                    ceilings["hbm_copy_bytes_per_s"])
                           for b in (1, 64)}
@@ -86,10 +95,13 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="llama,fp8,moe",
                         help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--switch", choices=sorted(SWITCHES), default="pdl",
+                        help="the setting toggled on / off / on again")
     parser.add_argument("--ctx", type=int, default=1024, help="decode prompt length")
     parser.add_argument("--gen", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--kv-gib", type=float, default=16.0, help="GPU KV budget")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pdl_gpu.json"))
+    parser.add_argument("--out", type=Path,
+                        help="default: benchmarks/results/<switch>_gpu.json")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not pdl.enabled(torch.device("cuda")):
@@ -103,10 +115,11 @@ def main() -> None:
             on, off, again = (r["passes"][label][batch] for label, _ in PASSES)
             rows.append([f"{name} decode {batch} step ms", off, on, again, off / on, roof,
                          roof / min(on, again)])
-    table = print_table(["metric", "PDL off", "PDL on", "PDL on again", "off / on",
+    table = print_table(["metric", f"{args.switch} off", "on", "on again", "off / on",
                          "roofline", "best on vs roofline"], rows)
-    save_json(args.out, {"ctx": args.ctx, "gen_tokens": args.gen, "ceilings": ceilings,
-                         "results": results, "table": table, "machine": machine_info()})
+    out = args.out or Path(f"benchmarks/results/{args.switch}_gpu.json")
+    save_json(out, {"switch": args.switch, "ctx": args.ctx, "gen_tokens": args.gen,
+                    "ceilings": ceilings, "results": results, "table": table, "machine": machine_info()})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels import gemv_tiles, pdl
+from engine.kernels import pdl
 from engine.kernels.fused_ops import silu_times
 
 BLOCK_N = 8
@@ -37,25 +37,14 @@ SCALE_BLOCK = 128  # the tile of the block-wise format
 def _fp8_gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K: tl.constexpr, scale_cols,
               HAS_BIAS: tl.constexpr, BLOCKWISE: tl.constexpr, EVEN: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-              UNROLL: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr,
-              WHOLE_ROWS: tl.constexpr):
+              UNROLL: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     rows = w_ptr + n[:, None].to(tl.int64) * K
-    if WHOLE_ROWS:  # the program's rows in one load, asked for before the wait (pdl.py)
-        kk = tl.arange(0, K)
-        if EVEN:
-            w = tl.load(rows + kk[None, :])
-        else:
-            w = tl.load(rows + kk[None, :], mask=n_ok[:, None], other=0.0)
-        if PDL:
-            pdl.wait_for_producer()
-        y = tl.sum(w.to(tl.float32) * tl.load(x_ptr + kk).to(tl.float32)[None, :], axis=1)
-    else:
-        if PDL:
-            pdl.wait_for_producer()
-        y = _tiled_rows(x_ptr, rows, scale_ptr, n, n_ok, K, scale_cols, BLOCKWISE, EVEN,
-                        BLOCK_N, BLOCK_K, SCALE_BLOCK, UNROLL, GATED)
+    if PDL:  # engine/kernels/pdl.py
+        pdl.wait_for_producer()
+    y = _tiled_rows(x_ptr, rows, scale_ptr, n, n_ok, K, scale_cols, BLOCKWISE, EVEN,
+                    BLOCK_N, BLOCK_K, SCALE_BLOCK, UNROLL, GATED)
     if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
         pdl.release_dependents()
     if not BLOCKWISE:
@@ -130,12 +119,9 @@ def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
     unroll = max(1, min(unroll, triton.cdiv(k, block_k)))
     even = n % block_n == 0 and k % (block_k * unroll) == 0
-    # One tile covers the rows: loaded at once, before waiting for x (engine/kernels/pdl.py).
-    whole_rows = (gemv_tiles.WHOLE_ROWS and k == block_k * unroll and k & (k - 1) == 0
-                  and not gated and not blockwise)
     _fp8_gemv[(triton.cdiv(n, block_n),)](
         x.contiguous(), weight, scale, bias if bias is not None else scale, out, n, k,
         scale.shape[-1] if blockwise else 1, HAS_BIAS=bias is not None, BLOCKWISE=blockwise,
         EVEN=even, BLOCK_N=block_n, BLOCK_K=block_k, SCALE_BLOCK=SCALE_BLOCK, UNROLL=unroll,
-        GATED=gated, WHOLE_ROWS=whole_rows, num_warps=num_warps, **pdl.launch(x.device))
+        GATED=gated, num_warps=num_warps, **pdl.launch(x.device))
     return out

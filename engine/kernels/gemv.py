@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from engine.kernels import gemv_tiles, pdl
+from engine.kernels import pdl
 from engine.kernels.fused_ops import silu_times
 
 BLOCK_N = 8
@@ -25,31 +25,22 @@ BLOCK_K = 512
 
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-          UNROLL: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr,
-          WHOLE_ROWS: tl.constexpr):
+          UNROLL: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    if WHOLE_ROWS:  # the program's rows in one load, asked for before the wait (pdl.py)
-        kk = tl.arange(0, K)
-        rows = tl.load(w_ptr + n[:, None].to(tl.int64) * K + kk[None, :])
-        if PDL:
-            pdl.wait_for_producer()
-        y = tl.sum(rows.to(tl.float32) * tl.load(x_ptr + kk).to(tl.float32)[None, :], axis=1)
-    else:
-        if PDL:  # engine/kernels/pdl.py
-            pdl.wait_for_producer()
-        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        # UNROLL tiles asked for back to back before the first is used
-        # (K % (BLOCK_K * UNROLL) == 0)
-        for k_outer in range(0, K, BLOCK_K * UNROLL):
-            for u in tl.static_range(UNROLL):
-                k = k_outer + u * BLOCK_K + tl.arange(0, BLOCK_K)
-                w = tl.load(w_ptr + n[:, None].to(tl.int64) * K + k[None, :])
-                if GATED:  # x holds [gate | up]; the input is SiLU(gate) * up
-                    x = silu_times(tl.load(x_ptr + k), tl.load(x_ptr + K + k))
-                else:
-                    x = tl.load(x_ptr + k)
-                acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-        y = tl.sum(acc, axis=1)
+    if PDL:  # engine/kernels/pdl.py
+        pdl.wait_for_producer()
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    # UNROLL tiles asked for back to back before the first is used (K % (BLOCK_K * UNROLL) == 0)
+    for k_outer in range(0, K, BLOCK_K * UNROLL):
+        for u in tl.static_range(UNROLL):
+            k = k_outer + u * BLOCK_K + tl.arange(0, BLOCK_K)
+            w = tl.load(w_ptr + n[:, None].to(tl.int64) * K + k[None, :])
+            if GATED:  # x holds [gate | up]; the input is SiLU(gate) * up
+                x = silu_times(tl.load(x_ptr + k), tl.load(x_ptr + K + k))
+            else:
+                x = tl.load(x_ptr + k)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    y = tl.sum(acc, axis=1)
     if PDL:  # the next kernel may launch now (engine/kernels/pdl.py)
         pdl.release_dependents()
     tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty))
@@ -73,13 +64,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, gated: bool = False, block_n: in
     assert x.shape == (1, in_features * (2 if gated else 1)), (x.shape, weight.shape)
     assert out_features % block_n == 0 and in_features % (block_k * unroll) == 0
     out = torch.empty(1, out_features, dtype=x.dtype, device=x.device)
-    # One tile covers the rows: loaded at once, before waiting for x (engine/kernels/pdl.py).
-    whole_rows = (gemv_tiles.WHOLE_ROWS and in_features == block_k * unroll
-                  and in_features & (in_features - 1) == 0 and not gated)
     _gemv[(out_features // block_n,)](x.contiguous(), weight, out, in_features,
                                       BLOCK_N=block_n, BLOCK_K=block_k, UNROLL=unroll,
-                                      GATED=gated, WHOLE_ROWS=whole_rows, num_warps=num_warps,
-                                      **pdl.launch(x.device))
+                                      GATED=gated, num_warps=num_warps, **pdl.launch(x.device))
     return out
 
 

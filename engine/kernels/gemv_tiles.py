@@ -38,12 +38,6 @@ SKINNY_MAX_ROWS = 64  # engine/kernels/fp8_skinny_gemm.py's MAX_ROWS (that modul
 # On: engine_bench_fp8 on an H200, FP8 weights + FP8 KV, batch 64 at 1k context: 6.91 ms a
 # step with _scaled_mm, 5.90 with this kernel (engine_gpu_h200_fp8_skinny.json).
 SKINNY_GEMM = True
-# Off until measured: GEMVs whose rows fit one tile (q/k/v, o_proj, gate_up of Llama-3.1-8B
-# in FP8; Qwen3-30B-A3B's attention projections in bf16) load them at once, before waiting for
-# the previous kernel under PDL (engine/kernels/pdl.py). Written and checked on CPU (Triton's
-# interpreter; the sm_90 build keeps the loads before the wait, no spills) in session 9; the
-# device budget ran out before a GPU run. Read at each launch: benchmarks flip it.
-WHOLE_ROWS = False
 
 
 def skinny_tiles(n: int, k: int) -> dict | None:

@@ -14,10 +14,10 @@ The contract for a kernel launched with PDL (``PDL`` constexpr true), which keep
 what it is without PDL:
 - ``wait_for_producer()`` before touching memory an earlier kernel writes (its outputs are not
   ready before it) and before writing anything (a buffer written here may still be read by the
-  previous kernel: the caching allocator hands buffers on). Weights are nobody's output: a
-  GEMV whose rows fit one tile may load them before its wait (``gemv_tiles.WHOLE_ROWS``,
-  off until a GPU run has measured it), so its bytes are on their way while the previous
-  kernel drains;
+  previous kernel: the caching allocator hands buffers on). Weights are nobody's output, but
+  loading a GEMV's one-tile rows before its wait measured no faster (FP8 batch 1 2.89 -> 2.93
+  ms on an H200, benchmarks/results/whole_rows_gpu.json; prefetching rows into the L2 before
+  the wait was slower still, pdl_gpu_prefetch.json), so every kernel waits first;
 - ``release_dependents()`` once the main work is done, before the epilogue's stores: the next
   kernel then launches during this one's last wave, one kernel ahead;
 - waiting is transitive: the previous kernel could not complete before its own wait returned.
