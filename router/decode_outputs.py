@@ -182,7 +182,13 @@ class _GrpcStream(_Stream):
 class _SocketStream(_Stream, asyncio.Protocol):
     """The worker's outputs socket (proto/frames.py). Batches are parsed in the protocol's
     ``data_received``: every frame that arrived is delivered in one synchronous pass, with no
-    task, future or thread hop per message (what grpc.aio costs per stream message)."""
+    task, future or thread hop per message (what grpc.aio costs per stream message).
+
+    Frames for the worker (submissions, prefills) wait for the end of the event loop's pass
+    and go out together, one socket write for every request that reached this worker in that
+    pass. A write on this VM costs 15-55 us of CPU (waking the worker's process included);
+    under load several requests share one, and a lone request is held back only until the
+    callbacks already queued have run."""
 
     def __init__(self, address: str, outputs_address: str, router_id: str,
                  token: str | None, counters: tuple | None):
@@ -192,6 +198,7 @@ class _SocketStream(_Stream, asyncio.Protocol):
                                               token=token or "").SerializeToString())
         self._frames = FrameReader()
         self._transport: asyncio.Transport | None = None
+        self._unsent: list[bytes] = []  # frames of this pass of the loop, flushed at its end
         self.takes_submit = self.takes_prefill = False  # the registration batch says
         self._connecting = asyncio.ensure_future(self._connect())
 
@@ -233,14 +240,25 @@ class _SocketStream(_Stream, asyncio.Protocol):
 
     def submit(self, request: pb.DecodeRequest) -> None:
         """One RouterFrame: no reply; what it comes to arrives in the request's inbox."""
-        self._transport.write(frame(pb.RouterFrame(submit=request).SerializeToString()))
+        self._send(frame(pb.RouterFrame(submit=request).SerializeToString()))
 
     def prefill(self, request: pb.PrefillRequest) -> asyncio.Future:
         """One RouterFrame; the future gets its PrefillResult (or ``CallRefused`` when the
         stream ends first)."""
-        waiter = self.prefills[request.request_id] = asyncio.get_running_loop().create_future()
-        self._transport.write(frame(pb.RouterFrame(prefill=request).SerializeToString()))
+        loop = asyncio.get_running_loop()
+        waiter = self.prefills[request.request_id] = loop.create_future()
+        self._send(frame(pb.RouterFrame(prefill=request).SerializeToString()))
         return waiter
+
+    def _send(self, data: bytes) -> None:
+        self._unsent.append(data)
+        if len(self._unsent) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if not self._transport.is_closing():  # else: connection_lost fails their requests
+            self._transport.write(b"".join(unsent))
 
     def _answer(self, results) -> None:
         for result in results:

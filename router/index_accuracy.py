@@ -20,9 +20,15 @@ class IndexAccuracy:
         self.warn_every_s = warn_every_s
         self._last_warning = 0.0
         self.last_verdict = "ok"
+        # Samples in the window that predicted exactly / too many / too few cached tokens,
+        # kept as they enter and leave (recounting the window cost ~3 passes a prefill).
+        self._tally = [0, 0, 0]
 
     def record(self, predicted: int, realised: int) -> None:
+        if len(self.samples) == self.samples.maxlen:
+            self._tally[_kind(*self.samples[0])] -= 1
         self.samples.append((predicted, realised))
+        self._tally[_kind(predicted, realised)] += 1
         verdict = self.verdict()
         if verdict != "ok" and time.time() - self._last_warning > self.warn_every_s:
             self._last_warning = time.time()
@@ -34,19 +40,24 @@ class IndexAccuracy:
     def exact_share(self) -> float:
         if not self.samples:
             return 1.0
-        return sum(p == r for p, r in self.samples) / len(self.samples)
+        return self._tally[_EXACT] / len(self.samples)
 
     def verdict(self) -> str:
         n = len(self.samples)
         if n < self.min_samples:
             return "ok"
-        over = sum(p > r for p, r in self.samples) / n
-        under = sum(p < r for p, r in self.samples) / n
-        if over >= self.warn_share:
+        if self._tally[_OVER] / n >= self.warn_share:
             return "over-predicting"
-        if under >= self.warn_share:
+        if self._tally[_UNDER] / n >= self.warn_share:
             return "under-predicting"
         return "ok"
+
+
+_EXACT, _OVER, _UNDER = 0, 1, 2
+
+
+def _kind(predicted: int, realised: int) -> int:
+    return _EXACT if predicted == realised else _OVER if predicted > realised else _UNDER
 
 
 _ADVICE = {

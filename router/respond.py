@@ -22,7 +22,7 @@ from router.dispatcher import (
     UpstreamError,
 )
 from router.errors import APIError, bad_request, unavailable
-from router.streaming import ClosingStreamingResponse
+from router.streaming import ClosingStreamingResponse, LastChunk
 
 
 async def respond(state, request: Request, req: GenerateRequest, model: str, stream: bool,
@@ -205,7 +205,7 @@ async def _stream(agen: AsyncIterator[TokenEvent], first: TokenEvent, req: Gener
     finally:
         await agen.aclose()
     pending.append(fmt.SSE_DONE)
-    yield b"".join(pending)
+    yield LastChunk(b"".join(pending))
 
 
 def _chat_chunks(event: TokenEvent, rid: str, model: str, created: int, shaper: OutputShaper,

@@ -16,7 +16,7 @@ from router.choices import generate_choices
 from router.dispatch_errors import BadRequestError, NoWorkersError, UpstreamError
 from router.dispatcher import GenerateRequest
 from router.respond import _Body, _prime, watching
-from router.streaming import ClosingStreamingResponse
+from router.streaming import ClosingStreamingResponse, LastChunk
 from router.token_events import TokenEvent
 
 Indexed = tuple[int, TokenEvent]
@@ -134,4 +134,4 @@ async def _stream(agen: AsyncIterator[Indexed], first: Indexed, req: GenerateReq
                                  "code": None}})
     finally:
         await agen.aclose()
-    yield fmt.SSE_DONE
+    yield LastChunk(fmt.SSE_DONE)

@@ -13,6 +13,10 @@ group (a group, two tasks and their cancel scopes per response, ~10% of the rout
 streamed request in a profile): the task waits on ``receive`` and, on ``http.disconnect``,
 cancels the task writing the stream. uvicorn (ASGI spec 2.3) drops writes to a closed
 connection silently, so without the watcher a stream would run to its end for nobody.
+
+A body may mark its last chunk (``LastChunk``): it goes out as the response's last body
+message, which the server writes together with the chunked encoding's terminator, one socket
+write per response fewer than an empty closing message costs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,23 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 
+class LastChunk(bytes):
+    """A body chunk after which the body has nothing more to send."""
+
+
 class ClosingStreamingResponse(StreamingResponse):
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            if not isinstance(chunk, bytes | memoryview):
+                chunk = chunk.encode(self.charset)
+            last = type(chunk) is LastChunk
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if last:
+                return  # the body is closed in __call__'s finally
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         writer = asyncio.current_task()
         hung_up = False

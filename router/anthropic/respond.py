@@ -17,7 +17,7 @@ from router.dispatcher import BadRequestError, NoWorkersError, UpstreamError
 from router.openai_format import JSONBody
 from router.output_deltas import CallArgs, CallStart, Content, Delta, Reasoning
 from router.respond import _Body, _collect_watching, _prime
-from router.streaming import ClosingStreamingResponse
+from router.streaming import ClosingStreamingResponse, LastChunk
 from router.token_events import TokenEvent
 
 
@@ -164,10 +164,11 @@ async def _stream(agen, first: TokenEvent, msg_id: str, model: str, shaper: Outp
         return
     finally:
         await agen.aclose()
-    for chunk in blocks.close():
-        yield chunk
     reason, sequence = stop_reason(shaper, finish, last, eos_id, stops)
-    yield sse("message_delta", {"type": "message_delta",
-                                "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                                "usage": {"output_tokens": tokens}})
-    yield sse("message_stop", {"type": "message_stop"})
+    # The closing events in one write, with the response's end (router/streaming.py).
+    yield LastChunk(b"".join([
+        *blocks.close(),
+        sse("message_delta", {"type": "message_delta",
+                              "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                              "usage": {"output_tokens": tokens}}),
+        sse("message_stop", {"type": "message_stop"})]))

@@ -171,6 +171,24 @@ def test_index_accuracy_verdicts():
     assert acc.verdict() == "under-predicting"
 
 
+def test_index_accuracy_tallies_match_a_recount_of_the_window():
+    """The shares kept as samples enter and leave the window equal counting the window."""
+    import random
+
+    rng = random.Random(3)
+    acc = IndexAccuracy(window=16, min_samples=4, warn_every_s=1e9)
+    for _ in range(500):
+        acc.record(rng.choice((0, 32, 64)), rng.choice((0, 32, 64)))
+        window = list(acc.samples)
+        n = len(window)
+        assert acc.exact_share == sum(p == r for p, r in window) / n
+        over = sum(p > r for p, r in window) / n
+        under = sum(p < r for p, r in window) / n
+        want = ("ok" if n < 4 else "over-predicting" if over >= 0.5
+                else "under-predicting" if under >= 0.5 else "ok")
+        assert acc.verdict() == want
+
+
 def test_sequential_requests_take_turns_on_both_pools():
     """With idle, equal workers, one request after another alternates over the decode workers
     and (round robin) over the prefill workers, though a remote prefill takes a turn of its own
