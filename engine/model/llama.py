@@ -88,9 +88,9 @@ class LlamaForCausalLM(nn.Module):
             layer.mlp.use_fused_kernels()
             # Each norm's output goes into one linear only: it may hand that one its
             # quantized rows (layers/norm.py).
-            layer.input_layernorm.feeds = layer.self_attn.qkv_proj
+            layer.input_layernorm.feeds = (layer.self_attn.qkv_proj,)
             if isinstance(layer.mlp, GatedMLP):  # a MoE block's input goes to its router too
-                layer.post_attention_layernorm.feeds = layer.mlp.gate_up_proj
+                layer.post_attention_layernorm.feeds = (layer.mlp.gate_up_proj,)
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under transformers' names, fused projections split back (for references)."""

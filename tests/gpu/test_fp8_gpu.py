@@ -164,7 +164,7 @@ def test_norm_handing_quantized_rows_to_the_fp8_linear_changes_nothing(monkeypat
     monkeypatch.setattr(fp8_linear, "FUSED_ACTIVATION_QUANT", True)
     with LLM("random:small-llama-fp8", **kw) as llm:
         layer = llm.engine.runner.model.model.layers[0]
-        assert layer.input_layernorm.feeds is layer.self_attn.qkv_proj
+        assert layer.input_layernorm.feeds[0] is layer.self_attn.qkv_proj
         handed = [o.token_ids + [lp.logprob for lp in o.logprobs]
                   for o in llm.generate(prompts, greedy)]
         monkeypatch.setattr(fp8_linear, "FUSED_ACTIVATION_QUANT", False)

@@ -17,8 +17,9 @@ class RMSNorm(nn.Module):
         # The linear this norm's output goes into (set by the model's use_fused_kernels): when
         # its method takes pre-quantized rows (an FP8 linear at 2-64 rows), the fused kernel
         # writes them in the same pass and hands them over (Linear.quantized_input), one
-        # quantization kernel fewer a linear.
-        self.feeds = None
+        # quantization kernel fewer a linear. Held in a tuple: a Module attribute would make
+        # the linear this norm's submodule too, its weights named twice in the state dict.
+        self.feeds: tuple[nn.Module, ...] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -36,7 +37,7 @@ class RMSNorm(nn.Module):
         if self.fused:
             from engine.kernels.fused_ops import rmsnorm
 
-            feeds = self.feeds
+            feeds = self.feeds[0] if self.feeds else None
             if feeds is not None and feeds.method.takes_quantized_rows(feeds, x):
                 out, res, q, s = rmsnorm(x, self.weight, self.eps, residual, quantize=True)
                 feeds.quantized_input = (out, q, s)
