@@ -4,7 +4,9 @@ captured again without it, then with it again (the spread of the two "on" rows i
 noise); same process, same weights, against the step's roofline (bytes read / HBM copy rate
 measured in the run). ``--switch`` toggles another decode-step setting the same way instead,
 PDL staying on: ``fused_quant`` (``fp8_linear.FUSED_ACTIVATION_QUANT``: the norm and SiLU
-kernels hand e4m3 rows to the FP8 linears).
+kernels hand e4m3 rows to the FP8 linears), ``rope_in_decode``
+(``decode_attention.ROPE_IN_DECODE``: RoPE and the KV write inside the decode attention
+kernel).
 
 Models (``--models``): ``random:llama-3.1-8b`` bf16; its ``-fp8`` variant with an FP8 KV cache
 (weights as stored: 1 byte a linear weight, the bf16 LM head 2); ``random:qwen3-30b-a3b`` bf16
@@ -27,7 +29,7 @@ from benchmarks.engine_bench import measure_ceilings, ours_generate, random_prom
 from benchmarks.moe_bench import step_bytes as moe_step_bytes
 from benchmarks.report import machine_info, print_table, save_json
 from engine import EngineConfig, LLMEngine
-from engine.kernels import pdl
+from engine.kernels import decode_attention, pdl
 from engine.model.layers import fp8_linear
 
 MODELS = {  # name: (model, kv cache dtype)
@@ -38,6 +40,7 @@ MODELS = {  # name: (model, kv cache dtype)
 SWITCHES = {  # --switch: the module and the flag each pass sets (read at capture)
     "pdl": (pdl, "ENABLED"),
     "fused_quant": (fp8_linear, "FUSED_ACTIVATION_QUANT"),
+    "rope_in_decode": (decode_attention, "ROPE_IN_DECODE"),
 }
 PASSES = (("on", True), ("off", False), ("on again", True))  # label, the switch's value
 

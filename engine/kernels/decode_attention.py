@@ -21,6 +21,14 @@ An in-kernel merge by the last split of each head group (a counter in memory ins
 the second launch) was tried and measured slower at batch 1 (8.3 against 6.4 us a layer), so
 pass 2 stays a kernel.
 
+With ``new_token`` (a decode-only step, engine/model/layers/attention_block.py), pass 1 also
+does engine/kernels/rope_kv.py's work, which would otherwise be one more kernel a layer: every
+program rotates (and, for Qwen3, RMS-normalizes) its query heads from the projection's raw
+output, and the program whose split holds the new position rotates the new k and stores k and
+v at the token's slot before it walks its pages (a CTA barrier makes its own stores visible to
+its loads; no other program reads that row). The values are rope_kv's: the same roundings,
+the same e4m3 quantization of an FP8 cache.
+
 The cache is the engine's strided per-layer view ``[blocks, kv_heads, block_size, head_dim]``.
 Launch parameters depend only on shapes, so both passes can be captured in a CUDA graph.
 
@@ -31,15 +39,62 @@ the output, so neither touches each element.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
 from engine.kernels import pdl
+from engine.kernels.rope_kv import to_fp8
 
 TOKENS = 64  # per program iteration, bf16/fp32 caches
 TOKENS_FP8 = 32  # FP8 caches split over the context (few sequences; the module docstring)
 TOKENS_FP8_ONE_SPLIT = 128  # FP8 caches, one split (a batch that fills the GPU)
+# Decode-only steps rotate q/k and write the new KV inside pass 1 (``new_token``) instead of
+# in rope_kv's kernel first; read at each forward (benchmarks/pdl_bench.py --switch flips it).
+ROPE_IN_DECODE = True
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A decode step's un-rotated k and v [B, Hkv, D] (one token a sequence; q comes un-rotated
+    too) and what rotating and storing them takes, as ``rope_kv.rope_and_write_kv`` has it."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    positions: torch.Tensor  # [B] int64
+    cos_table: torch.Tensor  # [max_positions, D], contiguous
+    sin_table: torch.Tensor
+    slot_mapping: torch.Tensor  # [B] int64
+    qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None  # (q weight, k weight, eps)
+
+
+@triton.jit
+def _norm_rows(x, partner, w_ptr, d, pd, eps, HEAD_DIM: tl.constexpr):
+    """Qwen3's per-head RMSNorm of rows x [R, D] and of their RoPE partners (x's columns
+    ``pd``), rounded as ``RMSNorm.forward``: the normalized value to x's dtype, times the weight,
+    rounded again."""
+    dtype = x.dtype
+    f, fp = x.to(tl.float32), partner.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(f * f, 1) / HEAD_DIM + eps)[:, None]
+    w = tl.load(w_ptr + d).to(tl.float32)[None, :]
+    wp = tl.load(w_ptr + pd).to(tl.float32)[None, :]
+    return ((w * (f * inv).to(dtype).to(tl.float32)).to(dtype),
+            (wp * (fp * inv).to(dtype).to(tl.float32)).to(dtype))
+
+
+@triton.jit
+def _rotated(x_ptr, d, pd, c, s, sign, w_ptr, eps, mask, QK_NORM: tl.constexpr,
+             HEAD_DIM: tl.constexpr):
+    """Rows [R, D] at ``x_ptr + d`` ([R, 1] row pointers), normalized if QK_NORM, rotated:
+    ``x * cos + rotate_half(x) * sin`` in fp32, rounded once (rope_kv's ``_rotate``)."""
+    x = tl.load(x_ptr + d[None, :], mask=mask, other=0.0)
+    partner = tl.load(x_ptr + pd[None, :], mask=mask, other=0.0)
+    if QK_NORM:
+        x, partner = _norm_rows(x, partner, w_ptr, d, pd, eps, HEAD_DIM)
+    out = x.to(tl.float32) * c[None, :] + sign[None, :] * partner.to(tl.float32) * s[None, :]
+    return out.to(x.dtype)
 
 
 @triton.jit
@@ -52,9 +107,13 @@ def _decode_partial(
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
     out_ptr, stride_xb, stride_xh,
+    # ROPE (NewToken): q is raw; the new token's k, v, position, slot, tables, norm weights
+    nk_ptr, nv_ptr, stride_nkb, stride_nkh, stride_nvb, stride_nvh,
+    pos_ptr, cos_ptr, sin_ptr, table_stride, slot_ptr, k_scale, qn_ptr, kn_ptr, eps,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, SPLITS: tl.constexpr,
     PRECISION: tl.constexpr, FP16_MATH: tl.constexpr, PDL: tl.constexpr,
+    ROPE: tl.constexpr, QK_NORM: tl.constexpr, FP8_CACHE: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -70,8 +129,35 @@ def _decode_partial(
     d = tl.arange(0, HEAD_DIM)
     heads = kvh * GROUP + g
     g_mask = g < GROUP
-    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
-                mask=g_mask[:, None], other=0.0)
+    q_rows = q_ptr + b * stride_qb + heads[:, None] * stride_qh
+    if ROPE:
+        half: tl.constexpr = HEAD_DIM // 2
+        pd = (d + half) % HEAD_DIM  # each column's rotate_half partner, negated below half
+        sign = tl.where(d < half, -1.0, 1.0)
+        new_pos = tl.load(pos_ptr + b)
+        # The tables' second half repeats the first (cat(freqs, freqs)); rounded to the
+        # activation dtype as the eager path rounds them.
+        c = tl.load(cos_ptr + new_pos * table_stride + d % half).to(q_ptr.dtype.element_ty)
+        sn = tl.load(sin_ptr + new_pos * table_stride + d % half).to(q_ptr.dtype.element_ty)
+        c, sn = c.to(tl.float32), sn.to(tl.float32)
+        q = _rotated(q_rows, d, pd, c, sn, sign, qn_ptr, eps, g_mask[:, None], QK_NORM, HEAD_DIM)
+        if split == (seq_len - 1) // per_split:  # this split holds the new token: store it
+            k_new = _rotated(nk_ptr + b * stride_nkb + kvh * stride_nkh + tl.zeros([1, 1], tl.int32),
+                             d, pd, c, sn, sign, kn_ptr, eps, d[None, :] >= 0, QK_NORM,
+                             HEAD_DIM)
+            v_new = tl.load(nv_ptr + b * stride_nvb + kvh * stride_nvh + d[None, :])
+            slot = tl.load(slot_ptr + b)
+            dst = (slot // BLOCK_SIZE) * stride_kb + kvh * stride_kh \
+                + (slot % BLOCK_SIZE) * stride_kt + d[None, :]
+            if FP8_CACHE:
+                tl.store(k_ptr + dst, to_fp8(k_new, k_scale, k_ptr.dtype.element_ty))
+                tl.store(v_ptr + dst, to_fp8(v_new, v_scale, v_ptr.dtype.element_ty))
+            else:
+                tl.store(k_ptr + dst, k_new.to(k_ptr.dtype.element_ty))
+                tl.store(v_ptr + dst, v_new.to(v_ptr.dtype.element_ty))
+            tl.debug_barrier()  # the row is read back below, by other threads of this program
+    else:
+        q = tl.load(q_rows + d[None, :], mask=g_mask[:, None], other=0.0)
     if FP16_MATH:  # clamped: a bf16 q beyond fp16's range would make the scores inf
         q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
 
@@ -147,12 +233,15 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                            splits: int, k_scale: float = 1.0, v_scale: float = 1.0,
                            tokens: int | None = None, num_warps: int = 4,
-                           num_stages: int = 2, fp16_math: bool | None = None) -> torch.Tensor:
+                           num_stages: int = 2, fp16_math: bool | None = None,
+                           new_token: NewToken | None = None) -> torch.Tensor:
     """q [B, Hq, D]; caches [blocks, Hkv, block_size, D] (strided views; q's dtype or
     float8_e4m3fn, dequantized with ``k_scale`` / ``v_scale``); block_tables [B, max_blocks]
-    int32; seq_lens [B] int32. Returns [B, Hq, D] in q's dtype. ``tokens`` (default: by the
-    cache's dtype, the module docstring) / ``num_warps`` / ``num_stages`` / ``fp16_math`` (default:
-    on for an FP8 cache under a half-precision q): for the benchmarks."""
+    int32; seq_lens [B] int32. Returns [B, Hq, D] in q's dtype. ``new_token``: q is not
+    rotated yet and the step's k/v are not in the cache yet (the module docstring).
+    ``tokens`` (default: by the cache's dtype, the module docstring) / ``num_warps`` /
+    ``num_stages`` / ``fp16_math`` (default: on for an FP8 cache under a half-precision q): for
+    the benchmarks."""
     num_seqs, num_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
     group = num_heads // num_kv_heads
@@ -164,6 +253,16 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     partial = torch.empty(num_seqs, num_heads, splits, head_dim, device=q.device,
                           dtype=torch.float32)
     lse = torch.empty(num_seqs, num_heads, splits, device=q.device, dtype=torch.float32)
+    nt = new_token
+    if nt is not None:
+        assert nt.k.stride(2) == nt.v.stride(2) == 1 and nt.cos_table.is_contiguous()
+        assert nt.sin_table.is_contiguous() and head_dim % 2 == 0
+        qn, kn, eps = nt.qk_norm if nt.qk_norm is not None else (q, q, 0.0)
+        rope_args = (nt.k, nt.v, nt.k.stride(0), nt.k.stride(1), nt.v.stride(0), nt.v.stride(1),
+                     nt.positions, nt.cos_table, nt.sin_table, nt.cos_table.stride(0),
+                     nt.slot_mapping, float(k_scale), qn, kn, float(eps))
+    else:  # unused pointers and numbers
+        rope_args = (q, q, 0, 0, 0, 0, seq_lens, q, q, 0, seq_lens, 1.0, q, q, 0.0)
     _decode_partial[(num_seqs, num_kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, partial, lse, scale * k_scale, v_scale,
         q.stride(0), q.stride(1),
@@ -172,12 +271,15 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         partial.stride(0), partial.stride(1), partial.stride(2),
         lse.stride(0), lse.stride(1),
         out, out.stride(0), out.stride(1),
+        *rope_args,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, TOKENS=tokens, SPLITS=splits,
         # fp32 caches (correctness runs) must not round through tf32.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         FP16_MATH=fp16_math if fp16_math is not None else (
             k_cache.dtype == torch.float8_e4m3fn and q.dtype != torch.float32),
+        ROPE=nt is not None, QK_NORM=nt is not None and nt.qk_norm is not None,
+        FP8_CACHE=k_cache.dtype == torch.float8_e4m3fn,
         num_warps=num_warps, num_stages=num_stages, **pdl.launch(q.device),
     )
     if splits > 1:

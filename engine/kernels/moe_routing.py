@@ -2,10 +2,12 @@
 optionally renormalised (``engine.model.layers.moe.route``, which eager spends about five
 kernels on: the cast, softmax, topk, sum and divide).
 
-``softmax_top_k`` is a ``@triton.jit`` helper so the batch-1 expert kernels
-(engine/kernels/moe_gemv.py) route inside their own programs and need no launch for it; the
-``route`` kernel here serves the grouped path (engine/kernels/fused_moe.py). Both give the same
-weights and ids for the same logits (one code path).
+``route`` serves both MoE paths (engine/kernels/fused_moe.py, engine/kernels/moe_gemv.py);
+``softmax_top_k`` is its body as a ``@triton.jit`` helper, for kernels that would route inside
+their own programs. Two such fusions measured slower on an H200 and are not in the tree:
+routing inside every batch-1 gate_up program (moe_gemv.py's docstring), and the gate's GEMV
+routing in its last program to finish (a counter in memory; Qwen3-30B-A3B batch-1 step 2.71
+-> 2.74-2.76 ms, benchmarks/results/route_in_gate_gpu.json).
 
 Numerics: the softmax runs in fp32 as eager's does (``exp(x - max) / sum``; Triton's ``exp``
 may differ from torch's in the last bit). Top-k takes the largest probability ``top_k`` times;

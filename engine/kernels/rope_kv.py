@@ -31,7 +31,7 @@ def _rotate(x1, x2, c, s, dtype: tl.constexpr):
 
 
 @triton.jit
-def _to_fp8(x, scale, dtype: tl.constexpr):
+def to_fp8(x, scale, dtype: tl.constexpr):
     """x / scale, clamped to e4m3's range, rounded to the nearest e4m3."""
     y = x.to(tl.float32) / scale
     return tl.minimum(tl.maximum(y, -448.0), 448.0).to(dtype)
@@ -92,9 +92,9 @@ def _rope_write_kv(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_
         vals = tl.load(v_ptr + t * v_stride_t + kh * v_stride_h + full)
         if FP8:
             cdt = kc_ptr.dtype.element_ty
-            tl.store(kc_ptr + dst + d, _to_fp8(o1, k_scale, cdt))
-            tl.store(kc_ptr + dst + HALF + d, _to_fp8(o2, k_scale, cdt))
-            tl.store(vc_ptr + dst + full, _to_fp8(vals, v_scale, cdt))
+            tl.store(kc_ptr + dst + d, to_fp8(o1, k_scale, cdt))
+            tl.store(kc_ptr + dst + HALF + d, to_fp8(o2, k_scale, cdt))
+            tl.store(vc_ptr + dst + full, to_fp8(vals, v_scale, cdt))
         else:
             tl.store(kc_ptr + dst + d, o1)
             tl.store(kc_ptr + dst + HALF + d, o2)

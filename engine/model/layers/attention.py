@@ -51,6 +51,11 @@ class AttentionMetadata:
     def num_seqs(self) -> int:
         return len(self.seq_lens)
 
+    @property
+    def is_decode_only(self) -> bool:
+        """One new token per sequence, all attended by the batched decode kernel."""
+        return self.block_table_tensor is not None and self.decode_seqs is None
+
     def block_index(self, b: int, device: torch.device) -> torch.Tensor:
         """Sequence ``b``'s blocks that hold its context, as a device tensor.
 
@@ -116,7 +121,7 @@ def paged_attention(
     gathering pages. ``k_scale``/``v_scale``: the FP8 cache's scales (unused otherwise).
     """
     scales = (k_scale, v_scale)
-    if meta.block_table_tensor is not None and meta.decode_seqs is None:  # decode-only step
+    if meta.is_decode_only:
         return _decode_attention(q, k_cache, v_cache, meta, scale, scales)
     out = torch.empty_like(q)
     batched = frozenset()

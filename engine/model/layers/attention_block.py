@@ -61,27 +61,57 @@ class AttentionBlock(nn.Module):
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         assert self.k_cache is not None, "bind_kv_cache() before the first forward"
-        if self.fused_rope_kv:
-            from engine.kernels.rope_kv import rope_and_write_kv
+        if self.fused_rope_kv and meta.is_decode_only:
+            from engine.kernels import decode_attention
 
-            qk_norm = None
-            if self.q_norm is not None:
-                if self.fused_qk_norm:
-                    qk_norm = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
-                else:
-                    q, k = self.q_norm(q), self.k_norm(k)
-            rope_and_write_kv(q, k, v, positions, self.rope.cos_table, self.rope.sin_table,
-                              self.k_cache, self.v_cache, meta.slot_mapping, meta.block_size,
-                              self.k_scale, self.v_scale, qk_norm)
-        else:
-            if self.q_norm is not None:
-                q, k = self.q_norm(q), self.k_norm(k)
-            q, k = self.rope(positions, q, k)
-            write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping, meta.block_size,
-                     self.k_scale, self.v_scale)
+            if decode_attention.ROPE_IN_DECODE:
+                o = self._rotate_store_and_attend(q, k, v, positions, meta)
+                return self.o_proj(o.reshape(num_tokens, self.num_heads * self.head_dim))
+        q, k = self._rotate_and_store(q, k, v, positions, meta)
         o = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale,
                             self.k_scale, self.v_scale)
         return self.o_proj(o.reshape(num_tokens, self.num_heads * self.head_dim))
+
+    def _qk_norm(self, q: torch.Tensor, k: torch.Tensor):
+        """(q, k, norm weights for a fused kernel or None): Qwen3's q/k norms applied here
+        unless a kernel applies them (``fused_qk_norm``)."""
+        if self.q_norm is None:
+            return q, k, None
+        if self.fused_qk_norm:
+            return q, k, (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        return self.q_norm(q), self.k_norm(k), None
+
+    def _rotate_and_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          positions: torch.Tensor,
+                          meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q, k) rotated, and this step's k and v written at their slots of the cache."""
+        if self.fused_rope_kv:
+            from engine.kernels.rope_kv import rope_and_write_kv
+
+            q, k, qk_norm = self._qk_norm(q, k)
+            rope_and_write_kv(q, k, v, positions, self.rope.cos_table, self.rope.sin_table,
+                              self.k_cache, self.v_cache, meta.slot_mapping, meta.block_size,
+                              self.k_scale, self.v_scale, qk_norm)  # in place
+            return q, k
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rope(positions, q, k)
+        write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping, meta.block_size,
+                 self.k_scale, self.v_scale)
+        return q, k
+
+    def _rotate_store_and_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """A decode-only step on CUDA: RoPE, the q/k norms and the KV write inside the decode
+        kernel's first pass, one kernel fewer a layer (engine/kernels/decode_attention.py)."""
+        from engine.kernels.decode_attention import NewToken, paged_decode_attention
+
+        q, k, qk_norm = self._qk_norm(q, k)
+        new = NewToken(k, v, positions, self.rope.cos_table, self.rope.sin_table,
+                       meta.slot_mapping, qk_norm)
+        return paged_decode_attention(q, self.k_cache, self.v_cache, meta.block_table_tensor,
+                                      meta.seq_lens_tensor, self.scale, meta.decode_splits,
+                                      self.k_scale, self.v_scale, new_token=new)
 
     def fuse_projections(self) -> None:
         """q, k and v as one linear (after any TP sharding): one GEMM instead of three."""
