@@ -1,0 +1,107 @@
+"""router/coalesced_writes.py: what one event-loop pass writes to a connection leaves in one
+socket write, in order, and nothing is lost at close; through a real uvicorn server and a real
+HTTP client, a streamed response and a keep-alive connection read as without it."""
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import uvicorn
+
+from router.coalesced_writes import CoalescingHttpToolsProtocol, PassCoalescingTransport
+
+
+class RecordingTransport(asyncio.Transport):
+    """The real transport's side of the contract, recorded: each write, and the close."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data):
+        assert not self.closed
+        self.writes.append(bytes(data))
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 1)}.get(name, default)
+
+
+def test_one_pass_of_writes_is_one_write_in_order():
+    async def main():
+        real = RecordingTransport()
+        t = PassCoalescingTransport(real, asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        t.write(b"5\r\nhello\r\n")
+        assert real.writes == []  # not before the pass ends
+        await asyncio.sleep(0)
+        t.write(b"0\r\n\r\n")
+        await asyncio.sleep(0)
+        return real
+
+    real = asyncio.run(main())
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\n5\r\nhello\r\n", b"0\r\n\r\n"]
+
+
+def test_close_sends_what_is_pending_first_and_a_gone_peer_gets_nothing():
+    async def main():
+        real = RecordingTransport()
+        t = PassCoalescingTransport(real, asyncio.get_running_loop())
+        t.write(b"last bytes")
+        t.close()
+        assert real.writes == [b"last bytes"] and real.closed
+        gone = RecordingTransport()
+        t2 = PassCoalescingTransport(gone, asyncio.get_running_loop())
+        t2.write(b"for nobody")
+        gone.closed = True  # the peer hung up before the pass ended
+        await asyncio.sleep(0)
+        assert gone.writes == []
+        assert t2.get_extra_info("peername") == ("127.0.0.1", 1)  # the rest is the real one's
+
+    asyncio.run(main())
+
+
+async def _app(scope, receive, send):
+    """Chunks sent in one pass, then across passes, then the last with the end."""
+    if scope["type"] != "http":
+        return
+    await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    for i in range(3):
+        await send({"type": "http.response.body", "body": b"a%d;" % i, "more_body": True})
+    for i in range(3):
+        await asyncio.sleep(0.005)
+        await send({"type": "http.response.body", "body": b"b%d;" % i, "more_body": True})
+    await send({"type": "http.response.body", "body": b"end", "more_body": False})
+
+
+def test_real_server_streams_and_keeps_the_connection_alive():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(_app, host="127.0.0.1", port=port, log_level="error",
+                                           http=CoalescingHttpToolsProtocol))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started and time.time() < deadline:
+        time.sleep(0.01)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(3):  # one connection, kept alive between the responses
+                with client.stream("POST", "/", content=b"x") as r:
+                    assert r.status_code == 200 and r.headers["content-type"] == "text/plain"
+                    body = b"".join(r.iter_bytes())
+                assert body == b"a0;a1;a2;b0;b1;b2;end"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
