@@ -28,6 +28,7 @@ output, and the program whose split holds the new position rotates the new k and
 v at the token's slot before it walks its pages (a CTA barrier makes its own stores visible to
 its loads; no other program reads that row). The values are rope_kv's: the same roundings,
 the same e4m3 quantization of an FP8 cache.
+
 Loading the first tile of cached positions before the PDL wait as well (those rows are
 earlier steps' writes; the new one then added from registers) measured no faster on an H200:
 Qwen3-30B-A3B batch 1 2.70 ms without, 2.74-2.75 with; FP8 2.83 either way
