@@ -5,7 +5,7 @@ uses.
 Run as a script with PYTHONPATH set to the tree under test, so it speaks that tree's proto:
 it imports nothing of this checkout but ``proto`` (the tree's), grpc and, for trees whose
 decode output is one stream per router (API v3: ``Submit`` + ``Outputs``), the tree's own
-``router.decode_outputs`` client: trees whose client submits and prefills as frames on the
+``router.worker_streams`` client: trees whose client submits and prefills as frames on the
 workers' outputs sockets do so here too (given the prefill mock's socket), the others make the
 Prefill and Submit calls. Knows the older shapes too: a per-request ``Decode`` stream with API
 v2's ``pull_kv`` oneof or v1's loose first_token/kv_handle fields.
@@ -50,7 +50,10 @@ async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: in
         p, d = pb_grpc.WorkerStub(pc), pb_grpc.WorkerStub(dc)
         outputs = None
         if hasattr(pb, "OutputBatch"):  # API v3: outputs arrive on one stream per router
-            from router.decode_outputs import DecodeOutputs
+            try:
+                from router.worker_streams import WorkerStreams
+            except ImportError:  # trees before session 12 named it so
+                from router.decode_outputs import DecodeOutputs as WorkerStreams
 
             if outputs_addr:  # the socket's hello carries the cluster token
                 import os
@@ -58,11 +61,11 @@ async def measure(prefill_addr: str, decode_addr: str, prompt_tokens: int, n: in
                 from common.cluster_secret import ENV_VAR, ClusterSecret
 
                 secret = os.environ.get(ENV_VAR)
-                outputs = DecodeOutputs({prefill_addr: p, decode_addr: d}.get,
+                outputs = WorkerStreams({prefill_addr: p, decode_addr: d}.get,
                                         token=ClusterSecret(secret).grpc_token
                                         if secret else None)
             else:
-                outputs = DecodeOutputs(lambda _: d)
+                outputs = WorkerStreams(lambda _: d)
         on_socket = outputs is not None and hasattr(outputs, "prefill") and prefill_outputs_addr
         for i in range(n + 20):  # the first 20 warm the channels up and are dropped
             started = time.perf_counter()

@@ -6,7 +6,7 @@ and finally on the decode worker itself; a decode stream that dies is continued 
 prefilling prompt + the tokens already generated, so the client sees one unbroken stream. A
 client that goes away cancels the prefill call, or Aborts the request on its decode worker.
 Decode outputs arrive per engine step, for all of this router's requests on a worker at once,
-on that worker's Outputs stream (router/decode_outputs.py).
+on that worker's Outputs stream (router/worker_streams.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from kv_transfer.block_hash import BlockHasher
 from proto import API_VERSION, pb
 from proto.convert import logprob_from_pb, sampling_to_pb
 from router.config import RouterConfig
-from router.decode_outputs import CallRefused, DecodeOutputs, OutputsLost
 from router.dispatch_errors import BadRequestError, NoWorkersError, UpstreamError
 from router.generate_request import GenerateRequest
 from router.index_accuracy import IndexAccuracy
@@ -46,6 +45,7 @@ from router.registry import RegistryView
 from router.request_record import CANCELLED, ERROR, REJECTED, RequestRecord
 from router.token_events import TokenEvent, merge_outputs
 from router.worker_clients import WorkerClients
+from router.worker_streams import CallRefused, OutputsLost, WorkerStreams
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Dispatcher:
         self.metrics = metrics
         self.load = load
         self.hasher = BlockHasher(config.block_size, config.hash_seed)
-        self.outputs = DecodeOutputs(clients.stub, (metrics.decode_output_batches,
+        self.outputs = WorkerStreams(clients.stub, (metrics.decode_output_batches,
                                                     metrics.decode_output_tokens),
                                      token=clients.token)
         self.accuracy = IndexAccuracy()

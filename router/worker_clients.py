@@ -26,7 +26,7 @@ class WorkerClients:
         """``keepalive_time_ms``: how often each connection is pinged; the workers' servers
         accept the default (``proto/keepalive.py``), tests shorten both sides. ``token``: the
         cluster's gRPC token, sent on every call (``proto/auth.py``; None: --insecure)."""
-        self.token = token  # also the outputs socket's (router/decode_outputs.py)
+        self.token = token  # also the outputs socket's (router/worker_streams.py)
         self._metadata = auth.call_metadata(token)
         self._options = _MESSAGE_OPTIONS + keepalive.channel_options(keepalive_time_ms)
         self._channels: dict[str, grpc.aio.Channel] = {}

@@ -1,5 +1,5 @@
 """A decode worker's client for tests that talk gRPC directly: ``Submit`` plus the worker's
-output plane, read through the router's own ``DecodeOutputs`` (one Outputs stream per client,
+output plane, read through the router's own ``WorkerStreams`` (one Outputs stream per client,
 as one router process has)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from proto import pb, pb_grpc
-from router.decode_outputs import DecodeOutputs
+from router.worker_streams import WorkerStreams
 from tests.cluster_helpers import cluster_secret, worker_channel
 
 
@@ -19,7 +19,7 @@ class DecodeClient:
         self.outputs_address = outputs_address
         self.channel = worker_channel(address)
         self.stub = pb_grpc.WorkerStub(self.channel)
-        self.outputs = DecodeOutputs(lambda _: self.stub, token=cluster_secret().grpc_token)
+        self.outputs = WorkerStreams(lambda _: self.stub, token=cluster_secret().grpc_token)
 
     async def __aenter__(self) -> DecodeClient:
         return self

@@ -11,7 +11,7 @@ import pytest
 
 from proto import API_VERSION, pb, pb_grpc
 from proto.frames import FrameReader, frame
-from router.decode_outputs import CallRefused
+from router.worker_streams import CallRefused
 from tests.cluster_helpers import WorkerProcess, cluster_secret, worker_channel
 from tests.decode_client import DecodeClient
 from tests.helpers import random_prompts

@@ -1,5 +1,5 @@
 """Prefills as frames on a real prefill worker's outputs socket (worker/output_socket.py),
-through the router's own client (router/decode_outputs.py): the same answer as the Prefill
+through the router's own client (router/worker_streams.py): the same answer as the Prefill
 call, refusals by the same code and words, and a router that goes away mid-prefill leaving no
 lease held."""
 
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from proto import API_VERSION, pb, pb_grpc
-from router.decode_outputs import CallRefused, DecodeOutputs
+from router.worker_streams import CallRefused, WorkerStreams
 from tests.cluster_helpers import WorkerProcess, cluster_secret, worker_channel
 
 MODEL_ARGS = ["--model", "random:tiny-llama", "--device", "cpu", "--seed", "3",
@@ -33,7 +33,7 @@ def request(rid: str, prompt: list[int], max_tokens: int = 1) -> pb.PrefillReque
 async def _prefill(worker, req: pb.PrefillRequest, on_socket: bool) -> pb.PrefillResponse:
     async with worker_channel(worker.address) as channel:
         stub = pb_grpc.WorkerStub(channel)
-        outputs = DecodeOutputs(lambda _: stub, token=cluster_secret().grpc_token)
+        outputs = WorkerStreams(lambda _: stub, token=cluster_secret().grpc_token)
         try:
             return await outputs.prefill(worker.address,
                                          worker.outputs_address if on_socket else "", req, 30)
@@ -77,7 +77,7 @@ def test_a_router_leaving_mid_prefill_holds_no_lease(prefill):
     async def scenario():
         async with worker_channel(prefill.address) as channel:
             stub = pb_grpc.WorkerStub(channel)
-            outputs = DecodeOutputs(lambda _: stub, token=cluster_secret().grpc_token)
+            outputs = WorkerStreams(lambda _: stub, token=cluster_secret().grpc_token)
             task = asyncio.ensure_future(outputs.prefill(
                 prefill.address, prefill.outputs_address, request("leaving", long_prompt, 50),
                 30))

@@ -277,8 +277,10 @@ class _SocketStream(_Stream, asyncio.Protocol):
             self._connecting.cancel()
 
 
-class DecodeOutputs:
-    """This router process's Outputs streams, one per decode worker address."""
+class WorkerStreams:
+    """This router process's streams to the workers' output planes, one per worker address:
+    decode workers' token batches, and prefill workers' answers where their sockets take
+    prefills."""
 
     def __init__(self, stub_for: Callable[[str], pb_grpc.WorkerStub],
                  counters: tuple | None = None, token: str | None = None):
