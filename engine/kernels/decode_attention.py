@@ -45,7 +45,9 @@ At 64 sequences x 1k tokens an FP8 cache runs at ~0.5 of its bytes' copy time (b
 the 4 query heads of a GQA group fill 16 MMA rows and an FP8 tile holds twice the tokens for
 the same bytes, so the tensor cores, not HBM, set the pace. Making the widened tile the MMA's
 A operand instead (``s^T = k q^T``) and capping registers gained 2-6%
-(benchmarks/results/decode_attention_fp8_cache_as_a_gpu.json) and is not here.
+(benchmarks/results/decode_attention_fp8_cache_as_a_gpu.json) and is not here. FP8 MMAs on the
+e4m3 tiles as they are: with q in e4m3 -24% a call but 35x the error (5% mean against fp32);
+with q as two e4m3 parts, its precision kept, -9% (decode_attention_fp8_mma_*_gpu.json).
 """
 
 from __future__ import annotations
