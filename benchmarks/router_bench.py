@@ -18,7 +18,12 @@ Reported per row, each over its own measurement window only:
 A tree whose router has no ``--workers`` gets no 2-process row (noted). Ratios are against the
 first tree at the same process count, and 2 processes against 1 of the same tree.
 
-    python -m benchmarks.router_bench --tree . --tree /work/baseline [--out PATH]
+``--repeats N`` measures every (process count, tree) N times, the trees alternating within
+each round, and reports the median of each figure with its range over the rounds as well as
+every run: on a shared VM a single run can be off by more than the change being measured
+(session 11 settled its A/B that way, by hand).
+
+    python -m benchmarks.router_bench --tree . --tree /work/baseline [--repeats 5] [--out PATH]
 """
 
 from __future__ import annotations
@@ -199,6 +204,47 @@ def result_rows(rows: list[dict]) -> list[list]:
     return out
 
 
+def median_rows(rows: list[dict]) -> list[dict]:
+    """One row per (tree, process count), in first-seen order: each number of ``serial``,
+    ``loaded`` and the added latencies the median over the repeats (errors: the sum), with
+    ``spread`` holding (min, max) of the figures the tables show."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["tree"], r["router_processes"]), []).append(r)
+    out = []
+    for runs in groups.values():
+        first = runs[0]
+        merged = {k: v for k, v in first.items() if k not in ("serial", "loaded")}
+        merged["repeats"] = len(runs)
+        for phase in ("serial", "loaded"):
+            merged[phase] = {}
+            for key, value in first[phase].items():
+                values = [run[phase][key] for run in runs]
+                if key == "errors":
+                    merged[phase][key] = {k: sum(v.get(k, 0) for v in values)
+                                          for k in set().union(*values)}
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    merged[phase][key] = statistics.median(v for v in values if v is not None) \
+                        if any(v is not None for v in values) else None
+                else:
+                    merged[phase][key] = value
+        for key in ("direct_p50_ms", "direct_p99_ms", "added_p50_ms", "added_p99_ms"):
+            values = [run[key] for run in runs if run.get(key) is not None]
+            merged[key] = statistics.median(values) if values else None
+        merged["spread"] = {name: (min(vals), max(vals)) for name, get in RATIO_KEYS
+                            if (vals := [v for run in runs if (v := get(run)) is not None])}
+        out.append(merged)
+    return out
+
+
+def spread_rows(medians: list[dict]) -> list[list]:
+    return [[r["label"], r["router_processes"], r["repeats"],
+             *(f"{_f(lo, '.2f' if 'added' in name else '.0f')}-"
+               f"{_f(hi, '.2f' if 'added' in name else '.0f')}"
+               for name, _ in RATIO_KEYS for lo, hi in [r["spread"].get(name, (None, None))])]
+            for r in medians]
+
+
 def cpu_list(text: str) -> list[int]:
     return [int(c) for c in text.split(",") if c.strip()]
 
@@ -232,6 +278,9 @@ def parse_args(argv=None):
     p.add_argument("--others-cpus", type=cpu_list, default=None,
                    help="pin mocks and Redis to these cores (default: unpinned); the load "
                         "generator is this process: pin it with taskset")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds over every (process count, tree), trees alternating; the "
+                        "tables then show medians, their ranges and every run")
     p.add_argument("--decision", action="store_true",
                    help="also time the routing decision in process (this checkout's router)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/router_i16.json",
@@ -252,14 +301,19 @@ def main(argv=None) -> None:
     rows, notes = [], []
     started = time.time()
     try:
-        for procs in args.procs:
-            for tree in trees:
-                if procs > 1 and not supports[tree]:
-                    notes.append(f"{tree.name}: no {procs}-process row, its router has no "
-                                 f"--workers")
-                    continue
-                print(f"measuring {tree} with {procs} router process(es)...", flush=True)
-                rows.append(measure_run(tree, procs, redis, args, len(rows)))
+        for round_ in range(args.repeats):
+            for procs in args.procs:
+                for tree in trees:
+                    if procs > 1 and not supports[tree]:
+                        if round_ == 0:
+                            notes.append(f"{tree.name}: no {procs}-process row, its router "
+                                         f"has no --workers")
+                        continue
+                    print(f"round {round_ + 1}/{args.repeats}: measuring {tree} with {procs} "
+                          f"router process(es)...", flush=True)
+                    row = measure_run(tree, procs, redis, args, len(rows))
+                    row["round"] = round_
+                    rows.append(row)
     finally:
         redis.stop()
     context["top_other_processes"] = pc.top_others(before_all, pc.snapshot_all(),
@@ -269,19 +323,32 @@ def main(argv=None) -> None:
         if "direct_note" in r:
             notes.append(f"{r['label']}: {r['direct_note']}")
     n = args.clients
-    table = print_table(
-        ["tree", "procs", "CPU µs/req @1", "µs/token @1", f"CPU µs/req @{n}", f"µs/token @{n}",
-         "added p50/p99 ms @1", f"req/s @{n}", f"p50/p99 ms @{n}", f"loadgen µs/req @{n}",
-         f"mocks µs/req @{n}", "steal % @1/@N", "others' cores @1/@N", "errors"],
-        result_rows(rows))
+    columns = ["tree", "procs", "CPU µs/req @1", "µs/token @1", f"CPU µs/req @{n}",
+               f"µs/token @{n}", "added p50/p99 ms @1", f"req/s @{n}", f"p50/p99 ms @{n}",
+               f"loadgen µs/req @{n}", f"mocks µs/req @{n}", "steal % @1/@N",
+               "others' cores @1/@N", "errors"]
+    medians = median_rows(rows) if args.repeats > 1 else rows
+    spread = payload_runs = ""
+    if args.repeats > 1:
+        print("every run:")
+        payload_runs = print_table(["round", *columns], [
+            [r["round"] + 1, *cells] for r, cells in zip(rows, result_rows(rows), strict=True)])
+        print(f"medians over {args.repeats} rounds:")
+    table = print_table(columns, result_rows(medians))
+    if args.repeats > 1:
+        print("ranges over the rounds (min-max):")
+        spread = print_table(["tree", "procs", "runs", *(k for k, _ in RATIO_KEYS)],
+                             spread_rows(medians))
     ratios = print_table(["tree", "procs", "against", *(k for k, _ in RATIO_KEYS)],
-                         ratio_rows(rows)) if len(rows) > 1 else ""
+                         ratio_rows(medians)) if len(medians) > 1 else ""
     print(f"load average before: {context['load_average_before']}; redis: {redis.kind}")
     for other in context["top_other_processes"]:
         print(f"  also running: {other['cpu_s']:.1f} CPU s  {other['cmd']}")
     for note in notes:
         print("note:", note)
-    payload = {"rows": rows, "notes": notes, "table": table, "ratios": ratios, **context,
+    payload = {"rows": rows, "medians": medians if args.repeats > 1 else None,
+               "notes": notes, "table": table, "runs_table": payload_runs, "spread": spread,
+               "ratios": ratios, **context,
                "added_latency_method": "router p50/p99 at 1 client minus p50/p99 of direct "
                                        "Prefill+Decode gRPC calls to the same mocks, same run"}
     if args.decision:

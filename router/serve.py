@@ -48,13 +48,13 @@ def serve(config: RouterConfig, log_level: str) -> int:
         import uvicorn
 
         from router.app import create_app
-        from router.coalesced_writes import CoalescingHttpToolsProtocol
+        from router.joined_head import HeadJoiningHttpToolsProtocol
 
         app = create_app(config)
         heap.settle()  # the process serves from here on (router/heap.py)
         uvicorn.run(app, host=config.host, port=config.port, log_level=log_level,
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, headers=process_headers(),
-                    http=CoalescingHttpToolsProtocol)
+                    http=HeadJoiningHttpToolsProtocol)
         return 0
     return _Supervisor(config, log_level).run()
 
@@ -79,7 +79,7 @@ def _child_main(config: RouterConfig, log_level: str, index: int, parent_pid: in
     import uvicorn
 
     from router.app import create_app
-    from router.coalesced_writes import CoalescingHttpToolsProtocol
+    from router.joined_head import HeadJoiningHttpToolsProtocol
 
     logging.basicConfig(level=log_level.upper(),
                         format=f"%(asctime)s %(levelname)s [router {index} pid {os.getpid()}] "
@@ -90,7 +90,7 @@ def _child_main(config: RouterConfig, log_level: str, index: int, parent_pid: in
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level,
                                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                                            headers=process_headers(),
-                                           http=CoalescingHttpToolsProtocol))
+                                           http=HeadJoiningHttpToolsProtocol))
     server.run(sockets=[sock])
 
 

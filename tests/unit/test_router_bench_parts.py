@@ -12,7 +12,7 @@ import psutil
 
 from benchmarks import process_cpu as pc
 from benchmarks import router_workload as wl
-from benchmarks.router_bench import ratio_rows
+from benchmarks.router_bench import median_rows, ratio_rows, spread_rows
 
 
 def test_bodies_have_the_issue_shape():
@@ -181,3 +181,23 @@ def test_ratios_are_against_the_first_tree_and_one_process():
     got = {(r[0], r[1], r[2]): r[3:] for r in ratio_rows(rows)}
     assert got == {("old", 1, "vs new"): ["10.00x", "10.00x", "4.00x", "0.10x"],
                    ("new", 2, "vs 1 proc"): ["1.20x", "1.12x", "1.10x", "1.80x"]}
+
+
+def test_repeats_are_summarized_by_medians_and_ranges():
+    runs = [row("new", 1, c1, cn, added, rate) for c1, cn, added, rate in
+            ((500, 400, 1.0, 1000), (700, 380, 1.4, 1200), (520, 900, 0.9, 1100))]
+    for r, errors in zip(runs, ({"503": 1}, {}, {"503": 2, "timeout": 1}), strict=True):
+        r["loaded"]["errors"] = errors
+    runs.append(row("old", 1, 5000, 4000, 4.0, 100))
+    medians = median_rows(runs)
+    assert [(m["label"], m["repeats"]) for m in medians] == [("new", 3), ("old", 1)]
+    new = medians[0]
+    assert new["serial"]["router_cpu_us_per_request"] == 520
+    assert new["loaded"]["router_cpu_us_per_request"] == 400
+    assert new["loaded"]["req_per_s"] == 1100
+    assert new["added_p50_ms"] == 1.0
+    assert new["loaded"]["errors"] == {"503": 3, "timeout": 1}
+    assert new["spread"]["CPU/req @N"] == (380, 900)
+    assert spread_rows(medians)[0] == ["new", 1, 3, "500-700", "380-900", "0.90-1.40", "1000-1200"]
+    assert {(r[0], r[2]): r[3:] for r in ratio_rows(medians)} == {
+        ("old", "vs new"): ["9.62x", "10.00x", "4.00x", "0.09x"]}

@@ -1,6 +1,7 @@
-"""router/coalesced_writes.py: what one event-loop pass writes to a connection leaves in one
-socket write, in order, and nothing is lost at close; through a real uvicorn server and a real
-HTTP client, a streamed response and a keep-alive connection read as without it."""
+"""router/joined_head.py: a response's head leaves in the same socket write as its first body
+chunk, at once; every other write goes out as it comes, in order; a head with no chunk in its
+pass leaves at the pass's end, and nothing is lost at close. Through a real uvicorn server
+and a real HTTP client, a streamed response and a keep-alive connection read as without it."""
 
 import asyncio
 import socket
@@ -10,7 +11,7 @@ import time
 import httpx
 import uvicorn
 
-from router.coalesced_writes import CoalescingHttpToolsProtocol, PassCoalescingTransport
+from router.joined_head import HeadJoiningHttpToolsProtocol, HeadJoiningTransport
 
 
 class RecordingTransport(asyncio.Transport):
@@ -35,32 +36,36 @@ class RecordingTransport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 1)}.get(name, default)
 
 
-def test_one_pass_of_writes_is_one_write_in_order():
+def test_the_head_leaves_with_the_first_chunk_and_the_rest_at_once():
     async def main():
         real = RecordingTransport()
-        t = PassCoalescingTransport(real, asyncio.get_running_loop())
+        t = HeadJoiningTransport(real, asyncio.get_running_loop())
         t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        assert real.writes == []  # held for the first chunk
         t.write(b"5\r\nhello\r\n")
-        assert real.writes == []  # not before the pass ends
-        await asyncio.sleep(0)
+        assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\n5\r\nhello\r\n"]  # not at the pass end
+        t.write(b"3\r\nabc\r\n")
         t.write(b"0\r\n\r\n")
+        assert real.writes[1:] == [b"3\r\nabc\r\n", b"0\r\n\r\n"]  # none held back
+        await asyncio.sleep(0)  # the pass's end has nothing left to send
+        assert len(real.writes) == 3
+        t.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # the next response on the connection
         await asyncio.sleep(0)
-        return real
+        assert real.writes[3:] == [b"HTTP/1.1 204 No Content\r\n\r\n"]  # alone, at the pass end
 
-    real = asyncio.run(main())
-    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\n5\r\nhello\r\n", b"0\r\n\r\n"]
+    asyncio.run(main())
 
 
-def test_close_sends_what_is_pending_first_and_a_gone_peer_gets_nothing():
+def test_close_sends_a_held_head_first_and_a_gone_peer_gets_nothing():
     async def main():
         real = RecordingTransport()
-        t = PassCoalescingTransport(real, asyncio.get_running_loop())
-        t.write(b"last bytes")
+        t = HeadJoiningTransport(real, asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
         t.close()
-        assert real.writes == [b"last bytes"] and real.closed
+        assert real.writes == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"] and real.closed
         gone = RecordingTransport()
-        t2 = PassCoalescingTransport(gone, asyncio.get_running_loop())
-        t2.write(b"for nobody")
+        t2 = HeadJoiningTransport(gone, asyncio.get_running_loop())
+        t2.write(b"HTTP/1.1 200 OK\r\n\r\n")
         gone.closed = True  # the peer hung up before the pass ended
         await asyncio.sleep(0)
         assert gone.writes == []
@@ -89,7 +94,7 @@ def test_real_server_streams_and_keeps_the_connection_alive():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(_app, host="127.0.0.1", port=port, log_level="error",
-                                           http=CoalescingHttpToolsProtocol))
+                                           http=HeadJoiningHttpToolsProtocol))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 10
