@@ -1,7 +1,8 @@
 """router/joined_head.py: a response's head leaves in the same socket write as its first body
-chunk, at once; every other write goes out as it comes, in order; a head with no chunk in its
-pass leaves at the pass's end, and nothing is lost at close. Through a real uvicorn server
-and a real HTTP client, a streamed response and a keep-alive connection read as without it."""
+chunk, at once; on a quiet loop every other write goes out as it comes, on a busy pass (other
+connections waiting for its end) they are joined per connection at its end; order is kept,
+and nothing is lost at close. Through a real uvicorn server and a real HTTP client, a streamed
+response and a keep-alive connection read as without it."""
 
 import asyncio
 import socket
@@ -52,6 +53,25 @@ def test_the_head_leaves_with_the_first_chunk_and_the_rest_at_once():
         t.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # the next response on the connection
         await asyncio.sleep(0)
         assert real.writes[3:] == [b"HTTP/1.1 204 No Content\r\n\r\n"]  # alone, at the pass end
+
+    asyncio.run(main())
+
+
+def test_on_a_busy_pass_writes_wait_for_its_end_joined_per_connection():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a_real, b_real = RecordingTransport(), RecordingTransport()
+        a, b = HeadJoiningTransport(a_real, loop), HeadJoiningTransport(b_real, loop)
+        a.write(b"HTTP/1.1 200 OK\r\n\r\n")  # a's head waits for the pass's end
+        b.write(b"1\r\nx\r\n")  # another connection waits: b joins the pass
+        b.write(b"1\r\ny\r\n")
+        a.write(b"1\r\nz\r\n")
+        assert a_real.writes == b_real.writes == []
+        await asyncio.sleep(0)
+        assert a_real.writes == [b"HTTP/1.1 200 OK\r\n\r\n1\r\nz\r\n"]
+        assert b_real.writes == [b"1\r\nx\r\n1\r\ny\r\n"]
+        b.write(b"0\r\n\r\n")  # the next pass is quiet again: at once
+        assert b_real.writes[-1] == b"0\r\n\r\n"
 
     asyncio.run(main())
 
