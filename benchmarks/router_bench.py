@@ -214,7 +214,7 @@ def median_rows(rows: list[dict]) -> list[dict]:
     out = []
     for runs in groups.values():
         first = runs[0]
-        merged = {k: v for k, v in first.items() if k not in ("serial", "loaded")}
+        merged = {k: v for k, v in first.items() if k not in ("serial", "loaded", "round")}
         merged["repeats"] = len(runs)
         for phase in ("serial", "loaded"):
             merged[phase] = {}
@@ -328,10 +328,10 @@ def main(argv=None) -> None:
                f"loadgen µs/req @{n}", f"mocks µs/req @{n}", "steal % @1/@N",
                "others' cores @1/@N", "errors"]
     medians = median_rows(rows) if args.repeats > 1 else rows
-    spread = payload_runs = ""
+    spread = runs_table = ""
     if args.repeats > 1:
         print("every run:")
-        payload_runs = print_table(["round", *columns], [
+        runs_table = print_table(["round", *columns], [
             [r["round"] + 1, *cells] for r, cells in zip(rows, result_rows(rows), strict=True)])
         print(f"medians over {args.repeats} rounds:")
     table = print_table(columns, result_rows(medians))
@@ -347,7 +347,7 @@ def main(argv=None) -> None:
     for note in notes:
         print("note:", note)
     payload = {"rows": rows, "medians": medians if args.repeats > 1 else None,
-               "notes": notes, "table": table, "runs_table": payload_runs, "spread": spread,
+               "notes": notes, "table": table, "runs_table": runs_table, "spread": spread,
                "ratios": ratios, **context,
                "added_latency_method": "router p50/p99 at 1 client minus p50/p99 of direct "
                                        "Prefill+Decode gRPC calls to the same mocks, same run"}
