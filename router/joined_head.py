@@ -28,6 +28,7 @@ buffer), ``close`` (which sends what is held first), ``get_extra_info``, reading
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -38,12 +39,12 @@ class _EndOfPass:
     __slots__ = ("_loop", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+        self._loop = weakref.ref(loop)  # a strong one would keep _PASSES's key alive
         self.waiting: list[HeadJoiningTransport] = []
 
     def enlist(self, transport: HeadJoiningTransport) -> None:
         if not self.waiting:
-            self._loop.call_soon(self._flush_all)
+            self._loop().call_soon(self._flush_all)
         self.waiting.append(transport)
 
     def _flush_all(self) -> None:
@@ -52,7 +53,9 @@ class _EndOfPass:
             transport.flush()
 
 
-_PASSES: dict[asyncio.AbstractEventLoop, _EndOfPass] = {}  # one per event loop
+# One per event loop, gone with it (tests and benchmarks run many loops in one process).
+_PASSES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _EndOfPass] = \
+    weakref.WeakKeyDictionary()
 
 
 class HeadJoiningTransport:
@@ -63,7 +66,9 @@ class HeadJoiningTransport:
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
         self._transport = transport
-        self._pass = _PASSES.get(loop) or _PASSES.setdefault(loop, _EndOfPass(loop))
+        self._pass = _PASSES.get(loop)
+        if self._pass is None:
+            self._pass = _PASSES[loop] = _EndOfPass(loop)
         self._pending: list[bytes] = []
         self._enlisted = False
 

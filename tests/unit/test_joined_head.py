@@ -76,6 +76,22 @@ def test_on_a_busy_pass_writes_wait_for_its_end_joined_per_connection():
     asyncio.run(main())
 
 
+def test_a_closed_loop_leaves_nothing_behind():
+    import gc
+
+    from router import joined_head
+
+    async def main():
+        t = HeadJoiningTransport(RecordingTransport(), asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        await asyncio.sleep(0)
+
+    before = len(joined_head._PASSES)
+    asyncio.run(main())
+    gc.collect()
+    assert len(joined_head._PASSES) == before
+
+
 def test_close_sends_a_held_head_first_and_a_gone_peer_gets_nothing():
     async def main():
         real = RecordingTransport()
