@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 
+from common.cancellation import raise_if_cancelled
 from common.redis_schema import CLEARED, REMOVED, STORED, Keys, KVEventEntry
 from router.prefix_index import PrefixIndex
 from router.registry import RegistryView
@@ -45,7 +46,9 @@ class KVEventConsumer:
     async def run(self) -> None:
         while True:
             try:
-                if not await self.poll_once():
+                read = await self.poll_once()
+                raise_if_cancelled()  # common/cancellation.py: redis-py may have swallowed it
+                if not read:
                     await asyncio.sleep(0.05)
                 if self._was_down:
                     log.info("KV event streams reachable again; index rebuilt from snapshots")
@@ -57,6 +60,7 @@ class KVEventConsumer:
                 # Whatever happened meanwhile, positions are unreliable: resync every worker.
                 self._last_id.clear()
                 self._last_seq.clear()
+                raise_if_cancelled()
                 await asyncio.sleep(0.5)
 
     async def poll_once(self) -> bool:

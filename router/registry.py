@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from common import defaults
+from common.cancellation import raise_if_cancelled
 from common.cluster_secret import ClusterSecret
 from common.redis_schema import Keys, WorkerRecord
 
@@ -56,6 +57,7 @@ class RegistryView:
     async def run(self) -> None:
         while True:
             await self.refresh()
+            raise_if_cancelled()  # common/cancellation.py: redis-py may have swallowed it
             await asyncio.sleep(self.poll_s)
 
     async def refresh(self) -> None:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from common import defaults
+from common.cancellation import raise_if_cancelled
 from common.redis_acl import redacted
 from common.redis_schema import CLEARED, REMOVED, STORED, Keys, KVEventEntry, WorkerRecord
 from engine.core.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
@@ -90,6 +91,7 @@ class WorkerPresence:
     async def _heartbeat_loop(self) -> None:
         while True:
             await self._heartbeat()
+            raise_if_cancelled()  # common/cancellation.py: redis-py may have swallowed it
             await asyncio.sleep(self.heartbeat_s)
 
     async def _heartbeat(self) -> None:
@@ -110,6 +112,7 @@ class WorkerPresence:
             if self._snapshot_due or time.time() - last_snapshot > self.snapshot_every_s:
                 if await self._write_snapshot():
                     last_snapshot = time.time()
+            raise_if_cancelled()  # common/cancellation.py: redis-py may have swallowed it
             await asyncio.sleep(0.05)
 
     async def _drain_events(self) -> None:
