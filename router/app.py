@@ -29,6 +29,7 @@ from router.dispatcher import Dispatcher, GenerateRequest
 from router.errors import APIError, http_error, unavailable
 from router.extra_routes import add_routes as add_extra_routes
 from router.fast_routes import CompletionFastPath
+from router.front_door import FrontDoor
 from router.kv_event_consumer import KVEventConsumer
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
@@ -100,7 +101,7 @@ class RouterState:
         return min(lens) if lens else None
 
 
-def create_app(config: RouterConfig) -> FastAPI:
+def create_app(config: RouterConfig) -> FrontDoor:
     state = RouterState(config)
 
     @contextlib.asynccontextmanager
@@ -219,15 +220,6 @@ def create_app(config: RouterConfig) -> FastAPI:
                           api_key: str | None = Depends(authorize)):
         return await run_completion(body, request, api_key)
 
-    # Outermost last: the key is checked before the body limit reads the body
-    # (router/auth.py), then the fast path or FastAPI parses it. (The pid header:
-    # router/process_header.py.)
-    app.add_middleware(CompletionFastPath, key_of=key_of, routes={
-        "/v1/chat/completions": (ChatCompletionRequest, run_chat),
-        "/v1/completions": (CompletionRequest, run_completion)})
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
-
     add_extra_routes(app, state, authorize)
     add_anthropic_routes(app, state, authorize, salt_of)
 
@@ -292,4 +284,12 @@ def create_app(config: RouterConfig) -> FastAPI:
             "prefix_hit_ratio": d.prefix_hit_ratio,
         }
 
-    return app
+    # In front of FastAPI rather than inside it (router/front_door.py): the key is checked
+    # before the body limit reads the body (router/auth.py), then the fast path or FastAPI
+    # parses it. (The pid header: router/process_header.py.)
+    fast = CompletionFastPath(app, key_of=key_of, routes={
+        "/v1/chat/completions": (ChatCompletionRequest, run_chat),
+        "/v1/completions": (CompletionRequest, run_completion)})
+    door = APIKeyMiddleware(BodyLimitMiddleware(fast, max_bytes=config.max_body_bytes),
+                            api_keys=config.api_keys)
+    return FrontDoor(door, app)

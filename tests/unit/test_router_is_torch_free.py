@@ -12,7 +12,7 @@ import deploy.cli
 from router.app import create_app
 from router.config import RouterConfig
 app = create_app(RouterConfig(model=sys.argv[1]))
-print('ok', sorted(r.path for r in app.routes if r.path.startswith('/v1')))
+print('ok', sorted(r.path for r in app.app.routes if r.path.startswith('/v1')))
 """
 
 
