@@ -164,9 +164,11 @@ class ModelInfo:
 
     def _encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """``Tokenizer.encode`` through the batch call, which releases the GIL (the single
-        ``encode`` holds it, stalling the event loop even from a thread)."""
+        ``encode`` holds it, stalling the event loop even from a thread); its offset-free
+        variant where the library has one (router/prompt_tokens.py)."""
         tok = self.tokenizer
-        ids = tok.backend.encode_batch([text], add_special_tokens=False)[0].ids
+        batch = getattr(tok.backend, "encode_batch_fast", tok.backend.encode_batch)
+        ids = batch([text], add_special_tokens=False)[0].ids
         if add_special_tokens and tok.add_bos_token and tok.bos_token_id is not None:
             ids = [tok.bos_token_id, *ids]
         return ids
