@@ -18,8 +18,12 @@ import hashlib
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from common import defaults
+
+if TYPE_CHECKING:
+    from kv_transfer.block_hash_memo import BlockHashMemo
 
 BlockHash = int  # unsigned 64-bit; fits protobuf uint64 and Redis stream fields.
 
@@ -69,8 +73,11 @@ class BlockHasher:
         extra_keys: Sequence[str | int] = (),
         parent: BlockHash | None = None,
         start_block: int = 0,
+        memo: BlockHashMemo | None = None,
     ) -> Iterator[BlockHash]:
-        """Yield the hashes of the full blocks of ``token_ids`` from ``start_block`` on."""
+        """Yield the hashes of the full blocks of ``token_ids`` from ``start_block`` on;
+        ``memo`` (kv_transfer/block_hash_memo.py): blocks hashed before are looked up there,
+        new ones remembered."""
         # The same bytes as hash_block per block, but the token ids are packed once for the
         # whole prompt and each block hashes a slice of them: a long prompt's hashes cost
         # SHA-256 and little else (measured 1.4-1.5x faster than a hash_block call per block,
@@ -86,17 +93,27 @@ class BlockHasher:
         sha256, pack_parent = hashlib.sha256, _PARENT_STRUCT.pack
         parent = self._root if parent is None else parent
         for offset in range(0, len(packed), step):
+            if memo is not None:
+                key = (parent, packed[offset : offset + step].tobytes(), extra)
+                found = memo.get(key)
+                if found is not None:
+                    parent = found
+                    yield parent
+                    continue
             h = sha256(pack_parent(parent))
             h.update(packed[offset : offset + step])
             h.update(extra)
             parent = int.from_bytes(h.digest()[:8], "little")
+            if memo is not None:
+                memo.put(key, parent)
             yield parent
 
     def hash_prompt(
-        self, token_ids: Sequence[int], extra_keys: Sequence[str | int] = ()
+        self, token_ids: Sequence[int], extra_keys: Sequence[str | int] = (),
+        memo: BlockHashMemo | None = None,
     ) -> list[BlockHash]:
         """The hashes of every full block of a prompt (a trailing partial block has none)."""
-        return list(self.iter_hashes(token_ids, extra_keys))
+        return list(self.iter_hashes(token_ids, extra_keys, memo=memo))
 
 
 def _encode_extra_keys(extra_keys: Sequence[str | int]) -> bytes:

@@ -24,6 +24,7 @@ import grpc
 
 from common.redis_schema import WorkerRecord
 from kv_transfer.block_hash import BlockHasher
+from kv_transfer.block_hash_memo import BlockHashMemo
 from proto import API_VERSION, pb
 from proto.convert import logprob_from_pb, sampling_to_pb
 from router.config import RouterConfig
@@ -82,6 +83,7 @@ class Dispatcher:
         self.metrics = metrics
         self.load = load
         self.hasher = BlockHasher(config.block_size, config.hash_seed)
+        self._hash_memo = BlockHashMemo()  # system prompts and earlier turns recur
         self.outputs = WorkerStreams(clients.stub, (metrics.decode_output_batches,
                                                     metrics.decode_output_tokens),
                                      token=clients.token)
@@ -111,7 +113,8 @@ class Dispatcher:
                     if r.role == "prefill" and r.compat_digest == decode.compat_digest]
         prompt_len = len(req.prompt_token_ids)
         bs = self.config.block_size
-        hashes = self.hasher.hash_prompt(req.prompt_token_ids[: prompt_len - 1], req.cache_salt)
+        hashes = self.hasher.hash_prompt(req.prompt_token_ids[: prompt_len - 1], req.cache_salt,
+                                         memo=self._hash_memo)
         # Decode workers publish KV events too: the index knows what the chosen one holds.
         overlaps = self.index.overlap(hashes, [r.worker_id for r in prefills]
                                       + [decode.worker_id])
