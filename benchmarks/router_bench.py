@@ -16,7 +16,9 @@ Reported per row, each over its own measurement window only:
 - req/s at 64 clients; the load generator's, the mocks' and Redis's CPU per request (they share
   the cores); the VM's steal time and the CPU others used in the window; load average before.
 A tree whose router has no ``--workers`` gets no 2-process row (noted). Ratios are against the
-first tree at the same process count, and 2 processes against 1 of the same tree.
+first tree at the same process count, and 2 processes against 1 of the same tree. ``--peer
+cache_aware`` adds a Rust P/D router's row in each round, measured the same way
+(benchmarks/router_peer.py: sglang-router in front of instant mock SGLang workers).
 
 ``--repeats N`` measures every (process count, tree) N times, the trees alternating within
 each round, and reports the median of each figure with its range over the rounds as well as
@@ -249,6 +251,21 @@ def cpu_list(text: str) -> list[int]:
     return [int(c) for c in text.split(",") if c.strip()]
 
 
+def measure_peers(args, round_: int, run_id: int) -> list[dict]:
+    """The --peer rows of one round (sglang-router, one process: it has no --workers)."""
+    from benchmarks.router_peer import measure_peer_run
+
+    rows = []
+    for policy in args.peer:
+        for nodelay in (False, True) if args.peer_nodelay else (False,):
+            print(f"round {round_ + 1}/{args.repeats}: measuring sglang-router {policy}"
+                  f"{' +nodelay' if nodelay else ''}...", flush=True)
+            row = measure_peer_run(args, run_id + len(rows), policy, nodelay=nodelay)
+            row["round"] = round_
+            rows.append(row)
+    return rows
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -281,6 +298,15 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds over every (process count, tree), trees alternating; the "
                         "tables then show medians, their ranges and every run")
+    p.add_argument("--peer", action="append", default=[], metavar="POLICY",
+                   help="also measure sglang-router (a Rust P/D router; pip install "
+                        "sglang-router==0.3.2) with this policy, e.g. cache_aware, in front of "
+                        "mock SGLang workers, in every round beside the 1-process rows "
+                        "(benchmarks/router_peer.py; repeatable)")
+    p.add_argument("--peer-nodelay", action="store_true",
+                   help="measure each --peer also with TCP_NODELAY forced on its accepted "
+                        "sockets (benchmarks/nodelay_shim.py: without it every streamed reply "
+                        "after a connection's first waits ~40 ms for a delayed ACK)")
     p.add_argument("--decision", action="store_true",
                    help="also time the routing decision in process (this checkout's router)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/router_i16.json",
@@ -314,6 +340,8 @@ def main(argv=None) -> None:
                     row = measure_run(tree, procs, redis, args, len(rows))
                     row["round"] = round_
                     rows.append(row)
+                if procs == 1:
+                    rows += measure_peers(args, round_, len(rows))
     finally:
         redis.stop()
     context["top_other_processes"] = pc.top_others(before_all, pc.snapshot_all(),
