@@ -26,7 +26,8 @@ def merge_outputs(outputs: list[pb.RequestOutput]) -> tuple[TokenEvent, str | No
     in one step), and the error that ended it there, if one did (its tokens come first)."""
     if len(outputs) == 1 and outputs[0].finish_reason != "error":
         out = outputs[0]  # the common case: one step's output
-        return TokenEvent(list(out.token_ids), out.text,
+        # A slice copies upb's repeated field to a list in C (list() iterates it: 4x slower).
+        return TokenEvent(out.token_ids[:], out.text,
                           [logprob_from_pb(lp) for lp in out.logprobs] if out.logprobs else [],
                           out.finish_reason or None, num_cached_tokens=out.num_cached_tokens
                           ), None
@@ -35,9 +36,10 @@ def merge_outputs(outputs: list[pb.RequestOutput]) -> tuple[TokenEvent, str | No
     for out in outputs:
         if out.finish_reason == "error":
             return _joined(event, texts), out.error or "request failed"
-        event.token_ids.extend(out.token_ids)
+        event.token_ids += out.token_ids[:]
         texts.append(out.text)
-        event.logprobs.extend(logprob_from_pb(lp) for lp in out.logprobs)
+        if out.logprobs:
+            event.logprobs.extend(logprob_from_pb(lp) for lp in out.logprobs)
         if out.finish_reason:
             event.finish_reason = out.finish_reason
             break

@@ -50,13 +50,18 @@ class CallRefused(Exception):
 class RequestInbox:
     """One request's outputs as they arrive, taken all at once by its consumer."""
 
-    __slots__ = ("owner", "_items", "_waiter", "_lost")
+    __slots__ = ("owner", "_items", "_waiter", "_lost", "_timer", "_deadline")
 
     def __init__(self, owner: dict[str, RequestInbox]) -> None:
         self.owner = owner  # the stream's inboxes by request id, this one among them
         self._items: list[pb.RequestOutput] = []
         self._waiter: asyncio.Future | None = None
         self._lost: str | None = None
+        # One timer for the request's deadline, armed at the first wait and kept across
+        # takes: a timer armed and cancelled per take cost ~2.4 us on uvloop, once per
+        # token event (~17 a streamed request).
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
 
     def push(self, output: pb.RequestOutput) -> None:
         self._items.append(output)
@@ -77,12 +82,12 @@ class RequestInbox:
             if self._lost is not None:
                 raise OutputsLost(self._lost)
             loop = asyncio.get_running_loop()
+            if self._timer is None or deadline != self._deadline:
+                self._arm(loop, deadline)
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_at(deadline, _expire, waiter)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
             if not self._items and self._lost is None and loop.time() >= deadline:
                 raise OutputsLost("DEADLINE_EXCEEDED: no output before the request's deadline")
@@ -91,10 +96,22 @@ class RequestInbox:
             raise CallRefused(items[0].error_code, items[0].error)
         return items
 
+    def close(self) -> None:
+        """Disarm the deadline timer (it holds this inbox until then): the consumer is done."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self.close()
+        self._deadline = deadline
+        self._timer = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None  # a later take re-arms it (past its time: it fires at once)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 def _time_out(waiter: asyncio.Future) -> None:
@@ -376,6 +393,7 @@ class WorkerStreams:
 
     @staticmethod
     def unsubscribe(request_id: str, inbox: RequestInbox) -> None:
+        inbox.close()
         if inbox.owner.get(request_id) is inbox:
             del inbox.owner[request_id]
 
