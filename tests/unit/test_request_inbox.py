@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from proto import pdserve_pb2 as pb
+from router.request_inbox import OutputsLost, RequestInbox
 from router.token_events import merge_outputs
-from router.worker_streams import OutputsLost, RequestInbox
 
 
 def output(token: int, text: str, finish: str = "") -> pb.RequestOutput:
