@@ -93,15 +93,16 @@ class BlockHasher:
         sha256, pack_parent = hashlib.sha256, _PARENT_STRUCT.pack
         parent = self._root if parent is None else parent
         for offset in range(0, len(packed), step):
+            block = packed[offset : offset + step]
             if memo is not None:
-                key = (parent, packed[offset : offset + step].tobytes(), extra)
+                key = (parent, block.tobytes(), extra)
                 found = memo.get(key)
                 if found is not None:
                     parent = found
                     yield parent
                     continue
             h = sha256(pack_parent(parent))
-            h.update(packed[offset : offset + step])
+            h.update(block)
             h.update(extra)
             parent = int.from_bytes(h.digest()[:8], "little")
             if memo is not None:

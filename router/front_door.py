@@ -17,13 +17,12 @@ from fastapi import FastAPI
 
 
 class FrontDoor:
-    """``chain``: the ASGI app requests enter (its last link hands on to ``app``);
-    ``app``: the FastAPI application behind it, for its state and lifespan."""
+    """``chain``: the ASGI app requests enter (its last link hands on to ``app``, which gets
+    the lifespan and every request the chain does not answer); ``app``: that FastAPI app."""
 
     def __init__(self, chain, app: FastAPI):
         self._chain = chain
         self.app = app
-        self.state = app.state
 
     async def __call__(self, scope, receive, send):
         await self._chain(scope, receive, send)
