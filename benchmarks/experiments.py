@@ -4,7 +4,12 @@ Each configuration starts a fresh local cluster (``deploy.local_cluster``) on th
 drives it with ``pdserve bench``'s driver, saves the run's JSON, and stops the cluster. Every
 worker gets one torch thread so that several workers share the cores evenly.
 
-    python -m benchmarks.experiments routing|disagg|scaling [--out-dir benchmarks/results/exp]
+    python -m benchmarks.experiments routing|routers|disagg|scaling [--out-dir DIR]
+
+``routers`` is the routing experiment's kv_aware run with 1 and with 2 router processes on one
+port (issue 16: each process follows the KV events itself, so the cached-token share should stay
+within the noise of one process), each twice, alternating, since one run's share moves with the
+order the arrivals happen to take.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from deploy.redis_server import free_port
 def run_config(label: str, system: str, prefill: int, decode: int, workload, rate: float,
                out_dir: Path, slo: tuple[float, float], policy: str = "kv_aware",
                worker_args: tuple[str, ...] = (),
-               router_args: tuple[str, ...] = (), duration_s: float = 120.0) -> dict:
+               router_args: tuple[str, ...] = (), duration_s: float = 120.0,
+               router_processes: int = 1) -> dict:
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers
     port = free_port()
     spec = ClusterSpec(model="demo", prefill=prefill, decode=decode, router_port=port,
                        policy=policy, log_dir=out_dir / "logs" / label,
-                       worker_args=tuple(worker_args), router_args=tuple(router_args))
+                       worker_args=tuple(worker_args), router_args=tuple(router_args),
+                       router_processes=router_processes)
     cluster = LocalCluster(spec, log=lambda *a: None)
     try:
         cluster.start_all(timeout_s=300)
@@ -50,7 +57,8 @@ def run_config(label: str, system: str, prefill: int, decode: int, workload, rat
     result = {
         "label": label, "system": system, "workload": workload.name,
         "workload_params": workload.params, "rate": rate, "policy": policy,
-        "prefill_workers": prefill, "decode_workers": decode, "metrics": metrics,
+        "prefill_workers": prefill, "decode_workers": decode,
+        "router_processes": router_processes, "metrics": metrics,
         "samples": {"ttft": [r.ttft for r in records if r.ok],
                     "tpot": [r.tpot for r in records if r.ok and r.tpot is not None],
                     "e2e": [r.e2e for r in records if r.ok]},
@@ -62,12 +70,23 @@ def run_config(label: str, system: str, prefill: int, decode: int, workload, rat
     return result
 
 
+def _routing_workload():
+    return workloads.shared_prefix(num_groups=4, users_per_group=4, turns=3, system_tokens=512,
+                                   user_tokens=64, output_tokens=16, vocab=32000, seed=0)
+
+
 def routing(out_dir: Path) -> list[dict]:
-    wl = workloads.shared_prefix(num_groups=4, users_per_group=4, turns=3, system_tokens=512,
-                                 user_tokens=64, output_tokens=16, vocab=32000, seed=0)
+    wl = _routing_workload()
     return [run_config(f"routing-{p}", p, 3, 1, wl, rate=0.6, out_dir=out_dir,
                        slo=(5.0, 0.5), policy=p)
             for p in ("kv_aware", "round_robin", "least_loaded", "random")]
+
+
+def routers(out_dir: Path) -> list[dict]:
+    wl = _routing_workload()
+    return [run_config(f"routers-{n}proc-run{run}", f"kv_aware, {n} router process(es)", 3, 1,
+                       wl, rate=0.6, out_dir=out_dir, slo=(5.0, 0.5), router_processes=n)
+            for run in (1, 2) for n in (1, 2)]
 
 
 def disagg(out_dir: Path) -> list[dict]:
@@ -98,10 +117,11 @@ def scaling(out_dir: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["routing", "disagg", "scaling"])
+    parser.add_argument("experiment", choices=["routing", "routers", "disagg", "scaling"])
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/experiments"))
     args = parser.parse_args()
-    runs = {"routing": routing, "disagg": disagg, "scaling": scaling}[args.experiment](
+    runs = {"routing": routing, "routers": routers, "disagg": disagg,
+            "scaling": scaling}[args.experiment](
         args.out_dir)
     text = compare.table(runs)
     (args.out_dir / f"{args.experiment}.txt").write_text(text + "\n")
