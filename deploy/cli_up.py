@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra flag for decode workers only (repeat)")
     parser.add_argument("--router-workers", type=int, default=1,
                         help="router processes on --port (the router's --workers: SO_REUSEPORT, "
-                             "each following the cluster itself; /metrics per process)")
+                             "each following the cluster itself; /metrics answers for all)")
     parser.add_argument("--chat-template", default=None,
                         help="the router's --chat-template: a Jinja file replacing the model's")
     parser.add_argument("--tool-call-parser", default=None,

@@ -33,6 +33,7 @@ from router.front_door import FrontDoor
 from router.kv_event_consumer import KVEventConsumer
 from router.load_tracker import LoadTracker
 from router.metrics import RouterMetrics
+from router.metrics_merge import merge_expositions
 from router.model_info import ModelInfo
 from router.openai_schema import ChatCompletionRequest, CompletionRequest
 from router.prefix_index import PrefixIndex
@@ -42,6 +43,7 @@ from router.registry import RegistryView
 from router.request_validation import refuse_unsupported, validation_error
 from router.respond import respond
 from router.sampling_request import context_limit, sampling
+from router.sibling_metrics import SiblingMetrics
 from router.tenancy import cache_keys, key_namespace
 from router.worker_clients import WorkerClients
 
@@ -79,6 +81,9 @@ class RouterState:
                                    config.overload_retry_after_s, self.metrics.rejected)
         self.rate_limiter = KeyRateLimiter(config.rate_limits.per_process(config.processes),
                                            self.metrics.rejected)
+        self.siblings = (SiblingMetrics(config.sibling_dir, config.process_index,
+                                        config.processes, self.render_metrics)
+                         if config.sibling_dir and config.processes > 1 else None)
 
     def admit(self, api_key: str | None = None):
         """A slot for one request, or 429/503 before any work on it: the key's rate limits
@@ -93,6 +98,13 @@ class RouterState:
             return None
         return lambda prompt_tokens, output_tokens: self.rate_limiter.charge(
             api_key, prompt_tokens + output_tokens)
+
+    def render_metrics(self) -> bytes:
+        m = self.metrics
+        m.index_blocks.set(self.index.num_blocks())
+        for role in ("prefill", "decode"):
+            m.workers.labels(role).set(len(self.registry.live(role)))
+        return generate_latest(m.registry)
 
     def max_model_len(self) -> int | None:
         if self.config.max_model_len:
@@ -109,7 +121,11 @@ def create_app(config: RouterConfig) -> FrontDoor:
         await state.registry.refresh()
         tasks = [asyncio.create_task(state.registry.run(), name="registry"),
                  asyncio.create_task(state.consumer.run(), name="kv-events")]
+        if state.siblings is not None:
+            await state.siblings.start()
         yield
+        if state.siblings is not None:
+            await state.siblings.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -243,12 +259,12 @@ def create_app(config: RouterConfig) -> FrontDoor:
 
     @app.get("/metrics")
     async def metrics():
-        m = state.metrics
-        m.index_blocks.set(state.index.num_blocks())
-        for role in ("prefill", "decode"):
-            m.workers.labels(role).set(len(state.registry.live(role)))
-        return PlainTextResponse(generate_latest(m.registry).decode(),
-                                 media_type="text/plain; version=0.0.4")
+        """This process's metrics; with --workers N, every process's, merged."""
+        if state.siblings is None:
+            body = state.render_metrics()
+        else:
+            body = merge_expositions(await state.siblings.gather())
+        return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/cluster", dependencies=[Depends(authorize)])
     async def cluster():

@@ -77,10 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="router processes serving --port (SO_REUSEPORT: the kernel spreads "
                              "client connections across them). Not prefill/decode workers. Each "
-                             "process follows the registry and the KV events itself; /health, "
-                             "/v1/cluster and /metrics answer for the process that took the "
-                             "connection (its pid in the body and in the x-pdserve-router-pid "
-                             "header): scrape or sum per process")
+                             "process follows the registry and the KV events itself; /health and "
+                             "/v1/cluster answer for the process that took the connection (its "
+                             "pid in the body and in the x-pdserve-router-pid header); /metrics "
+                             "for all of them (counters summed, gauges per router_process)")
     parser.add_argument("--max-in-flight-per-worker", type=int, default=256,
                         help="backpressure: requests one router process keeps in flight per "
                              "eligible decode worker (queued or streaming); beyond it, 429 with "

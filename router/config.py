@@ -48,6 +48,10 @@ class RouterConfig:
     # Router processes serving the port (SO_REUSEPORT, router/serve.py). Each one follows the
     # registry and the KV-event stream itself, so nothing here is shared between them.
     processes: int = 1
+    # Set by the supervisor for each of them: which one this is, and the private directory
+    # where they answer each other's /metrics (router/sibling_metrics.py). None: one process.
+    process_index: int = 0
+    sibling_dir: str | None = None
     # Backpressure (router/admission.py): requests this router process has in flight (routed,
     # not yet finished) per eligible decode worker; beyond it, 429 + Retry-After. 0: unbounded.
     max_in_flight_per_worker: int = 256

@@ -11,8 +11,11 @@ the spread can be very uneven; it also needs an import string rather than the co
 Each process builds its own RouterState from the one frozen RouterConfig built here at the edge
 (pickled to the children by multiprocessing): it follows the registry and the KV-event stream
 itself, so the prefix index needs no state shared across processes. Connections are sticky to a
-process; /metrics, /health and /v1/cluster answer for the process that got the connection
-(``pid`` in the body, ``x-pdserve-router-pid`` on every response).
+process; /health and /v1/cluster answer for the process that got the connection (``pid`` in
+the body, ``x-pdserve-router-pid`` on every response). /metrics answers for all of them: the
+process that takes the scrape asks the others over unix sockets in a private directory the
+supervisor makes (router/sibling_metrics.py) and merges their expositions
+(router/metrics_merge.py), so counters do not jump between processes from scrape to scrape.
 
 Children are started with ``spawn``, not ``fork``: the parent never imports grpc or the
 tokenizer, and a forked gRPC runtime is a known hazard. SIGINT/SIGTERM to the supervisor reach
@@ -25,11 +28,14 @@ its first seconds (a bad port, a bad model): then the supervisor stops everythin
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 
 from router import heap
@@ -101,10 +107,13 @@ class _Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
         self.children: dict[int, tuple[multiprocessing.Process, float]] = {}
         self.stopping = False
+        self.sibling_dir = ""  # made in run(), removed when it returns
 
     def _start(self, index: int) -> None:
+        config = dataclasses.replace(self.config, process_index=index,
+                                     sibling_dir=self.sibling_dir)
         process = self.ctx.Process(target=_child_main, name=f"pdserve-router-{index}",
-                                   args=(self.config, self.log_level, index, os.getpid()))
+                                   args=(config, self.log_level, index, os.getpid()))
         process.start()
         self.children[index] = (process, time.monotonic())
         log.info("router process %d started (pid %d)", index, process.pid)
@@ -118,6 +127,7 @@ class _Supervisor:
         log.info("starting %d router processes on %s:%d (SO_REUSEPORT)",
                  self.config.processes, self.config.host, self.config.port)
         code = 0
+        self.sibling_dir = tempfile.mkdtemp(prefix="pdserve-router-")  # mode 0700
         try:
             for index in range(self.config.processes):
                 self._start(index)
@@ -136,6 +146,7 @@ class _Supervisor:
                     self._start(index)
         finally:
             self._stop_children()
+            shutil.rmtree(self.sibling_dir, ignore_errors=True)
         return code
 
     def _stop_children(self) -> None:

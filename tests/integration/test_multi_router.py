@@ -1,6 +1,7 @@
 """Two router processes on one port (``pdserve router --workers 2``, SO_REUSEPORT) in front of
 real workers on the demo model: client connections spread across both processes, each process
-fills its own prefix index from the KV-event stream, and SIGTERM leaves no process behind."""
+fills its own prefix index from the KV-event stream, /metrics from either counts both, and SIGTERM
+leaves no process behind."""
 
 import os
 import time
@@ -9,7 +10,9 @@ import uuid
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from router.metrics_merge import PROCESSES_METRIC
 from router.process_header import HEADER
 from tests.cluster_helpers import RouterProcess, WorkerProcess
 
@@ -28,6 +31,25 @@ def _cluster_view(url: str, pid: int, deadline_s: float = 20.0) -> dict:
         if view["router"]["pid"] == pid:
             return view
     raise AssertionError(f"router pid {pid} never answered /v1/cluster")
+
+
+def _served_by(url: str, path: str, pid: int, deadline_s: float = 20.0) -> httpx.Response:
+    """GET ``path`` answered by the router process ``pid`` (new connections until it is)."""
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        r = httpx.get(f"{url}{path}", timeout=10)  # a new connection each time
+        if int(r.headers[HEADER]) == pid:
+            return r
+    raise AssertionError(f"router pid {pid} never answered {path}")
+
+
+def _ok_requests(metrics_text: str) -> tuple[float, float]:
+    """(requests with outcome ok, processes the scrape holds) in a /metrics body."""
+    samples = [s for f in text_string_to_metric_families(metrics_text) for s in f.samples]
+    ok = sum(s.value for s in samples
+             if s.name == "pdserve_router_requests_total" and s.labels["outcome"] == "ok")
+    processes = next(s.value for s in samples if s.name == PROCESSES_METRIC)
+    return ok, processes
 
 
 def test_two_router_processes_share_a_port(redis_server, demo_model_dir):
@@ -65,6 +87,11 @@ def test_two_router_processes_share_a_port(redis_server, demo_model_dir):
             assert view["router"]["processes"] == 2
             assert view["pools"] == {"prefill": 1, "decode": 1}
             assert view["admission"]["in_flight"] == 0
+        # /metrics answers for both processes, whichever takes the scrape: the requests of
+        # both add up, so a counter does not jump between processes' values.
+        for pid in router.pids:
+            ok, processes = _ok_requests(_served_by(router.url, "/metrics", pid).text)
+            assert (ok, processes) == (i, 2), (pid, ok, processes, served_by)
     finally:
         router.stop()
         prefill.stop()
