@@ -35,13 +35,14 @@ def merge_expositions(texts: dict[int, str]) -> bytes:
     """``texts``: process index -> that process's exposition (text format 0.0.4)."""
     families: dict[str, Metric] = {}
     sums: dict[str, dict[tuple, Sample]] = {}
+    included = 0
     for index in sorted(texts):
         try:
             parsed = list(text_string_to_metric_families(texts[index]))
         except ValueError as e:  # not ours to serve half-read; the count shows it missing
             log.warning("router process %d sent metrics that do not parse: %s", index, e)
-            texts = {i: t for i, t in texts.items() if i != index}
             continue
+        included += 1
         for family in parsed:
             merged = families.get(family.name)
             if merged is None:
@@ -67,7 +68,7 @@ def merge_expositions(texts: dict[int, str]) -> bytes:
         families[name].samples.extend(series.values())
     processes = Metric(PROCESSES_METRIC, "Router processes whose metrics this scrape holds",
                        "gauge")
-    processes.add_sample(PROCESSES_METRIC, {}, float(len(texts)))
+    processes.add_sample(PROCESSES_METRIC, {}, float(included))
     families[PROCESSES_METRIC] = processes
     return generate_latest(_Fixed(list(families.values())))
 

@@ -22,17 +22,6 @@ STORY = ("In a quiet village by the sea, an old lighthouse keeper kept a journal
          "that passed. One stormy night he wrote about")
 
 
-def _cluster_view(url: str, pid: int, deadline_s: float = 20.0) -> dict:
-    """/v1/cluster as the router process ``pid`` sees it (new connections until it answers)."""
-    deadline = time.time() + deadline_s
-    while time.time() < deadline:
-        with httpx.Client(base_url=url, timeout=10) as client:  # one connection
-            view = client.get("/v1/cluster").json()
-        if view["router"]["pid"] == pid:
-            return view
-    raise AssertionError(f"router pid {pid} never answered /v1/cluster")
-
-
 def _served_by(url: str, path: str, pid: int, deadline_s: float = 20.0) -> httpx.Response:
     """GET ``path`` answered by the router process ``pid`` (new connections until it is)."""
     deadline = time.time() + deadline_s
@@ -41,6 +30,13 @@ def _served_by(url: str, path: str, pid: int, deadline_s: float = 20.0) -> httpx
         if int(r.headers[HEADER]) == pid:
             return r
     raise AssertionError(f"router pid {pid} never answered {path}")
+
+
+def _cluster_view(url: str, pid: int) -> dict:
+    """/v1/cluster as the router process ``pid`` sees it."""
+    view = _served_by(url, "/v1/cluster", pid).json()
+    assert view["router"]["pid"] == pid
+    return view
 
 
 def _ok_requests(metrics_text: str) -> tuple[float, float]:
