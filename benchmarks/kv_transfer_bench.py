@@ -239,10 +239,27 @@ def main() -> None:
           f"receiver {device}")
     table = print_table(["shape", "blocks", "bytes", "descriptors", "pdserve ms", "pdserve GB/s",
                          "raw NIXL GB/s", "raw NIXL same blocks GB/s", "memcpy GB/s", "pdserve / raw"], rows)
+    fp8_table = print_table(["blocks", "fp8 / bf16 bytes", "fp8 / bf16 pull time",
+                             "bf16 ms", "fp8 ms"], fp8_against_bf16(results))
     name = f"kv_transfer_{args.device}.json"
     save_json(args.out or Path("benchmarks/results") / name,
               {"device": args.device, "owner_device": owner_device, "receiver_device": device,
-               "results": results, "table": table, "machine": machine_info()})
+               "results": results, "table": table, "fp8_vs_bf16_table": fp8_table,
+               "machine": machine_info()})
+
+
+def fp8_against_bf16(results: list[dict]) -> list[list]:
+    """Per block placement, the FP8-KV pull against the bf16 one of the same request (issue 19:
+    half the bytes in about half the time): ratios of bytes and of median pull times."""
+    by = {(r["shape"], r["blocks"]): r for r in results}
+    rows = []
+    for mode in dict.fromkeys(r["blocks"] for r in results):
+        bf16, fp8 = by.get((SHAPES[1].name, mode)), by.get((SHAPES[2].name, mode))
+        if bf16 is None or fp8 is None:
+            continue
+        ms = [1e3 * r["bytes"] / r["ours_bytes_per_s"] for r in (bf16, fp8)]
+        rows.append([mode, fp8["bytes"] / bf16["bytes"], ms[1] / ms[0], ms[0], ms[1]])
+    return rows
 
 
 if __name__ == "__main__":

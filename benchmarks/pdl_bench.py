@@ -6,7 +6,9 @@ measured in the run). ``--switch`` toggles another decode-step setting the same 
 PDL staying on: ``fused_quant`` (``fp8_linear.FUSED_ACTIVATION_QUANT``: the norm and SiLU
 kernels hand e4m3 rows to the FP8 linears), ``rope_in_decode``
 (``decode_attention.ROPE_IN_DECODE``: RoPE and the KV write inside the decode attention
-kernel).
+kernel), ``l2_prefetch`` (``l2_prefetch.ENABLED``: decode attention and the norms ask the L2
+for the next projection's weight; ``--norm-prefetch-mb`` / ``--norm-prefetch-programs`` set
+how much of it the norms ask for, and from how many programs).
 
 Models (``--models``): ``random:llama-3.1-8b`` bf16; its ``-fp8`` variant with an FP8 KV cache
 (weights as stored: 1 byte a linear weight, the bf16 LM head 2); ``random:qwen3-30b-a3b`` bf16
@@ -29,7 +31,7 @@ from benchmarks.engine_bench import measure_ceilings, ours_generate, random_prom
 from benchmarks.moe_bench import step_bytes as moe_step_bytes
 from benchmarks.report import machine_info, print_table, save_json
 from engine import EngineConfig, LLMEngine
-from engine.kernels import decode_attention, pdl
+from engine.kernels import decode_attention, l2_prefetch, pdl
 from engine.model.layers import fp8_linear
 
 MODELS = {  # name: (model, kv cache dtype)
@@ -41,6 +43,7 @@ SWITCHES = {  # --switch: the module and the flag each pass sets (read at captur
     "pdl": (pdl, "ENABLED"),
     "fused_quant": (fp8_linear, "FUSED_ACTIVATION_QUANT"),
     "rope_in_decode": (decode_attention, "ROPE_IN_DECODE"),
+    "l2_prefetch": (l2_prefetch, "ENABLED"),
 }
 PASSES = (("on", True), ("off", False), ("on again", True))  # label, the switch's value
 
@@ -103,10 +106,18 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=1024, help="decode prompt length")
     parser.add_argument("--gen", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--kv-gib", type=float, default=16.0, help="GPU KV budget")
+    parser.add_argument("--norm-prefetch-mb", type=float,
+                        help="l2_prefetch.NORM_BYTES in MiB (default: the module's)")
+    parser.add_argument("--norm-prefetch-programs", type=int,
+                        help="l2_prefetch.NORM_PROGRAMS (default: the module's)")
     parser.add_argument("--out", type=Path,
                         help="default: benchmarks/results/<switch>_gpu.json")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.norm_prefetch_mb is not None:
+        l2_prefetch.NORM_BYTES = int(args.norm_prefetch_mb * 2**20)
+    if args.norm_prefetch_programs is not None:
+        l2_prefetch.NORM_PROGRAMS = args.norm_prefetch_programs
     if not pdl.enabled(torch.device("cuda")):
         raise SystemExit("PDL is not available here (needs Hopper or later and Triton's gdc)")
     ceilings = measure_ceilings(torch.device("cuda"))
@@ -122,6 +133,9 @@ def main() -> None:
                          "roofline", "best on vs roofline"], rows)
     out = args.out or Path(f"benchmarks/results/{args.switch}_gpu.json")
     save_json(out, {"switch": args.switch, "ctx": args.ctx, "gen_tokens": args.gen,
+                    "l2_prefetch": {"norm_bytes": l2_prefetch.NORM_BYTES,
+                                    "norm_programs": l2_prefetch.NORM_PROGRAMS,
+                                    "chunk": l2_prefetch.CHUNK},
                     "ceilings": ceilings, "results": results, "table": table, "machine": machine_info()})
 
 

@@ -34,6 +34,10 @@ earlier steps' writes; the new one then added from registers) measured no faster
 Qwen3-30B-A3B batch 1 2.70 ms without, 2.74-2.75 with; FP8 2.83 either way
 (benchmarks/results/early_kv_loads_gpu.json).
 
+With ``prefetch`` (o_proj's weight, from attention_block.py), pass 1's programs also ask the
+L2 for that weight, each its share, while the kernel leaves HBM mostly idle
+(engine/kernels/l2_prefetch.py; off until measured).
+
 The cache is the engine's strided per-layer view ``[blocks, kv_heads, block_size, head_dim]``.
 Launch parameters depend only on shapes, so both passes can be captured in a CUDA graph.
 
@@ -58,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels import pdl
+from engine.kernels import l2_prefetch, pdl
 from engine.kernels.rope_kv import to_fp8
 
 TOKENS = 64  # per program iteration, bf16/fp32 caches
@@ -123,16 +127,22 @@ def _decode_partial(
     # ROPE (NewToken): q is raw; the new token's k, v, position, slot, tables, norm weights
     nk_ptr, nv_ptr, stride_nkb, stride_nkh, stride_nvb, stride_nvh,
     pos_ptr, cos_ptr, sin_ptr, table_stride, slot_ptr, k_scale, qn_ptr, kn_ptr, eps,
+    pf_ptr, pf_bytes,  # the next weight to bring into the L2 (engine/kernels/l2_prefetch.py)
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, SPLITS: tl.constexpr,
     PRECISION: tl.constexpr, FP16_MATH: tl.constexpr, PDL: tl.constexpr,
     ROPE: tl.constexpr, QK_NORM: tl.constexpr, FP8_CACHE: tl.constexpr,
+    PF_SLOTS: tl.constexpr, PF_CHUNK: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     if PDL:  # engine/kernels/pdl.py
         pdl.wait_for_producer()
+    if PF_SLOTS > 0:  # after the wait: the projection before still streams its weight
+        l2_prefetch.prefetch_share(pf_ptr, pf_bytes, (b * tl.num_programs(1) + kvh) * SPLITS
+                                   + split, tl.num_programs(0) * tl.num_programs(1) * SPLITS,
+                                   PF_SLOTS, PF_CHUNK)
     seq_len = tl.load(lens_ptr + b)
     per_split = tl.cdiv(tl.cdiv(seq_len, SPLITS), TOKENS) * TOKENS
     start = split * per_split
@@ -247,11 +257,14 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            splits: int, k_scale: float = 1.0, v_scale: float = 1.0,
                            tokens: int | None = None, num_warps: int = 4,
                            num_stages: int = 2, fp16_math: bool | None = None,
-                           new_token: NewToken | None = None) -> torch.Tensor:
+                           new_token: NewToken | None = None,
+                           prefetch: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Hq, D]; caches [blocks, Hkv, block_size, D] (strided views; q's dtype or
     float8_e4m3fn, dequantized with ``k_scale`` / ``v_scale``); block_tables [B, max_blocks]
     int32; seq_lens [B] int32. Returns [B, Hq, D] in q's dtype. ``new_token``: q is not
     rotated yet and the step's k/v are not in the cache yet (the module docstring).
+    ``prefetch``: the weight read next (o_proj's), asked of the L2 while this kernel runs
+    (engine/kernels/l2_prefetch.py).
     ``tokens`` (default: by the cache's dtype, the module docstring) / ``num_warps`` /
     ``num_stages`` / ``fp16_math`` (default: on for an FP8 cache under a half-precision q): for
     the benchmarks."""
@@ -276,6 +289,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                      nt.slot_mapping, float(k_scale), qn, kn, float(eps))
     else:  # unused pointers and numbers
         rope_args = (q, q, 0, 0, 0, 0, seq_lens, q, q, 0, seq_lens, 1.0, q, q, 0.0)
+    pf_args, pf_flags = l2_prefetch.plan(prefetch, None, num_seqs * num_kv_heads * splits,
+                                         num_warps, q)
     _decode_partial[(num_seqs, num_kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, partial, lse, scale * k_scale, v_scale,
         q.stride(0), q.stride(1),
@@ -284,7 +299,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         partial.stride(0), partial.stride(1), partial.stride(2),
         lse.stride(0), lse.stride(1),
         out, out.stride(0), out.stride(1),
-        *rope_args,
+        *rope_args, *pf_args,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, TOKENS=tokens, SPLITS=splits,
         # fp32 caches (correctness runs) must not round through tf32.
@@ -293,7 +308,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             k_cache.dtype == torch.float8_e4m3fn and q.dtype != torch.float32),
         ROPE=nt is not None, QK_NORM=nt is not None and nt.qk_norm is not None,
         FP8_CACHE=k_cache.dtype == torch.float8_e4m3fn,
-        num_warps=num_warps, num_stages=num_stages, **pdl.launch(q.device),
+        num_warps=num_warps, num_stages=num_stages, **pdl.launch(q.device), **pf_flags,
     )
     if splits > 1:
         _decode_merge[(num_seqs, num_heads)](

@@ -13,14 +13,31 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels import pdl
+from engine.kernels import l2_prefetch, pdl
 
 
 @triton.jit
-def _add_rmsnorm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, q_ptr, s_ptr, n_cols, eps,
-                 HAS_RES: tl.constexpr, BLOCK: tl.constexpr, QUANT: tl.constexpr,
-                 FP8_MAX: tl.constexpr, PDL: tl.constexpr):
+def _add_rmsnorm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, q_ptr, s_ptr, n_rows, n_cols, eps,
+                 pf_ptr, pf_bytes, HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
+                 QUANT: tl.constexpr, FP8_MAX: tl.constexpr, PDL: tl.constexpr,
+                 PF_SLOTS: tl.constexpr, PF_CHUNK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    if PF_SLOTS > 0:  # programs past the rows only prefetch (engine/kernels/l2_prefetch.py)
+        if row >= n_rows:
+            l2_prefetch.prefetch_share(pf_ptr, pf_bytes, row - n_rows,
+                                       tl.num_programs(0) - n_rows, PF_SLOTS, PF_CHUNK)
+        else:
+            _norm_row(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, q_ptr, s_ptr, row, n_cols,
+                      eps, HAS_RES, BLOCK, QUANT, FP8_MAX, PDL)
+    else:
+        _norm_row(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, q_ptr, s_ptr, row, n_cols, eps,
+                  HAS_RES, BLOCK, QUANT, FP8_MAX, PDL)
+
+
+@triton.jit
+def _norm_row(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, q_ptr, s_ptr, row, n_cols, eps,
+              HAS_RES: tl.constexpr, BLOCK: tl.constexpr, QUANT: tl.constexpr,
+              FP8_MAX: tl.constexpr, PDL: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     if PDL:  # engine/kernels/pdl.py
@@ -47,11 +64,13 @@ def _add_rmsnorm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, q_ptr, s_ptr, n_co
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-            residual: torch.Tensor | None = None, quantize: bool = False) -> tuple:
+            residual: torch.Tensor | None = None, quantize: bool = False,
+            prefetch: torch.Tensor | None = None) -> tuple:
     """Returns (norm(x + residual) * weight, x + residual); without a residual, (norm(x), x).
     ``quantize``: also the normalized rows in e4m3 with one fp32 scale each, (out, res, q
     [rows, cols], s [rows, 1]): what ``fp8_quant.quantize_rows(out)`` gives, in the same pass
-    (the input of an FP8 linear, engine/model/layers/norm.py)."""
+    (the input of an FP8 linear, engine/model/layers/norm.py). ``prefetch``: the weight read
+    next, whose first ``l2_prefetch.NORM_BYTES`` extra programs ask of the L2."""
     assert x.is_contiguous() and x.dim() == 2
     rows, cols = x.shape
     out = torch.empty_like(x)
@@ -61,10 +80,16 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     fp8 = torch.float8_e4m3fn
     q = torch.empty(rows, cols, dtype=fp8, device=x.device) if quantize else out
     s = torch.empty(rows, 1, dtype=torch.float32, device=x.device) if quantize else out
-    _add_rmsnorm[(rows,)](x, residual if residual is not None else x, weight, out, res_out,
-                          q, s, cols, eps, HAS_RES=residual is not None,
-                          BLOCK=triton.next_power_of_2(cols), QUANT=quantize,
-                          FP8_MAX=torch.finfo(fp8).max, num_warps=8, **pdl.launch(x.device))
+    extra = l2_prefetch.NORM_PROGRAMS if prefetch is not None else 0
+    pf_args, pf_flags = l2_prefetch.plan(prefetch, l2_prefetch.NORM_BYTES, extra, 8, x)
+    if not pf_flags["PF_SLOTS"]:
+        extra = 0
+    _add_rmsnorm[(rows + extra,)](x, residual if residual is not None else x, weight, out,
+                                  res_out, q, s, rows, cols, eps, *pf_args,
+                                  HAS_RES=residual is not None,
+                                  BLOCK=triton.next_power_of_2(cols), QUANT=quantize,
+                                  FP8_MAX=torch.finfo(fp8).max, num_warps=8,
+                                  **pdl.launch(x.device), **pf_flags)
     return (out, res_out, q, s) if quantize else (out, res_out)
 
 

@@ -91,6 +91,11 @@ class LlamaForCausalLM(nn.Module):
             layer.input_layernorm.feeds = (layer.self_attn.qkv_proj,)
             if isinstance(layer.mlp, GatedMLP):  # a MoE block's input goes to its router too
                 layer.post_attention_layernorm.feeds = (layer.mlp.gate_up_proj,)
+            # ... and what each norm's successor streams (layers/norm.py)
+            nxt = layer.mlp.gate_up_proj if isinstance(layer.mlp, GatedMLP) else layer.mlp.gate
+            layer.input_layernorm.streams_next = tuple(
+                linear for linear in (layer.self_attn.qkv_proj,) if linear is not None)
+            layer.post_attention_layernorm.streams_next = (nxt,) if nxt is not None else ()
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under transformers' names, fused projections split back (for references)."""

@@ -109,9 +109,12 @@ class AttentionBlock(nn.Module):
         q, k, qk_norm = self._qk_norm(q, k)
         new = NewToken(k, v, positions, self.rope.cos_table, self.rope.sin_table,
                        meta.slot_mapping, qk_norm)
+        # o_proj's weight is what the GPU streams next: asked of the L2 while this kernel
+        # leaves HBM idle (engine/kernels/l2_prefetch.py).
         return paged_decode_attention(q, self.k_cache, self.v_cache, meta.block_table_tensor,
                                       meta.seq_lens_tensor, self.scale, meta.decode_splits,
-                                      self.k_scale, self.v_scale, new_token=new)
+                                      self.k_scale, self.v_scale, new_token=new,
+                                      prefetch=self.o_proj.weight)
 
     def fuse_projections(self) -> None:
         """q, k and v as one linear (after any TP sharding): one GEMM instead of three."""

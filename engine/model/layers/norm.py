@@ -20,6 +20,10 @@ class RMSNorm(nn.Module):
         # quantization kernel fewer a linear. Held in a tuple: a Module attribute would make
         # the linear this norm's submodule too, its weights named twice in the state dict.
         self.feeds: tuple[nn.Module, ...] = ()
+        # The linear whose weight the GPU streams right after this norm (q/k/v, gate_up, a
+        # MoE router's gate; a tuple for the same reason): the fused kernel asks the L2 for
+        # its first bytes while the norm leaves HBM idle (engine/kernels/l2_prefetch.py).
+        self.streams_next: tuple[nn.Module, ...] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -38,11 +42,13 @@ class RMSNorm(nn.Module):
             from engine.kernels.fused_ops import rmsnorm
 
             feeds = self.feeds[0] if self.feeds else None
+            prefetch = self.streams_next[0].weight if self.streams_next else None
             if feeds is not None and feeds.method.takes_quantized_rows(feeds, x):
-                out, res, q, s = rmsnorm(x, self.weight, self.eps, residual, quantize=True)
+                out, res, q, s = rmsnorm(x, self.weight, self.eps, residual, quantize=True,
+                                         prefetch=prefetch)
                 feeds.quantized_input = (out, q, s)
                 return out, res
-            return rmsnorm(x, self.weight, self.eps, residual)
+            return rmsnorm(x, self.weight, self.eps, residual, prefetch=prefetch)
         if residual is not None:
             x = residual + x
         return self(x), x
