@@ -18,15 +18,16 @@ TINY_MOE_CONFIGS = {
 }
 
 
-def write_tiny_moe(model_type: str, path: Path, seed: int = 0):
-    """save_pretrained of a random tiny ``model_type``; returns the HF model (fp32, eval)."""
+def write_tiny_moe(model_type: str, path: Path, seed: int = 0, **overrides):
+    """save_pretrained of a random tiny ``model_type`` (``overrides``: config fields to change);
+    returns the HF model (fp32, eval)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
     cfg = AutoConfig.for_model(
         model_type, vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        eos_token_id=2, bos_token_id=1, **TINY_MOE_CONFIGS[model_type])
+        eos_token_id=2, bos_token_id=1, **{**TINY_MOE_CONFIGS[model_type], **overrides})
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32,
                                              attn_implementation="sdpa")
     with torch.no_grad():

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from engine.model.config import ModelConfig
+from engine.model.loaders import gguf_moe
+from engine.model.moe_config import MOE_MODEL_TYPES, moe_config_from_hf
 from engine.text.tokenizer import Tokenizer
 
 _TENSOR_NAMES = {
@@ -36,8 +38,9 @@ _LAYER_NAMES = {
     "ffn_norm": "post_attention_layernorm",
 }
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-# GGUF architecture name -> HF model_type. Only llama's converter permutes q/k.
-_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# GGUF architecture name -> HF model_type (MoE ones: gguf_moe.py; llama with experts is
+# Mixtral). Only llama's converter permutes q/k.
+_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", **gguf_moe.MOE_ARCHS}
 
 # Pre-tokenizer regexes by llama.cpp's `tokenizer.ggml.pre` name (from the HF tokenizer.json of
 # the model family each name stands for).
@@ -54,7 +57,7 @@ def _hf_name(gguf_name: str) -> str | None:
     m = _LAYER_RE.fullmatch(gguf_name)
     if m and m.group(2) in _LAYER_NAMES:
         return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
-    return None
+    return gguf_moe.hf_name(gguf_name)
 
 
 def _unpermute_rope(w: np.ndarray, num_heads: int) -> np.ndarray:
@@ -88,12 +91,20 @@ class GGUFModel:
         hidden = self._field(f"{a}.embedding_length")
         vocab = self._field(f"{a}.vocab_size") or len(self._field("tokenizer.ggml.tokens"))
         eos = self._field("tokenizer.ggml.eos_token_id")
+        num_layers = int(self._field(f"{a}.block_count"))
+        model_type = gguf_moe.model_type(a, self._field) or _ARCHS[a]
+        moe = (moe_config_from_hf(gguf_moe.moe_fields(a, model_type, self._field, names,
+                                                      num_layers), model_type, num_layers)
+               if model_type in MOE_MODEL_TYPES else None)
+        ffn = self._field(f"{a}.feed_forward_length")
+        if ffn is None and moe is not None:  # a MoE file with no dense layer may omit it
+            ffn = moe.moe_intermediate_size
         return ModelConfig(
-            model_type=_ARCHS[a],
+            model_type=model_type,
             vocab_size=int(vocab),
             hidden_size=int(hidden),
-            intermediate_size=int(self._field(f"{a}.feed_forward_length")),
-            num_hidden_layers=int(self._field(f"{a}.block_count")),
+            intermediate_size=int(ffn),
+            num_hidden_layers=num_layers,
             num_attention_heads=int(num_heads),
             num_key_value_heads=int(self._field(f"{a}.attention.head_count_kv", num_heads)),
             head_dim=int(self._field(f"{a}.attention.key_length", hidden // num_heads)),
@@ -107,12 +118,19 @@ class GGUFModel:
             qk_norm="blk.0.attn_q_norm.weight" in names,
             bos_token_id=self._field("tokenizer.ggml.bos_token_id"),
             eos_token_ids=() if eos is None else (int(eos),),
+            moe=moe,
         )
 
     def tensors(
         self, on_tensor: Callable[[str], None] | None = None
     ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (HF name, float32 tensor) for every weight, dequantized."""
+        """Yield (the model's name, float32 tensor) for every weight, dequantized; a MoE
+        layer's stacked gate and up experts as one tensor (gguf_moe.py)."""
+        return gguf_moe.join_gate_up(self._named_tensors(on_tensor))
+
+    def _named_tensors(
+        self, on_tensor: Callable[[str], None] | None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         cfg = self.config()
         for t in self.reader.tensors:
             name = _hf_name(t.name)
@@ -149,7 +167,8 @@ def build_bpe_tokenizer(model: GGUFModel) -> Tokenizer:
             "use the model's HF directory with tokenizer.json instead"
         )
     tokens: list[str] = model._field("tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in model._field("tokenizer.ggml.merges")]
+    # A vocabulary of single bytes has no merges, and a writer may leave the empty list out.
+    merges = [tuple(m.split(" ", 1)) for m in model._field("tokenizer.ggml.merges") or []]
     token_types = model._field("tokenizer.ggml.token_type") or [1] * len(tokens)
     backend = RustTokenizer(
         models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False)

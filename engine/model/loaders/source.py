@@ -92,7 +92,8 @@ def load_weights(
     elif source.kind == "gguf":
         from engine.model.loaders.gguf_file import GGUFModel
 
-        load_state(model, GGUFModel(source.location).tensors())
+        # Old Mixtral files hold one tensor per expert: stacked as a HF directory's are.
+        load_state(model, stack_experts(GGUFModel(source.location).tensors(), config))
     else:
         init_random(model, seed)
     if quantization == "fp8" and scheme is None:
