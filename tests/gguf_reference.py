@@ -90,19 +90,19 @@ def write_moe_gguf(path: Path, state: dict[str, torch.Tensor], config: ModelConf
     assert moe is not None
     arch = GGUF_ARCH[config.model_type]
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(config.num_hidden_layers)
-    w.add_context_length(config.max_position_embeddings)
-    w.add_embedding_length(config.hidden_size)
-    w.add_feed_forward_length(config.intermediate_size)
-    w.add_head_count(config.num_attention_heads)
-    w.add_head_count_kv(config.num_key_value_heads)
-    w.add_key_length(config.head_dim)
-    w.add_value_length(config.head_dim)
-    w.add_layer_norm_rms_eps(config.rms_norm_eps)
-    w.add_rope_freq_base(config.rope_theta)
-    w.add_vocab_size(config.vocab_size)
-    w.add_expert_count(moe.num_experts)
-    w.add_expert_used_count(moe.top_k)
+    for add, value in ((w.add_block_count, config.num_hidden_layers),
+                       (w.add_context_length, config.max_position_embeddings),
+                       (w.add_embedding_length, config.hidden_size),
+                       (w.add_feed_forward_length, config.intermediate_size),
+                       (w.add_head_count, config.num_attention_heads),
+                       (w.add_head_count_kv, config.num_key_value_heads),
+                       (w.add_key_length, config.head_dim), (w.add_value_length, config.head_dim),
+                       (w.add_layer_norm_rms_eps, config.rms_norm_eps),
+                       (w.add_rope_freq_base, config.rope_theta),
+                       (w.add_vocab_size, config.vocab_size),
+                       (w.add_expert_count, moe.num_experts),
+                       (w.add_expert_used_count, moe.top_k)):
+        add(value)
     if arch != "llama":
         w.add_expert_feed_forward_length(moe.moe_intermediate_size)
     if moe.shared_expert_intermediate_size:

@@ -7,18 +7,12 @@ kernels). A prefetch the hardware rejected (a misaligned address or size) would 
 import pytest
 import torch
 
-from engine import LLM
-from tests.gpu.test_pdl import _greedy
-from tests.helpers import random_prompts
+from tests.gpu.test_pdl import MODELS, outputs_on_and_off
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("model,extra", [
-    ("random:small-llama", {}),
-    ("random:small-llama-fp8", {"kv_cache_dtype": "fp8"}),
-    ("random:small-qwen3-moe", {}),
-])
+@pytest.mark.parametrize("model,extra", MODELS)
 def test_graphs_with_and_without_l2_prefetch_give_identical_outputs(model, extra, monkeypatch):
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the bulk L2 prefetch needs a Hopper or later GPU")
@@ -26,19 +20,12 @@ def test_graphs_with_and_without_l2_prefetch_give_identical_outputs(model, extra
 
     monkeypatch.setattr(l2_prefetch, "ENABLED", True)
     assert l2_prefetch.applies(torch.device("cuda")), "prefetch should apply on this GPU"
-    with LLM(model, device="cuda", dtype="bfloat16", seed=4, kv_cache_memory_bytes=256 << 20,
-             **extra) as llm:
-        one = random_prompts(1, 4096, 40, 40, seed=2)
-        many = random_prompts(12, 4096, 30, 300, seed=3)
-        with_prefetch = _greedy(llm, one) + _greedy(llm, many)
-        monkeypatch.setattr(l2_prefetch, "ENABLED", False)
-        llm.engine.pool.reset_prefix_cache()
-        llm.engine.runner.graphs.capture()
-        without = _greedy(llm, one) + _greedy(llm, many)
+    with_prefetch, without = outputs_on_and_off(model, extra, l2_prefetch, "ENABLED",
+                                                monkeypatch)
     assert with_prefetch == without
 
 
-def test_plan_covers_the_bytes_once_with_a_slot_a_thread():
+def test_plan_covers_the_bytes_once_with_a_slot_a_thread(monkeypatch):
     """Every chunk of the range has exactly one (program, slot), and no program holds fewer
     slots than threads (a smaller tensor would be replicated, each copy prefetching)."""
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
@@ -46,12 +33,8 @@ def test_plan_covers_the_bytes_once_with_a_slot_a_thread():
     from engine.kernels import l2_prefetch
 
     weight = torch.empty(4096, 4100, dtype=torch.float8_e4m3fn, device="cuda")
-    old = l2_prefetch.ENABLED
-    l2_prefetch.ENABLED = True
-    try:
-        (_, nbytes), flags = l2_prefetch.plan(weight, None, 256, 4, weight)
-    finally:
-        l2_prefetch.ENABLED = old
+    monkeypatch.setattr(l2_prefetch, "ENABLED", True)
+    (_, nbytes), flags = l2_prefetch.plan(weight, None, 256, 4, weight)
     assert nbytes == weight.numel() // 16 * 16
     slots, chunk = flags["PF_SLOTS"], flags["PF_CHUNK"]
     assert slots >= 128
