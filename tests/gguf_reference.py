@@ -1,7 +1,8 @@
-"""GGUF files of tiny mixture-of-experts models, laid out as llama.cpp's convert_hf_to_gguf.py
-lays them out (tests only): its architecture names and metadata keys, experts stacked per
-projection (``blk.N.ffn_{gate,up,down}_exps``), the router as ``ffn_gate_inp``, Qwen2-MoE's
-shared expert as ``*_shexp`` with a 1-D gate, q/k rows permuted for ``llama`` (Mixtral), and
+"""GGUF files of tiny models, laid out as llama.cpp's convert_hf_to_gguf.py lays them out (tests
+only): its architecture names and metadata keys, q/k rows permuted for ``llama`` (Llama,
+Mixtral), Llama 3.1's RoPE scaling as a ``rope_freqs`` tensor of per-frequency factors; for
+mixture-of-experts models experts stacked per projection (``blk.N.ffn_{gate,up,down}_exps``),
+the router as ``ffn_gate_inp``, Qwen2-MoE's shared expert as ``*_shexp`` with a 1-D gate, and
 optionally the older one-tensor-per-expert Mixtral layout. A 256-token byte-level BPE
 vocabulary (no merges) makes the file loadable with its tokenizer."""
 
@@ -15,7 +16,8 @@ import torch
 
 from engine.model.config import ModelConfig
 
-GGUF_ARCH = {"qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe", "mixtral": "llama"}
+GGUF_ARCH = {"qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe", "mixtral": "llama",
+             "llama": "llama"}
 _ATTN = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
 _SHARED = {"gate_proj": "ffn_gate_shexp", "up_proj": "ffn_up_shexp", "down_proj": "ffn_down_shexp"}
 _ROUTED_EXPERT = re.compile(r"blk\.\d+\.ffn_(gate|up|down)(_exps|\.\d+)\.weight")
@@ -80,14 +82,36 @@ def gguf_tensors(state: dict[str, torch.Tensor], config: ModelConfig, arch: str,
     return {k: np.ascontiguousarray(v.float().numpy()) for k, v in out.items()}
 
 
-def write_moe_gguf(path: Path, state: dict[str, torch.Tensor], config: ModelConfig,
-                   per_expert: bool = False, quantize_experts: str | None = None) -> Path:
+def rope_factors(config: ModelConfig) -> np.ndarray:
+    """What the converter stores as ``rope_freqs`` for a "llama3" ``rope_scaling``: a divisor
+    per frequency (1 for the high ones, ``factor`` for the low, smoothed between)."""
+    sc = config.rope_scaling
+    freqs = 1.0 / config.rope_theta ** (np.arange(0, config.head_dim, 2) / config.head_dim)
+    low_wavelen = sc.original_max_position_embeddings / sc.low_freq_factor
+    high_wavelen = sc.original_max_position_embeddings / sc.high_freq_factor
+    out = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(sc.factor)
+        else:
+            smooth = (sc.original_max_position_embeddings / wavelen - sc.low_freq_factor) / (
+                sc.high_freq_factor - sc.low_freq_factor)
+            out.append(1 / ((1 - smooth) / sc.factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def write_gguf(path: Path, state: dict[str, torch.Tensor], config: ModelConfig,
+               per_expert: bool = False, quantize_experts: str | None = None,
+               rope_freqs: bool = True) -> Path:
     """A GGUF file of ``config`` and ``state`` (HF names, fp32). ``quantize_experts``: a
-    ``GGMLQuantizationType`` name (e.g. ``"Q8_0"``) for the routed experts' tensors."""
+    ``GGMLQuantizationType`` name (e.g. ``"Q8_0"``) for the routed experts' tensors.
+    ``rope_freqs`` False leaves a scaled model's factors out (what older converters did)."""
     import gguf
 
     moe = config.moe
-    assert moe is not None
     arch = GGUF_ARCH[config.model_type]
     w = gguf.GGUFWriter(str(path), arch)
     for add, value in ((w.add_block_count, config.num_hidden_layers),
@@ -99,14 +123,15 @@ def write_moe_gguf(path: Path, state: dict[str, torch.Tensor], config: ModelConf
                        (w.add_key_length, config.head_dim), (w.add_value_length, config.head_dim),
                        (w.add_layer_norm_rms_eps, config.rms_norm_eps),
                        (w.add_rope_freq_base, config.rope_theta),
-                       (w.add_vocab_size, config.vocab_size),
-                       (w.add_expert_count, moe.num_experts),
-                       (w.add_expert_used_count, moe.top_k)):
+                       (w.add_vocab_size, config.vocab_size)):
         add(value)
-    if arch != "llama":
-        w.add_expert_feed_forward_length(moe.moe_intermediate_size)
-    if moe.shared_expert_intermediate_size:
-        w.add_expert_shared_feed_forward_length(moe.shared_expert_intermediate_size)
+    if moe is not None:
+        w.add_expert_count(moe.num_experts)
+        w.add_expert_used_count(moe.top_k)
+        if arch != "llama":
+            w.add_expert_feed_forward_length(moe.moe_intermediate_size)
+        if moe.shared_expert_intermediate_size:
+            w.add_expert_shared_feed_forward_length(moe.shared_expert_intermediate_size)
     tokens = _byte_tokens()[: config.vocab_size]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -121,6 +146,8 @@ def write_moe_gguf(path: Path, state: dict[str, torch.Tensor], config: ModelConf
             w.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
         else:
             w.add_tensor(name, array)
+    if config.rope_scaling is not None and rope_freqs:
+        w.add_tensor("rope_freqs.weight", rope_factors(config))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

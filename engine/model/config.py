@@ -49,6 +49,9 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
+    # GGUF's form of the same scaling (llama.cpp's ``rope_freqs`` tensor): each RoPE frequency
+    # divided by its factor, head_dim / 2 of them; None: none, or ``rope_scaling`` says it.
+    rope_freq_factors: tuple[float, ...] | None = None
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # Qwen2: bias on q/k/v projections
@@ -190,6 +193,9 @@ class ModelConfig:
             d["qkv_bias"] = self.attention_bias
         if self.rope_scaling is not None:
             d["rope_scaling"] = asdict(self.rope_scaling)
+        if self.rope_freq_factors is not None:
+            raise ValueError("RoPE frequency factors from a GGUF file have no config.json form "
+                             "(transformers takes rope_scaling parameters)")
         if self.sliding_window is not None:
             d["sliding_window"] = self.sliding_window
         if self.bos_token_id is not None:

@@ -11,7 +11,7 @@ import pytest
 
 from engine import LLM, SamplingParams
 from tests.cluster_helpers import WorkerProcess
-from tests.gguf_reference import write_moe_gguf
+from tests.gguf_reference import write_gguf
 from tests.helpers import random_prompts
 from tests.integration.test_workers import disaggregated, stats
 from tests.moe_reference import write_tiny_moe
@@ -31,7 +31,7 @@ def moe_gguf(moe_dir, tmp_path_factory):
     pytest.importorskip("gguf")
     with LLM(model=str(moe_dir), device="cpu", kv_cache_memory_bytes=16 << 20) as llm:
         state = dict(llm.engine.runner.model.hf_state_dict())
-        return write_moe_gguf(tmp_path_factory.mktemp("gguf") / "tiny-qwen3-moe.gguf", state,
+        return write_gguf(tmp_path_factory.mktemp("gguf") / "tiny-qwen3-moe.gguf", state,
                               llm.engine.model_config)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.model.loaders.gguf_file import GGUFModel
-from tests.gguf_reference import write_moe_gguf
+from tests.gguf_reference import write_gguf
 from tests.helpers import engine_prompt_logits, random_prompts
 from tests.hf_reference import hf_logits
 from tests.moe_reference import write_tiny_moe
@@ -41,7 +41,7 @@ def family(request, tmp_path_factory):
 def test_gguf_config_equals_the_hf_directory_config(family, tmp_path):
     _, llm, state = family
     config = llm.engine.model_config
-    gguf_config = GGUFModel(write_moe_gguf(tmp_path / "m.gguf", state, config)).config()
+    gguf_config = GGUFModel(write_gguf(tmp_path / "m.gguf", state, config)).config()
     # GGUF has no HF-only fields (sliding window, rope-scaling table); the rest must be equal.
     assert gguf_config.moe == config.moe
     assert dataclasses.replace(gguf_config, sliding_window=config.sliding_window) == config
@@ -53,7 +53,7 @@ def test_gguf_logits_equal_the_hf_directory_and_transformers(family, tmp_path, p
     config = llm.engine.model_config
     if per_expert and config.model_type != "mixtral":
         pytest.skip("only Mixtral files were ever written one tensor per expert")
-    path = write_moe_gguf(tmp_path / "m.gguf", state, config, per_expert=per_expert)
+    path = write_gguf(tmp_path / "m.gguf", state, config, per_expert=per_expert)
     prompt = random_prompts(1, config.vocab_size, 90, 90, seed=4)[0]
     with _open(path) as from_gguf:
         ours = engine_prompt_logits(from_gguf.engine, prompt)
@@ -73,7 +73,7 @@ def test_q8_0_experts_dequantize_to_what_the_gguf_package_reads(family, tmp_path
 
     _, llm, state = family
     config = llm.engine.model_config
-    path = write_moe_gguf(tmp_path / "q8.gguf", state, config, quantize_experts="Q8_0")
+    path = write_gguf(tmp_path / "q8.gguf", state, config, quantize_experts="Q8_0")
     f = GGUFModel(path)
     stored = {t.name: t for t in f.reader.tensors}
     assert stored["blk.0.ffn_gate_exps.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
@@ -96,7 +96,7 @@ def test_q8_0_experts_dequantize_to_what_the_gguf_package_reads(family, tmp_path
 def test_a_layer_with_gate_but_no_up_experts_is_refused_by_name(family, tmp_path):
     _, llm, state = family
     config = llm.engine.model_config
-    path = write_moe_gguf(tmp_path / "m.gguf", state, config)
+    path = write_gguf(tmp_path / "m.gguf", state, config)
     import gguf
 
     reader = gguf.GGUFReader(str(path))
@@ -140,7 +140,7 @@ def test_transformers_reads_the_written_gguf_as_the_same_model(model_type, tmp_p
     write_tiny_moe(model_type, tmp_path / "hf", seed=8, **_HF_GGUF_DEFAULTS[model_type])
     with _open(tmp_path / "hf") as llm:
         state = dict(llm.engine.runner.model.hf_state_dict())
-        write_moe_gguf(tmp_path / "m.gguf", state, llm.engine.model_config)
+        write_gguf(tmp_path / "m.gguf", state, llm.engine.model_config)
         prompt = random_prompts(1, 256, 40, 40, seed=4)[0]
         ours = engine_prompt_logits(llm.engine, prompt)
     theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="m.gguf",

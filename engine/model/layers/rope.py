@@ -1,4 +1,5 @@
-"""Rotary position embeddings, including Llama 3.1's frequency scaling.
+"""Rotary position embeddings, including Llama 3.1's frequency scaling (from a config.json, or
+as a GGUF file's per-frequency factors).
 
 Computed in float32 and cast to the activation dtype exactly as transformers does, so logits
 match the reference to rounding.
@@ -13,10 +14,19 @@ import torch
 from engine.model.config import ModelConfig, RopeScaling
 
 
-def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None,
+                        freq_factors: tuple[float, ...] | None = None) -> torch.Tensor:
+    """The rotation frequency of each pair of dimensions; scaled by Llama 3.1's rule
+    (``scaling``) or divided by per-frequency factors (``freq_factors``, a GGUF file's form of
+    that rule, as llama.cpp applies it)."""
     inv_freq = 1.0 / (
         theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
     )
+    if freq_factors is not None:
+        if len(freq_factors) != head_dim // 2:
+            raise ValueError(f"{len(freq_factors)} RoPE frequency factors for head_dim "
+                             f"{head_dim} (expected {head_dim // 2})")
+        return inv_freq / torch.tensor(freq_factors, dtype=torch.float32)
     if scaling is None:
         return inv_freq
     old_len = scaling.original_max_position_embeddings
@@ -37,7 +47,8 @@ class RotaryEmbedding(torch.nn.Module):
 
     def __init__(self, config: ModelConfig, max_positions: int):
         super().__init__()
-        inv_freq = inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+        inv_freq = inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling,
+                                       config.rope_freq_factors)
         positions = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)

@@ -119,7 +119,17 @@ class GGUFModel:
             bos_token_id=self._field("tokenizer.ggml.bos_token_id"),
             eos_token_ids=() if eos is None else (int(eos),),
             moe=moe,
+            rope_freq_factors=self._rope_freq_factors(names),
         )
+
+    def _rope_freq_factors(self, names: set[str]) -> tuple[float, ...] | None:
+        """llama.cpp's converter stores Llama 3.1's RoPE scaling as a ``rope_freqs`` tensor of
+        per-frequency divisors, not as metadata: without it the rotation would be plain RoPE."""
+        if "rope_freqs.weight" not in names:
+            return None
+        t = next(t for t in self.reader.tensors if t.name == "rope_freqs.weight")
+        factors = self._gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        return tuple(float(f) for f in factors.reshape(-1))
 
     def tensors(
         self, on_tensor: Callable[[str], None] | None = None
@@ -135,7 +145,7 @@ class GGUFModel:
         for t in self.reader.tensors:
             name = _hf_name(t.name)
             if name is None:
-                continue  # e.g. rope_freqs: recomputed from the config
+                continue  # e.g. rope_freqs: in the config (rope_freq_factors)
             shape = [int(d) for d in reversed(t.shape)]
             w = self._gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
             w = w.reshape(shape)
