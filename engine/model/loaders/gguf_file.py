@@ -2,7 +2,9 @@
 
 Quantized tensors (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ...) are dequantized to float32 by the ``gguf``
 package. llama.cpp's converter permutes the rows of q/k projections of Llama models to suit its
-interleaved RoPE; we undo that so the weights match the HF layout our RoPE expects.
+interleaved RoPE; we undo that so the weights match the HF layout our RoPE expects. Its
+``rope_freqs`` tensor (Llama 3.1's RoPE scaling) becomes ``ModelConfig.rope_freq_factors``;
+mixture-of-experts files are gguf_moe.py's.
 """
 
 from __future__ import annotations
