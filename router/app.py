@@ -40,7 +40,7 @@ from router.prefix_index import PrefixIndex
 from router.rate_limit import KeyRateLimiter
 from router.readiness import readiness
 from router.registry import RegistryView
-from router.request_validation import refuse_unsupported, validation_error
+from router.request_validation import refuse_contradictions, refuse_unsupported, validation_error
 from router.respond import respond
 from router.sampling_request import context_limit, sampling
 from router.sibling_metrics import SiblingMetrics
@@ -196,6 +196,7 @@ def create_app(config: RouterConfig) -> FrontDoor:
     async def run_chat(body: ChatCompletionRequest, request: Request, api_key: str | None):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
+        refuse_contradictions(body)
         slot = state.admit(api_key)
         try:
             job = await prepare_chat(state, body, salt_of(api_key, body),
@@ -212,10 +213,12 @@ def create_app(config: RouterConfig) -> FrontDoor:
     async def run_completion(body: CompletionRequest, request: Request, api_key: str | None):
         state.model.check_name(body.model)
         refuse_unsupported(body, config.lenient)
+        refuse_contradictions(body)
         slot = state.admit(api_key)
         try:
             prompt = await state.model.encode_prompt(body.prompt, context_limit(state))
-            params = sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs)
+            params = sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs,
+                              prompt_param="prompt")
             req = GenerateRequest(f"cmpl-{uuid.uuid4().hex}", prompt, params,
                                   salt_of(api_key, body), state.on_finish(api_key))
         except BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from common.grammar import GrammarError, check_structured
 from common.structured_output import StructuredOutput
 from router.errors import bad_request
 from router.openai_schema import ChatCompletionRequest, ChatMessage
@@ -35,6 +36,24 @@ class ToolSetup:
             return StructuredOutput("json_schema", forced.schema_for_named(tool))
         return None
 
+    def check_enforced_schemas(self) -> None:
+        """A forced call's arguments follow its tool's ``parameters``, so each schema that
+        will be enforced must be one the grammar library accepts: a 400 naming the tool's
+        schema otherwise. (Under ``auto`` the schemas only reach the template, unchecked:
+        agents send keywords the library cannot enforce, and nothing enforces them there.)"""
+        if self.mode not in ("required", "named"):
+            return
+        for i, tool in enumerate(self.tools):
+            if self.mode == "named" and tool["function"]["name"] != self.function:
+                continue
+            schema = tool["function"].get("parameters") or {"type": "object"}
+            try:
+                check_structured(StructuredOutput("json_schema", json.dumps(schema)))
+            except GrammarError as e:
+                param = (f"functions.{i}.parameters" if self.legacy
+                         else f"tools.{i}.function.parameters")
+                raise bad_request(f"{param}: {e}", param=param, code="invalid_schema") from None
+
 
 def tool_setup(body: ChatCompletionRequest) -> ToolSetup:
     legacy = body.functions is not None or body.function_call is not None
@@ -59,7 +78,9 @@ def tool_setup(body: ChatCompletionRequest) -> ToolSetup:
     if choice in ("none", "auto", "required"):
         if choice != "none" and not tools:
             raise bad_request(f"{param} {choice!r} needs tools", param=param)
-        return ToolSetup(tools, choice, None, parallel, legacy)
+        setup = ToolSetup(tools, choice, None, parallel, legacy)
+        setup.check_enforced_schemas()
+        return setup
     if (isinstance(choice, dict) and choice.get("type") == "function"
             and isinstance(choice.get("function"), dict)
             and isinstance(choice["function"].get("name"), str)):
@@ -67,7 +88,9 @@ def tool_setup(body: ChatCompletionRequest) -> ToolSetup:
         if name not in names:
             raise bad_request(f"{param} names the function {name!r}, which is not among the "
                               f"tools ({', '.join(names) or 'none'})", param=param)
-        return ToolSetup(tools, "named", name, parallel, legacy)
+        setup = ToolSetup(tools, "named", name, parallel, legacy)
+        setup.check_enforced_schemas()
+        return setup
     raise bad_request(f"{param} must be 'none', 'auto', 'required' or "
                       f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}",
                       param=param)
@@ -78,7 +101,10 @@ def template_messages(messages: list[ChatMessage]) -> list[dict]:
     vLLM does (templates write them with ``tojson``); a legacy ``function`` message is a tool
     message."""
     out = []
+    call_ids: set[str] = set()  # of the calls so far: what a tool message may answer
     for m in messages:
+        if m.role == "tool":
+            _check_answers_a_call(m, len(out), call_ids)
         msg: dict = {"role": "tool" if m.role == "function" else m.role, "content": m.text()}
         calls = list(m.tool_calls or [])
         if m.function_call is not None:
@@ -90,12 +116,26 @@ def template_messages(messages: list[ChatMessage]) -> list[dict]:
             msg["tool_calls"] = [{"id": c.id, "type": "function", "function": {
                 "name": c.function.name, "arguments": _arguments(c.function.arguments)}}
                 for c in calls]
+            call_ids.update(c.id for c in calls)
         if m.tool_call_id is not None:
             msg["tool_call_id"] = m.tool_call_id
         if m.name is not None:
             msg["name"] = m.name
         out.append(msg)
     return out
+
+
+def _check_answers_a_call(m: ChatMessage, i: int, call_ids: set[str]) -> None:
+    """A tool message answers a call an earlier assistant message made, by its id (OpenAI
+    refuses both faults; a template would otherwise show the model a result of no call)."""
+    if m.tool_call_id is None:
+        raise bad_request(f"messages.{i}: a message with role 'tool' needs the "
+                          f"'tool_call_id' of the call it answers",
+                          param=f"messages.{i}.tool_call_id")
+    if m.tool_call_id not in call_ids:
+        shown = m.tool_call_id[:64]
+        raise bad_request(f"messages.{i}: tool_call_id {shown!r} answers no tool call of an "
+                          f"earlier assistant message", param=f"messages.{i}.tool_call_id")
 
 
 def _legacy_call(m: ChatMessage, i: int):

@@ -45,6 +45,7 @@ from router.prefix_index import PrefixIndex
 from router.registry import RegistryView
 from router.request_record import CANCELLED, ERROR, REJECTED, RequestRecord
 from router.token_events import TokenEvent, merge_outputs
+from router.worker_abort import abort_later
 from router.worker_clients import WorkerClients
 from router.worker_streams import CallRefused, OutputsLost, WorkerStreams
 
@@ -52,9 +53,7 @@ log = logging.getLogger(__name__)
 
 # A worker refusing a call with these (by status code name) refuses the client's request.
 _CLIENT_CODES = {grpc.StatusCode.INVALID_ARGUMENT.name, grpc.StatusCode.OUT_OF_RANGE.name}
-_ABORT_TIMEOUT_S = 1.0  # a held lease must end within about a second of its request
 _SUBMIT_TIMEOUT_S = 30.0  # Submit only checks and queues the request: a worker this slow is stuck
-_BACKGROUND: set[asyncio.Task] = set()  # fire-and-forget aborts still running
 
 
 
@@ -268,19 +267,7 @@ class Dispatcher:
             self._abort_later([r for r in (decode_first, owner) if r is not None], request_id)
 
     def _abort_later(self, records: list[WorkerRecord], request_id: str) -> None:
-        """Abort ``request_id`` on each worker in order, in the background (the caller may be
-        a cancelled task or a closing generator, which cannot wait)."""
-        async def run():
-            for record in records:
-                try:
-                    await self.clients.stub(record.address).Abort(
-                        pb.AbortRequest(request_id=request_id), timeout=_ABORT_TIMEOUT_S)
-                except Exception as e:  # best effort: a dead worker's lease dies with it
-                    log.info("abort of %s on %s failed: %s", request_id, record.worker_id, e)
-
-        task = asyncio.ensure_future(run())
-        _BACKGROUND.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(_BACKGROUND.discard)
+        abort_later(self.clients, records, request_id)  # router/worker_abort.py
 
     async def _decode(self, req: GenerateRequest, plan: RoutePlan,
                       first: pb.PrefillResponse | None) -> AsyncIterator[TokenEvent]:

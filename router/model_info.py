@@ -18,6 +18,7 @@ import jinja2
 
 from common.model_ref import ModelRef, is_demo_prepared, parse_model_spec
 from common.paths import default_cache_dir
+from engine.text import token_bytes
 from engine.text.tokenizer import ChatTemplateError, Tokenizer
 from router import reasoning, tool_parsers
 from router.config import RouterConfig
@@ -44,6 +45,7 @@ class ModelInfo:
     tool_parser: str | None = None  # router/tool_parsers/ name; None: calls are not parsed
     reasoning_parser: str | None = None  # router/reasoning/ name; None: no thinking split
     _pieces: PieceEncoder | None = field(default=None, repr=False)
+    _bytes: token_bytes.TokenBytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None and self._pieces is None:
@@ -174,9 +176,20 @@ class ModelInfo:
         return ids
 
     def token_text(self, token_id: int) -> str:
+        """The token as a logprobs entry shows it: decoded alone, or, where that is only part
+        of a character (U+FFFD), its bytes with the incomplete ones as ``\\xNN``."""
         if self.tokenizer is None:
             return f"token_id:{token_id}"
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+        text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return token_bytes.shown(self.token_bytes(token_id)) if "\ufffd" in text else text
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes the token stands for (engine/text/token_bytes.py)."""
+        if self.tokenizer is None:
+            return self.token_text(token_id).encode()
+        if self._bytes is None:
+            self._bytes = token_bytes.TokenBytes(self.tokenizer.backend)
+        return self._bytes.bytes_of(token_id)
 
 
 def _vocab_size(ref: ModelRef, model_dir: Path | None) -> int | None:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import codecs
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 import orjson
 from starlette.responses import Response
 
 from common.outputs import TokenLogprob
 
-TokenText = Callable[[int], str]
+
+class TokenVocab(Protocol):
+    """How logprobs show a token (router/model_info.py's ModelInfo)."""
+
+    def token_text(self, token_id: int) -> str: ...
+
+    def token_bytes(self, token_id: int) -> bytes: ...
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
@@ -44,10 +51,10 @@ class JSONBody(Response):
 
 
 # -- chat ---------------------------------------------------------------------------------------
-def chat_logprobs(logprobs: list[TokenLogprob], text_of: TokenText) -> dict:
+def chat_logprobs(logprobs: list[TokenLogprob], vocab: TokenVocab) -> dict:
     def entry(token_id: int, logprob: float) -> dict:
-        text = text_of(token_id)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        return {"token": vocab.token_text(token_id), "logprob": logprob,
+                "bytes": list(vocab.token_bytes(token_id))}
 
     return {"content": [
         {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
@@ -80,15 +87,18 @@ def chat_usage_chunk(rid: str, model: str, created: int, usage_body: dict) -> di
 
 
 # -- legacy completions -------------------------------------------------------------------------
-def completion_logprobs(logprobs: list[TokenLogprob], text_of: TokenText, offset: int) -> dict:
+def completion_logprobs(logprobs: list[TokenLogprob], vocab: TokenVocab, offset: int) -> dict:
+    """``text_offset``: where each token's text starts in the choice's text, from ``offset``
+    (the characters before these tokens). A token that ends inside a character adds none; the
+    one completing it adds the character (an incremental UTF-8 decoder over their bytes)."""
     tokens, token_logprobs, tops, offsets = [], [], [], []
+    chars = codecs.getincrementaldecoder("utf-8")("replace")
     for lp in logprobs:
-        text = text_of(lp.token_id)
-        tokens.append(text)
+        tokens.append(vocab.token_text(lp.token_id))
         token_logprobs.append(lp.logprob)
-        tops.append({text_of(t): v for t, v in lp.top} if lp.top else None)
+        tops.append({vocab.token_text(t): v for t, v in lp.top} if lp.top else None)
         offsets.append(offset)
-        offset += len(text)
+        offset += len(chars.decode(vocab.token_bytes(lp.token_id)))
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops,
             "text_offset": offsets}
 

@@ -43,6 +43,7 @@ UINT32_LIMIT = 2**32  # exclusive
 GREEDY_TEMPERATURE = 1e-5  # below this, sampling is greedy (see the module docstring)
 SMALLEST_FLOAT32 = struct.unpack("<f", struct.pack("<I", 1))[0]  # 1.4e-45, subnormal
 MAX_CHOICES = 8  # n: choices per request (one prefill, the choices share its KV)
+MAX_STOP_CHARS = 1024  # per stop sequence: the engine looks for each in every token's text
 
 
 def check_unicode(text: str) -> str:
@@ -62,7 +63,9 @@ def float32(x: float) -> float:
     return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
-_STRICT = ConfigDict(extra="allow", allow_inf_nan=False)
+# strict: a value of the wrong JSON type is refused, not coerced (``"max_tokens": "5"`` or
+# ``true``, ``"stream": "true"``), as OpenAI refuses it; an integer is still a number.
+_STRICT = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
 
 class StreamOptions(BaseModel):
@@ -223,6 +226,8 @@ class _Common(BaseModel):
             raise ValueError("at most 4 stop sequences are allowed")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters")
         for s in stops:
             check_unicode(s)
         return stop

@@ -91,6 +91,22 @@ def refuse_unsupported(body: ChatCompletionRequest | CompletionRequest, lenient:
                    code="unknown_parameter")
 
 
+def refuse_contradictions(body: ChatCompletionRequest | CompletionRequest) -> None:
+    """Fields that are valid alone but ask for nothing as sent (OpenAI refuses each): a 400
+    naming the field rather than silently doing without it."""
+    if body.stream_options is not None and not body.stream:
+        raise bad_request("stream_options is only allowed when stream is true",
+                          param="stream_options")
+    if (isinstance(body, ChatCompletionRequest) and body.top_logprobs
+            and not body.logprobs):
+        raise bad_request("top_logprobs needs logprobs set to true", param="top_logprobs")
+    fmt = body.response_format
+    if fmt is not None and fmt.type != "json_schema" and fmt.json_schema is not None:
+        raise bad_request(f"response_format.json_schema is only read with type "
+                          f"'json_schema', not {fmt.type!r}",
+                          param="response_format.json_schema")
+
+
 def _param(loc) -> str | None:
     """``('body', 'messages', 0, 'content')`` -> ``messages.0.content``; pydantic's union-branch
     tags (``function-after[...]``, ``list[int]``) are not fields, so they are dropped."""

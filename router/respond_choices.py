@@ -27,14 +27,14 @@ async def respond_choices(state, request: Request, req: GenerateRequest, model: 
                           slot: Slot, n: int, continuous_usage: bool):
     agen = generate_choices(state.dispatcher, req, n)
     try:
-        first = await _prime(state, agen)
+        first = await _prime(state, agen, request)
     except BaseException:
         slot.release()
         raise
-    text_of = state.model.token_text
+    vocab = state.model
     if stream:
         body = _stream(agen, first, req, model, kind, n, include_usage, continuous_usage,
-                       want_logprobs, text_of)
+                       want_logprobs, vocab)
         return ClosingStreamingResponse(_Body(body, agen, slot), media_type="text/event-stream",
                                         headers={"Cache-Control": "no-cache"})
     try:
@@ -54,11 +54,11 @@ async def respond_choices(state, request: Request, req: GenerateRequest, model: 
         finish = next((e.finish_reason for e in reversed(evs) if e.finish_reason), None)
         logprobs = [lp for e in evs for lp in e.logprobs]
         if kind == "chat":
-            lp = fmt.chat_logprobs(logprobs, text_of) if want_logprobs else None
+            lp = fmt.chat_logprobs(logprobs, vocab) if want_logprobs else None
             body = fmt.chat_response(req.request_id, model,
                                      {"role": "assistant", "content": text}, finish, lp, usage)
         else:
-            lp = fmt.completion_logprobs(logprobs, text_of, 0) if want_logprobs else None
+            lp = fmt.completion_logprobs(logprobs, vocab, 0) if want_logprobs else None
             body = fmt.completion_response(req.request_id, model, text, finish, lp, usage)
         choices.append({**body["choices"][0], "index": index})
     body["choices"] = choices
@@ -81,7 +81,7 @@ async def _collect_watching(agen: AsyncIterator[Indexed], first: Indexed,
 
 async def _stream(agen: AsyncIterator[Indexed], first: Indexed, req: GenerateRequest,
                   model: str, kind: str, n: int, include_usage: bool, continuous_usage: bool,
-                  want_logprobs: bool, text_of):
+                  want_logprobs: bool, vocab):
     created = int(time.time())
     rid = req.request_id
     prompt_tokens = len(req.prompt_token_ids)
@@ -105,11 +105,11 @@ async def _stream(agen: AsyncIterator[Indexed], first: Indexed, req: GenerateReq
 
     def chunk(index: int, event: TokenEvent) -> dict:
         if kind == "chat":
-            lp = fmt.chat_logprobs(event.logprobs, text_of) if want_logprobs else None
+            lp = fmt.chat_logprobs(event.logprobs, vocab) if want_logprobs else None
             delta = {"content": event.text} if event.text or not event.finish_reason else {}
             return indexed(fmt.chat_chunk(rid, model, created, delta, event.finish_reason, lp),
                            index)
-        lp = (fmt.completion_logprobs(event.logprobs, text_of, offsets[index])
+        lp = (fmt.completion_logprobs(event.logprobs, vocab, offsets[index])
               if want_logprobs else None)
         offsets[index] += len(event.text)
         return indexed(fmt.completion_chunk(rid, model, created, event.text,

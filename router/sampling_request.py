@@ -16,7 +16,9 @@ def context_limit(state) -> int:
 
 
 def sampling(body, state, prompt_len: int, max_tokens: int | None, logprobs: int | None,
-             **extra) -> SamplingParams:
+             prompt_param: str = "messages", **extra) -> SamplingParams:
+    """``prompt_param``: the field a prompt too long for the context by itself is blamed on
+    (``max_tokens`` is, when the prompt fits and the completion does not)."""
     limit = context_limit(state)
     if max_tokens is None:  # the rest of the context, capped by --max-tokens-default
         max_tokens = limit - prompt_len
@@ -27,7 +29,8 @@ def sampling(body, state, prompt_len: int, max_tokens: int | None, logprobs: int
             f"This model's maximum context length is {limit} tokens. However, you requested "
             f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
             f"completion). Please reduce the length of the prompt or completion.",
-            param="max_tokens", code="context_length_exceeded")
+            param="max_tokens" if prompt_len < limit else prompt_param,
+            code="context_length_exceeded")
     fields = sampling_extras(body, state.model.vocab_size, max_tokens)
     if extra.get("structured") is not None and fields["structured"] is not None:
         raise bad_request("response_format cannot be combined with a forced tool_choice "

@@ -110,7 +110,7 @@ async def respond_messages(state, request: Request, job, model: str, stream: boo
     eos_id = state.model.tokenizer.eos_token_id if state.model.tokenizer else None
     agen = state.dispatcher.generate(req)
     try:
-        first = await _prime(state, agen)
+        first = await _prime(state, agen, request)
     except BaseException:
         slot.release()
         raise

@@ -199,6 +199,26 @@ HOSTILE = [
     ("stream_options.continuous_usage_stats", {"messages": QUESTION, "stream": True,
                                                "stream_options": {"continuous_usage_stats": "x"}}),
     ("tool_choice", {"messages": QUESTION, "tool_choice": "required"}),  # and no tools
+    # Session 16's audit: wrong JSON types are refused, not coerced...
+    ("max_tokens", {"messages": QUESTION, "max_tokens": "5"}),
+    ("max_tokens", {"messages": QUESTION, "max_tokens": True}),
+    ("stream", {"messages": QUESTION, "stream": "true"}),
+    # ...fields that ask for nothing as sent are refused by name...
+    ("top_logprobs", {"messages": QUESTION, "top_logprobs": 3}),  # without logprobs
+    ("stream_options", {"messages": QUESTION, "stream_options": {"include_usage": True}}),
+    ("response_format.json_schema", {"messages": QUESTION, "response_format": {
+        "type": "json_object", "json_schema": {"name": "x", "schema": {"type": "integer"}}}}),
+    ("response_format", {"messages": QUESTION, "response_format": {  # only itself: no output
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}}}}),
+    ("tools.0.function.parameters", {"messages": QUESTION, "tool_choice": "required", "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "banana"}}}]}),
+    ("messages.1.tool_call_id", {"messages": [*QUESTION, {"role": "tool", "content": "22C"}]}),
+    ("messages.1.tool_call_id", {"messages": [*QUESTION, {"role": "tool", "content": "22C",
+                                                          "tool_call_id": "no-such-call"}]}),
+    ("stop", {"messages": QUESTION, "stop": ["x" * 2000]}),
+    # ...and a prompt too long by itself is blamed on the prompt, not on max_tokens.
+    ("prompt", {"prompt": [504] * 20000}),
     ("frobnicate", {"messages": QUESTION, "frobnicate": True}),
 ]
 
@@ -235,6 +255,29 @@ def test_defaults_of_unimplemented_fields_are_accepted(cluster, client):
         "response_format": {"type": "text"}, "logit_bias": None, "n": 1,
         "stream_options": None, "functions": None})
     assert r.status_code == 200, r.text
+
+
+def test_logprobs_carry_the_bytes_of_tokens_inside_a_character(client):
+    r = client.chat.completions.create(
+        model=model_name(client), temperature=0, max_tokens=12, logprobs=True, top_logprobs=2,
+        messages=[{"role": "user", "content": "Repeat exactly: 😀😀😀 日本語"}])
+    content = r.choices[0].logprobs.content
+    joined = b"".join(bytes(e.bytes) for e in content).decode("utf-8", "ignore")
+    assert joined.startswith(r.choices[0].message.content.rstrip("\ufffd"))
+    assert any("\\x" in e.token for e in content), "the answer split no character"
+    assert all("\ufffd" not in e.token for e in content)
+    stream = client.completions.create(model=model_name(client), prompt="Smiley emoji: 😀😀",
+                                       temperature=0, max_tokens=8, logprobs=1)
+    lp = stream.choices[0].logprobs
+    assert lp.text_offset == sorted(lp.text_offset)
+    assert lp.text_offset[-1] <= len(stream.choices[0].text)
+
+
+def test_a_body_that_is_not_json_by_its_type_gets_415(cluster, client):
+    r = httpx.post(f"{cluster[0].url}/v1/chat/completions", content=json.dumps(
+        {"model": model_name(client), "messages": QUESTION}), timeout=30,
+        headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
 
 
 def test_unknown_paths_and_methods_get_openai_errors(cluster):

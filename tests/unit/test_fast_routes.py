@@ -4,14 +4,16 @@ it with the body intact (so FastAPI's refusals stay FastAPI's)."""
 import asyncio
 import json
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 
+from router import fast_routes
 from router.errors import APIError
 from router.fast_routes import CompletionFastPath
 
 
 class Body(BaseModel):
+    model_config = ConfigDict(strict=True)  # as router/openai_schema.py's
     model: str
     n: int = 1
 
@@ -72,7 +74,6 @@ def test_everything_else_reaches_the_app_with_its_body():
     cases = [dict(body=b'{"model": 5}'),  # fails validation
              dict(body=b'{"model": "demo"'),  # not JSON
              dict(body=b""),  # empty
-             dict(body=b'{"model": "demo"}', content_type=b"text/plain"),
              dict(body=b'{"model": "demo"}', key_ok=False),
              dict(body=b'{"model": "demo"}', path="/v1/other"),
              dict(body=b'{"model": "demo"}', method="PUT")]
@@ -81,6 +82,25 @@ def test_everything_else_reaches_the_app_with_its_body():
         assert (who, status) == ("app", 422), case
         assert "handler" not in seen
         assert seen["app_body"] in (case["body"], case["body"][:3]), case
+
+
+def test_a_body_that_is_not_json_by_its_type_gets_415_naming_it():
+    for kind in (b"text/plain", b"application/x-www-form-urlencoded"):
+        who, status, seen = run(b'{"model": "demo"}', content_type=kind)
+        assert status == 415 and "handler" not in seen and "app_body" not in seen
+        assert who["error"]["code"] == "unsupported_media_type"
+        assert kind.decode() in who["error"]["message"]
+
+
+def test_a_large_body_is_parsed_off_the_loop_and_refused_there_in_the_apps_words():
+    pad = " " * (fast_routes.OFF_LOOP_BODY_BYTES + 1)
+    who, status, seen = run(b'{"model": "demo", "n": 3}' + pad.encode())
+    assert (who, status) == ("handler", 200) and seen["handler"][0].n == 3
+    who, status, seen = run(b'{"model": "demo", "n": "3"}' + pad.encode())
+    assert status == 400 and "app_body" not in seen  # not parsed a second time by the app
+    assert who["error"]["param"] == "n"
+    who, status, _ = run(b'{"model": ' + pad.encode())
+    assert status == 400 and "not valid JSON" in who["error"]["message"]
 
 
 def test_a_body_too_deep_to_parse_reaches_the_app():

@@ -33,9 +33,9 @@ MAX_LINES = 400
 # import time.
 HEAVY_EXTERNAL = ("torch", "triton", "nixl", "nixl_cu12", "nixl_cu13")
 HEAVY_MODULES = ("kv_transfer.nixl_connector",)
-# The one engine module the router uses: the tokenizer and chat templates (plus the package
-# __init__ files importing it runs, which are lazy by design).
-ROUTER_ENGINE_ALLOWED = ("engine", "engine.text", "engine.text.tokenizer")
+# The engine modules the router uses: the tokenizer and chat templates, and a token's bytes for
+# logprobs (plus the package __init__ files importing them runs, which are lazy by design).
+ROUTER_ENGINE_ALLOWED = ("engine", "engine.text", "engine.text.tokenizer", "engine.text.token_bytes")
 
 
 def _is_generated(path: Path) -> bool:
