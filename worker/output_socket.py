@@ -68,6 +68,7 @@ class OutputsSocket:
         self._token = token.encode() if token else None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        self._closing = False
         self._refusals = RefusalLog("outputs connection")
 
     async def start(self, host: str, port: int = 0) -> int:
@@ -86,6 +87,7 @@ class OutputsSocket:
                 time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)  # the writers take what they were woken for
+        self._closing = True
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
@@ -107,6 +109,12 @@ class OutputsSocket:
                 writer.write(frame(pb.OutputBatch(refused=reason).SerializeToString()))
                 return
             await self._serve(hello.router_id, reader, writer)
+        except asyncio.CancelledError:
+            # close() ends connections so. Ending the task without re-raising keeps Python
+            # 3.11's start_server callback, which calls exception() on the finished handler
+            # task, from logging the cancellation as "Exception in callback" at every stop.
+            if not self._closing:
+                raise
         finally:
             self._connections.discard(task)
             writer.close()
