@@ -44,6 +44,7 @@ from router.request_validation import refuse_contradictions, refuse_unsupported,
 from router.respond import respond
 from router.sampling_request import context_limit, sampling
 from router.sibling_metrics import SiblingMetrics
+from router.structured_map import precheck, requested_structured
 from router.tenancy import cache_keys, key_namespace
 from router.worker_clients import WorkerClients
 
@@ -217,6 +218,7 @@ def create_app(config: RouterConfig) -> FrontDoor:
         slot = state.admit(api_key)
         try:
             prompt = await state.model.encode_prompt(body.prompt, context_limit(state))
+            await precheck([requested_structured(body)])
             params = sampling(body, state, len(prompt), body.max_tokens, logprobs=body.logprobs,
                               prompt_param="prompt")
             req = GenerateRequest(f"cmpl-{uuid.uuid4().hex}", prompt, params,

@@ -36,19 +36,24 @@ class ToolSetup:
             return StructuredOutput("json_schema", forced.schema_for_named(tool))
         return None
 
-    def check_enforced_schemas(self) -> None:
-        """A forced call's arguments follow its tool's ``parameters``, so each schema that
-        will be enforced must be one the grammar library accepts: a 400 naming the tool's
-        schema otherwise. (Under ``auto`` the schemas only reach the template, unchecked:
-        agents send keywords the library cannot enforce, and nothing enforces them there.)"""
+    def enforced_schemas(self) -> list[tuple[int, StructuredOutput]]:
+        """(tool index, its ``parameters`` as a grammar) of each tool whose calls the output
+        is forced into (``required`` or a named function); none under ``auto``, where the
+        schemas only reach the template, unchecked: agents send keywords the library cannot
+        enforce, and nothing enforces them there."""
         if self.mode not in ("required", "named"):
-            return
-        for i, tool in enumerate(self.tools):
-            if self.mode == "named" and tool["function"]["name"] != self.function:
-                continue
-            schema = tool["function"].get("parameters") or {"type": "object"}
+            return []
+        return [(i, StructuredOutput("json_schema", json.dumps(
+                    tool["function"].get("parameters") or {"type": "object"})))
+                for i, tool in enumerate(self.tools)
+                if self.mode == "required" or tool["function"]["name"] == self.function]
+
+    def check_enforced_schemas(self) -> None:
+        """Each enforced schema must be one the grammar library accepts: a 400 naming the
+        tool's schema otherwise."""
+        for i, structured in self.enforced_schemas():
             try:
-                check_structured(StructuredOutput("json_schema", json.dumps(schema)))
+                check_structured(structured)
             except GrammarError as e:
                 param = (f"functions.{i}.parameters" if self.legacy
                          else f"tools.{i}.function.parameters")
@@ -78,9 +83,7 @@ def tool_setup(body: ChatCompletionRequest) -> ToolSetup:
     if choice in ("none", "auto", "required"):
         if choice != "none" and not tools:
             raise bad_request(f"{param} {choice!r} needs tools", param=param)
-        setup = ToolSetup(tools, choice, None, parallel, legacy)
-        setup.check_enforced_schemas()
-        return setup
+        return ToolSetup(tools, choice, None, parallel, legacy)
     if (isinstance(choice, dict) and choice.get("type") == "function"
             and isinstance(choice.get("function"), dict)
             and isinstance(choice["function"].get("name"), str)):
@@ -88,9 +91,7 @@ def tool_setup(body: ChatCompletionRequest) -> ToolSetup:
         if name not in names:
             raise bad_request(f"{param} names the function {name!r}, which is not among the "
                               f"tools ({', '.join(names) or 'none'})", param=param)
-        setup = ToolSetup(tools, "named", name, parallel, legacy)
-        setup.check_enforced_schemas()
-        return setup
+        return ToolSetup(tools, "named", name, parallel, legacy)
     raise bad_request(f"{param} must be 'none', 'auto', 'required' or "
                       f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}",
                       param=param)

@@ -19,6 +19,7 @@ from router.dispatcher import GenerateRequest
 from router.errors import bad_request
 from router.openai_schema import ChatCompletionRequest
 from router.sampling_request import context_limit, sampling
+from router.structured_map import precheck, requested_structured
 from router.tool_parsers import PARSERS
 from router.tool_parsers.forced import NamedParser, RequiredParser
 
@@ -35,6 +36,8 @@ async def prepare_chat(state, body: ChatCompletionRequest, salt: tuple[str, ...]
     """``on_finish(prompt_tokens, output_tokens)``: called when the request ends."""
     model = state.model
     setup = tool_setup(body)
+    await precheck([requested_structured(body), *(s for _, s in setup.enforced_schemas())])
+    setup.check_enforced_schemas()
     forced = setup.mode in ("required", "named")
     if setup.mode == "auto" and model.tool_parser is None:
         raise bad_request("this model's chat template has no tool-call format pdserve can "
