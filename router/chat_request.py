@@ -64,7 +64,8 @@ def tool_setup(body: ChatCompletionRequest) -> ToolSetup:
     legacy = body.functions is not None or body.function_call is not None
     if legacy and (body.tools is not None or body.tool_choice is not None):
         raise bad_request("send either tools / tool_choice or the legacy functions / "
-                          "function_call, not both", param="functions")
+                          "function_call, not both",
+                          param="functions" if body.functions is not None else "function_call")
     if legacy:
         tools = [{"type": "function", "function": f.model_dump(exclude_none=True)}
                  for f in body.functions or []]
