@@ -22,7 +22,9 @@ model can emit blanks forever and never close the object.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections import OrderedDict
 from functools import lru_cache
 
 from common.byte_level import char_to_byte
@@ -56,9 +58,34 @@ def grammar_text(structured: StructuredOutput) -> str:
     return llguidance.grammar_from("ebnf", structured.spec)
 
 
-@lru_cache(maxsize=256)
+_CHECKED_SPECS = 256
+# spec -> grammar_problem's answer, least recently used first (an lru_cache cannot say whether
+# it holds a spec, which is_checked must, so the router skips the thread hop for known specs).
+_problems: OrderedDict[StructuredOutput, str | None] = OrderedDict()
+
+
+def is_checked(structured: StructuredOutput) -> bool:
+    """Whether ``grammar_problem`` has the answer for ``structured`` already (a lookup)."""
+    return structured in _problems
+
+
 def grammar_problem(structured: StructuredOutput) -> str | None:
-    """None if the library accepts ``structured``, else its reason (no tokenizer needed)."""
+    """None if the library accepts ``structured``, else its reason (no tokenizer needed).
+    Answers are kept for the last ``_CHECKED_SPECS`` specs. Safe from several threads (the
+    router checks in one): a lost race computes an answer twice."""
+    if structured in _problems:
+        with contextlib.suppress(KeyError):  # evicted by another thread meanwhile
+            _problems.move_to_end(structured)
+            return _problems[structured]
+    problem = _find_problem(structured)
+    _problems[structured] = problem
+    while len(_problems) > _CHECKED_SPECS:
+        with contextlib.suppress(KeyError):
+            _problems.popitem(last=False)
+    return problem
+
+
+def _find_problem(structured: StructuredOutput) -> str | None:
     import llguidance
 
     try:
@@ -72,7 +99,8 @@ def grammar_problem(structured: StructuredOutput) -> str | None:
         return "; ".join(messages) or "the grammar was rejected"
     # A grammar can be well-formed and still match nothing (a $ref that only refers to
     # itself): no byte can start its output. Asked of a matcher over the 256 bytes, that is
-    # tokenizer-independent, and ~0.1 ms.
+    # tokenizer-independent: 0.7 ms for an integer, 6 ms for a 12-property object, 27 ms for
+    # an object that requires itself (timed here beside a benchmark).
     matcher = llguidance.LLMatcher(_byte_tokenizer(), grammar)
     matcher.compute_logit_bias()
     if matcher.is_error():

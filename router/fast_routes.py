@@ -132,9 +132,7 @@ def _parsed_or_refused(model: type[BaseModel], body: bytes) -> BaseModel:
 
 
 def _parsed(model: type[BaseModel], body: bytes) -> BaseModel | None:
-    if not body:
-        return None
     try:
-        return model.model_validate(json.loads(body))
+        return _parsed_or_refused(model, body)
     except Exception:  # bad JSON, a ValidationError, RecursionError on deep nesting...: FastAPI
         return None    # answers each its own way (400 for a body it cannot parse at all)
